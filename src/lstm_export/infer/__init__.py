@@ -1,0 +1,1 @@
+"""Infer stage: one Runner contract over eager PyTorch, TorchScript and ONNX Runtime."""

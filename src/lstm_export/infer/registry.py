@@ -1,0 +1,59 @@
+"""Backend registry: adding a backend is one runner file and one line here."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from lstm_export.errors import ModelLoadError
+from lstm_export.infer.base import Device, Runner
+from lstm_export.infer.runners.eager import EagerRunner
+from lstm_export.infer.runners.ort import OnnxRuntimeRunner
+from lstm_export.infer.runners.torchscript import TorchScriptRunner
+
+RUNNERS: dict[str, type[Runner]] = {
+    EagerRunner.name: EagerRunner,
+    TorchScriptRunner.name: TorchScriptRunner,
+    OnnxRuntimeRunner.name: OnnxRuntimeRunner,
+}
+
+
+class Backend(str, Enum):
+    """Backend choice on the command line; ``auto`` picks it from the file's suffix."""
+
+    auto = "auto"
+    eager = "eager"
+    torchscript = "torchscript"
+    onnxruntime = "onnxruntime"
+
+
+def backend_for(path: Path) -> str:
+    """The backend that reads ``path``, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    for name, cls in RUNNERS.items():
+        if suffix in cls.suffixes:
+            return name
+    known = ", ".join(s for cls in RUNNERS.values() for s in cls.suffixes)
+    raise ModelLoadError(f"cannot tell the backend of {path}: suffix is not one of {known}")
+
+
+def make_runner(
+    path: Path,
+    backend: Backend | str = Backend.auto,
+    device: Device | str = Device.auto,
+    **options: Any,
+) -> Runner:
+    """Build (not load) the runner for ``path``."""
+    name = backend_for(path) if Backend(backend) == Backend.auto else Backend(backend).value
+    return RUNNERS[name](Path(path), Device(device), **options)
+
+
+def load_runner(
+    path: Path,
+    backend: Backend | str = Backend.auto,
+    device: Device | str = Device.auto,
+    **options: Any,
+) -> Runner:
+    """Build and load the runner for ``path``; use it as a context manager to release it."""
+    return make_runner(path, backend, device, **options).load()

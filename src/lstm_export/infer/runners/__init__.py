@@ -1,0 +1,1 @@
+"""One file per backend; register each in :mod:`lstm_export.infer.registry`."""

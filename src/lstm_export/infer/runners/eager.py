@@ -1,0 +1,39 @@
+"""Eager PyTorch from an lstm-export checkpoint (``.pt``): the reference every backend is held to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_export.infer.base import Runner
+from lstm_export.infer.runners.torch_device import resolve_torch_device
+
+
+class EagerRunner(Runner):
+    """``model.pt`` -> :class:`lstm_export.model.LSTMClassifier` in eval mode."""
+
+    name = "eager"
+    suffixes = (".pt", ".pth")
+
+    def _load(self) -> None:
+        import torch
+
+        from lstm_export.checkpoint import load_model
+
+        self._torch = torch
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
+        self.device = resolve_torch_device(self.requested_device)
+        model, ckpt = load_model(self.path)
+        self.model: Any = model.to(self.device)
+        self.metadata = {"class_names": ",".join(ckpt["class_names"])}
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(x).to(self.device))
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def _close(self) -> None:
+        del self.model

@@ -1,0 +1,52 @@
+"""TorchScript (``.ts``) loaded with plain ``torch.jit.load``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_export.errors import ModelLoadError
+from lstm_export.infer.base import Runner
+from lstm_export.infer.runners.torch_device import resolve_torch_device
+
+
+class TorchScriptRunner(Runner):
+    """A scripted or traced module saved by ``lstm-export torchscript``."""
+
+    name = "torchscript"
+    suffixes = (".ts", ".torchscript")
+
+    def _load(self) -> None:
+        import torch
+
+        self._torch = torch
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
+        self.device = resolve_torch_device(self.requested_device)
+        extra = {"metadata.json": ""}
+        try:
+            self.module: Any = torch.jit.load(
+                str(self.path), map_location=self.device, _extra_files=extra
+            )
+        except Exception as exc:  # RuntimeError for foreign or truncated files
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(
+                f"{self.path} is not a loadable TorchScript file: {first}"
+            ) from exc
+        self.module.eval()
+        if extra["metadata.json"]:
+            import json
+
+            raw = extra["metadata.json"]
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            self.metadata = {k: str(v) for k, v in json.loads(text).items()}
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(x).to(self.device))
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def _close(self) -> None:
+        del self.module

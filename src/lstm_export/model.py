@@ -1,0 +1,38 @@
+"""The model: an LSTM that reads a 28x28 digit row by row, and a linear head on the last step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lstm_export.config import ModelConfig
+
+
+class LSTMClassifier(nn.Module):
+    """``x`` (N, T=28, F=28) float32 in [0, 1] -> logits (N, num_classes)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.normalize = config.input_mean != 0.0 or config.input_std != 1.0
+        self.lstm = nn.LSTM(
+            config.input_size,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        directions = 2 if config.bidirectional else 1
+        self.fc = nn.Linear(config.hidden_size * directions, config.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            x = (x - self.config.input_mean) / self.config.input_std
+        out, _ = self.lstm(x)  # (N, T, H * directions)
+        return self.fc(out[:, -1, :])  # (N, num_classes)
+
+
+def build_model(config: ModelConfig) -> LSTMClassifier:
+    """A freshly initialised model for ``config``."""
+    return LSTMClassifier(config)

@@ -1,0 +1,1 @@
+"""Train stage: presets and the training loop that writes a self-describing checkpoint."""

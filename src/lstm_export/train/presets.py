@@ -1,0 +1,103 @@
+"""Training configurations: the seed recipe and a better one with the same architecture."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from typing import Any
+
+from lstm_export.config import ModelConfig
+from lstm_export.errors import ConfigError
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+class Schedule(str, Enum):
+    """Learning-rate schedule."""
+
+    constant = "constant"
+    onecycle = "onecycle"
+
+
+class Preset(str, Enum):
+    """Named training recipes."""
+
+    seed = "seed"
+    best = "best"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run. Defaults are the seed's recipe."""
+
+    epochs: int = 2
+    batch_size: int = 100
+    lr: float = 0.01
+    hidden_size: int = 128
+    num_layers: int = 2
+    bidirectional: bool = False
+    dropout: float = 0.0
+    seed: int = 0
+    schedule: Schedule = Schedule.constant
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 0.0  # 0 = off
+    label_smoothing: float = 0.0
+    augment: bool = False  # random small affine transforms of each training digit
+    normalize: bool = False  # MNIST mean/std normalisation inside the model
+    subset: int = 0  # train on the first N training images (0 = all 60k)
+    test_subset: int = 0  # evaluate on the first N test images (0 = all 10k)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "clip_grad_norm": self.clip_grad_norm >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "subset": self.subset >= 0,
+            "test_subset": self.test_subset >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"invalid {name}: {getattr(self, name)}")
+        self.model_config()  # validates the architecture fields
+
+    def model_config(self) -> ModelConfig:
+        """The architecture this run trains."""
+        return ModelConfig(
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            dropout=self.dropout,
+            input_mean=MNIST_MEAN if self.normalize else 0.0,
+            input_std=MNIST_STD if self.normalize else 1.0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schedule"] = self.schedule.value
+        return data
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        """A copy with the given (non-None) fields replaced."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PRESETS: dict[Preset, TrainConfig] = {
+    # pytorch mnist_rnn-style seed: Adam lr 0.01, batch 100, 2 epochs.
+    Preset.seed: TrainConfig(),
+    # Same architecture; schedule, clipping, smoothing, normalisation and light augmentation.
+    Preset.best: TrainConfig(
+        epochs=14,
+        batch_size=128,
+        lr=0.01,
+        schedule=Schedule.onecycle,
+        weight_decay=1e-4,
+        clip_grad_norm=1.0,
+        label_smoothing=0.1,
+        augment=True,
+        normalize=True,
+    ),
+}

@@ -39,7 +39,7 @@ def make_checkpoint(
         "train_config": dict(train_config or {}),
         "versions": {
             "lstm_export": __version__,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
             "python": platform.python_version(),
         },
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

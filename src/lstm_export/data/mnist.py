@@ -63,10 +63,14 @@ def verify_dir(directory: Path) -> None:
     """Check that all four files are present and match the official md5; raise DataError if not."""
     if not directory.is_dir():
         raise DataError(f"MNIST folder {directory} does not exist")
-    for name, md5 in MD5.items():
+    paths = {}
+    for name in MD5:
         path = find_file(directory, name)
         if path is None:
             raise DataError(f"MNIST folder {directory} is missing {name} (or {name}.gz)")
+        paths[name] = path
+    for name, md5 in MD5.items():
+        path = paths[name]
         digest = hashlib.md5(read_idx_bytes(path)).hexdigest()
         if digest != md5:
             raise DataError(f"{path} is corrupt: md5 {digest} is not the official {md5}")

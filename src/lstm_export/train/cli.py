@@ -66,6 +66,10 @@ def train(
     )
     ensure_writable_dir(out)  # fail before training, not after
 
+    from lstm_export.data.mnist import ensure_mnist
+
+    data_dir = ensure_mnist(data_dir)  # data errors before the progress bar starts
+
     import torch
 
     from lstm_export.train.loop import train as run_training

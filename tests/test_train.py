@@ -57,5 +57,5 @@ def test_augmentation_keeps_shape_and_range() -> None:
     x[:, 10:18, 12:16] = 1.0
     out = random_affine(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
-    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0 + 1e-6
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
     assert not torch.equal(out, x)

@@ -14,7 +14,10 @@ class LSTMClassifier(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.normalize = config.input_mean != 0.0 or config.input_std != 1.0
+        # Plain attributes (not the dataclass) so the module can be scripted by TorchScript.
+        self.normalize: bool = config.input_mean != 0.0 or config.input_std != 1.0
+        self.input_mean: float = config.input_mean
+        self.input_std: float = config.input_std
         self.lstm = nn.LSTM(
             config.input_size,
             config.hidden_size,
@@ -28,7 +31,7 @@ class LSTMClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
-            x = (x - self.config.input_mean) / self.config.input_std
+            x = (x - self.input_mean) / self.input_std
         out, _ = self.lstm(x)  # (N, T, H * directions)
         return self.fc(out[:, -1, :])  # (N, num_classes)
 

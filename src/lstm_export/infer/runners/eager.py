@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_export.infer.base import Runner
+from lstm_export.infer.base import Runner, check_input
 from lstm_export.infer.runners.torch_device import resolve_torch_device
 
 
@@ -30,10 +30,21 @@ class EagerRunner(Runner):
         self.metadata = {"class_names": ",".join(ckpt["class_names"])}
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
+        return self.fetch(self.run_prepared(self.prepare(x)))
+
+    def prepare(self, x: np.ndarray) -> Any:
+        return self._torch.from_numpy(check_input(x)).to(self.device)
+
+    def run_prepared(self, prepared: Any) -> Any:
         torch = self._torch
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(x).to(self.device))
-        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+            out = self.model(prepared)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    def fetch(self, result: Any) -> np.ndarray:
+        return np.asarray(result.float().cpu().numpy(), dtype=np.float32)
 
     def _close(self) -> None:
         del self.model

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lstm_export.errors import DeviceError, ModelLoadError
-from lstm_export.infer.base import Device, Runner
+from lstm_export.infer.base import Device, Runner, check_input
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ class OnnxRuntimeRunner(Runner):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
-        want_gpu = self.requested_device in (Device.cuda, Device.auto)
+        want_gpu = self.requested_device == Device.cuda or (
+            self.requested_device == Device.auto and _has_nvidia_driver()
+        )
         providers: list[Any] = [CPU_EP]
         if want_gpu:
             _preload_cuda_libraries(ort)
@@ -64,11 +66,15 @@ class OnnxRuntimeRunner(Runner):
             providers = [(CUDA_EP, cuda_options), CPU_EP]
             if self.options.get("tensorrt"):
                 providers.insert(0, TRT_EP)
+        if want_gpu:  # a provider that fails to load logs errors; cuda_diagnosis() says why
+            ort.set_default_logger_severity(4)
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # InvalidProtobuf, NoSuchFile, Fail...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"{self.path} cannot be loaded by ONNX Runtime: {first}") from exc
+        finally:
+            ort.set_default_logger_severity(3)
         got = self.session.get_providers()
         on_gpu = CUDA_EP in got or TRT_EP in got
         if self.requested_device == Device.cuda and not on_gpu:
@@ -91,34 +97,51 @@ class OnnxRuntimeRunner(Runner):
         return f"{self.name} ({providers[0] if providers else 'not loaded'})"
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        if self.device == "cuda" and self.options.get("io_binding", True):
-            return self._infer_bound(x)
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
-        return np.asarray(out, dtype=np.float32)
+        return self.fetch(self.run_prepared(self.prepare(x)))
 
-    def _infer_bound(self, x: np.ndarray) -> np.ndarray:
-        """IO binding: the input is copied to the GPU once, the output stays there until fetched."""
+    @property
+    def _bound(self) -> bool:
+        return self.device == "cuda" and bool(self.options.get("io_binding", True))
+
+    def prepare(self, x: np.ndarray) -> Any:
+        """On CUDA with IO binding: an OrtValue on the GPU; else the host array."""
+        x = check_input(x)
+        if not self._bound:
+            return x
         ort = self._ort
+        if not self.options.get("cuda_graph"):
+            return ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        # CUDA graphs replay fixed device addresses: one input/output buffer pair per shape.
+        if self._bound_shape != x.shape:
+            self._gpu_in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+            self._gpu_out = ort.OrtValue.ortvalue_from_shape_and_type(
+                (x.shape[0], 10), np.float32, "cuda", 0
+            )
+            self._binding = self.session.io_binding()
+            self._binding.bind_ortvalue_input(self.input_name, self._gpu_in)
+            self._binding.bind_ortvalue_output(self.output_name, self._gpu_out)
+            self._bound_shape = x.shape
+        else:
+            self._gpu_in.update_inplace(x)
+        return self._gpu_in
+
+    def run_prepared(self, prepared: Any) -> Any:
+        """Run; on CUDA the output stays on the GPU (an OrtValue) until :meth:`fetch`."""
+        if not self._bound:
+            return self.session.run([self.output_name], {self.input_name: prepared})[0]
         if self.options.get("cuda_graph"):
-            # CUDA graphs replay fixed device addresses: reuse one input buffer per shape.
-            if self._bound_shape != x.shape:
-                self._gpu_in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-                self._gpu_out = ort.OrtValue.ortvalue_from_shape_and_type(
-                    (x.shape[0], 10), np.float32, "cuda", 0
-                )
-                self._binding = self.session.io_binding()
-                self._binding.bind_ortvalue_input(self.input_name, self._gpu_in)
-                self._binding.bind_ortvalue_output(self.output_name, self._gpu_out)
-                self._bound_shape = x.shape
-            else:
-                self._gpu_in.update_inplace(x)
             self.session.run_with_iobinding(self._binding)
-            return np.asarray(self._gpu_out.numpy(), dtype=np.float32)
+            return self._gpu_out
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_ortvalue_input(self.input_name, prepared)
         binding.bind_output(self.output_name, "cuda")
         self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+        return binding.get_outputs()[0]
+
+    def fetch(self, result: Any) -> np.ndarray:
+        if isinstance(result, np.ndarray):
+            return np.asarray(result, dtype=np.float32)
+        return np.asarray(result.numpy(), dtype=np.float32)  # device -> host copy
 
     def _close(self) -> None:
         del self.session
@@ -135,11 +158,17 @@ def _preload_cuda_libraries(ort: Any) -> None:
         log.debug("onnxruntime.preload_dlls failed: %s", exc)
 
 
-def cuda_diagnosis() -> str:
-    """One line naming why ONNX Runtime could not use CUDA here."""
+def _has_nvidia_driver() -> bool:
     try:
         ctypes.CDLL("libcuda.so.1")
     except OSError:
+        return False
+    return True
+
+
+def cuda_diagnosis() -> str:
+    """One line naming why ONNX Runtime could not use CUDA here."""
+    if not _has_nvidia_driver():
         return "the CUDA execution provider did not load: no NVIDIA driver (libcuda.so.1 missing)"
     for lib in ("libcudart.so.12", "libcudart.so.13"):
         try:

@@ -1,0 +1,1 @@
+"""Bench stage: latency and accuracy parity of every backend against eager PyTorch, in one run."""

@@ -1,0 +1,156 @@
+"""Bench: statistics on known timings, parity on known arrays, the JSON schema, CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lstm_export.bench.run import add_ratios
+from lstm_export.bench.stats import latency_stats, parity_stats
+from lstm_export.bench.timing import time_runner
+from lstm_export.bench.variants import BenchDevice, select_variants
+from lstm_export.cli import app
+from lstm_export.errors import BenchError
+
+runner = CliRunner()
+
+LATENCY_KEYS = {"backend", "device", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms"}
+LATENCY_KEYS |= {"min_ms", "max_ms", "throughput", "latency_ratio", "speedup", "copy_ms"}
+PARITY_KEYS = {"backend", "device", "accuracy", "agreement", "max_abs_diff", "mean_abs_diff"}
+
+
+def test_latency_stats_on_known_timings() -> None:
+    stats = latency_stats([0.001, 0.002, 0.003, 0.004], batch_size=10)
+    assert stats.mean_ms == pytest.approx(2.5)
+    assert stats.p50_ms == pytest.approx(2.5)
+    assert stats.min_ms == pytest.approx(1.0) and stats.max_ms == pytest.approx(4.0)
+    assert stats.p90_ms == pytest.approx(3.7)
+    assert stats.p99_ms == pytest.approx(3.97)
+    assert stats.throughput == pytest.approx(10 / 0.0025)
+    assert stats.iterations == 4
+
+
+def test_latency_stats_rejects_empty_and_bad_batch() -> None:
+    with pytest.raises(BenchError):
+        latency_stats([], 1)
+    with pytest.raises(BenchError):
+        latency_stats([0.1], 0)
+
+
+def test_parity_on_known_arrays() -> None:
+    reference = np.array([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
+    logits = np.array([[2.0, 1.5], [0.0, 1.0], [0.0, 3.0], [0.0, 5.0]])
+    labels = np.array([0, 1, 1, 0])
+    stats = parity_stats(logits, reference, labels)
+    assert stats.agreement == pytest.approx(0.75)  # row 2 flips
+    assert stats.accuracy == pytest.approx(0.75)  # predictions 0, 1, 1, 1 against labels 0, 1, 1, 0
+    assert stats.max_abs_diff == pytest.approx(3.0)
+    assert stats.mean_abs_diff == pytest.approx((0.5 + 3.0 + 3.0) / 8)
+    with pytest.raises(BenchError, match="shape"):
+        parity_stats(logits[:3], reference, labels)
+
+
+def test_ratios_against_eager() -> None:
+    rows = [
+        {"backend": "eager", "device": "cpu", "batch_size": 1, "p50_ms": 2.0, "throughput": 500.0},
+        {"backend": "ort", "device": "cpu", "batch_size": 1, "p50_ms": 0.5, "throughput": 1500.0},
+        {"backend": "ort", "device": "cpu", "batch_size": 8, "p50_ms": 1.0, "throughput": 8000.0},
+    ]
+    add_ratios(rows)
+    assert rows[1]["latency_ratio"] == pytest.approx(0.25)
+    assert rows[1]["speedup"] == pytest.approx(3.0)
+    assert rows[2]["latency_ratio"] is None  # no eager row at batch 8
+
+
+def test_variant_selection() -> None:
+    cpu = [v.name for v in select_variants(None, BenchDevice.cpu)]
+    assert cpu[0] == "eager" and "onnxruntime-int8" in cpu
+    assert "onnxruntime-fp16" not in cpu
+    cuda = [v.name for v in select_variants(None, BenchDevice.cuda)]
+    assert {"onnxruntime-cudagraph", "onnxruntime-fp16"} <= set(cuda)
+    assert "onnxruntime-int8" not in cuda
+    assert [v.name for v in select_variants(["onnxruntime"], BenchDevice.cpu)] == [
+        "eager",
+        "onnxruntime",
+    ]
+    with pytest.raises(BenchError, match="unknown backend"):
+        select_variants(["tensorflow"], BenchDevice.cpu)
+    with pytest.raises(BenchError, match="does not run on cpu"):
+        select_variants(["onnxruntime-fp16"], BenchDevice.cpu)
+
+
+def test_time_runner_counts_iterations(make_checkpoint: Callable[..., Path]) -> None:
+    from lstm_export.infer.registry import load_runner
+
+    with load_runner(make_checkpoint(hidden_size=8), device="cpu") as r:
+        x = np.zeros((2, 28, 28), dtype=np.float32)
+        timings = time_runner(r, x, warmup=1, iterations=5)
+        assert timings.compute.shape == (5,) and timings.copies.shape == (5,)
+        assert (timings.compute > 0).all()
+        budget = time_runner(r, x, warmup=0, iterations=None, seconds=0.05, min_iterations=3)
+        assert budget.compute.size >= 3
+
+
+def _one_line_error(result: object) -> str:
+    out = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 1, out  # type: ignore[attr-defined]
+    assert "Traceback" not in out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), out
+    return lines[0]
+
+
+def test_cli_eager_only_writes_schema(
+    make_checkpoint: Callable[..., Path], mnist_dir: Path, tmp_path: Path
+) -> None:
+    ckpt = make_checkpoint(hidden_size=8)
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    args = ["bench", str(ckpt), "-b", "eager", "--batch-sizes", "1,4", "-n", "3", "--warmup", "1"]
+    args += ["--parity-images", "100", "--data-dir", str(mnist_dir), "-o", str(out)]
+    args += ["--plot", str(png), "--markdown"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 1
+    assert {"cpu", "cores", "torch", "onnxruntime"} <= set(data["machine"])
+    assert [(r["backend"], r["batch_size"]) for r in data["latency"]] == [
+        ("eager", 1),
+        ("eager", 4),
+    ]
+    for row in data["latency"]:
+        assert set(row) >= LATENCY_KEYS
+        assert row["min_ms"] <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["latency_ratio"] == pytest.approx(1.0)
+    assert set(data["parity"][0]) >= PARITY_KEYS
+    assert data["parity"][0]["agreement"] == 1.0 and data["parity"][0]["images"] == 100
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| eager | 1 |" in result.output  # the markdown table
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["-b", "eager,tensorflow"], "unknown backend"),
+        (["--batch-sizes", "0,8"], "batch sizes"),
+        (["--batch-sizes", "one"], "integers"),
+        (["--device", "tpu"], "--device"),
+        (["-b", "onnxruntime-fp16"], "does not run on cpu"),
+    ],
+)
+def test_cli_bad_input_is_one_line(
+    extra: list[str], needle: str, make_checkpoint: Callable[..., Path]
+) -> None:
+    ckpt = make_checkpoint(hidden_size=8)
+    assert needle in _one_line_error(runner.invoke(app, ["bench", str(ckpt), *extra]))
+
+
+def test_cli_missing_run_dir_is_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(runner.invoke(app, ["bench", str(tmp_path / "nope")]))
+    assert "not found" in line
+    (tmp_path / "empty").mkdir()
+    assert "no model.pt" in _one_line_error(runner.invoke(app, ["bench", str(tmp_path / "empty")]))

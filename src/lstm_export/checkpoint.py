@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import pickle
 import platform
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, random pickle, arbitrary bytes...
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # a pickle of more than tensors and containers
+            why = "it holds objects other than tensors and plain containers (weights_only=True)"
+        else:
+            why = "not a PyTorch file (no zip or pickle inside)"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {why}") from exc
+    except Exception as exc:  # truncated zip, arbitrary bytes...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint: {reason[:200]}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -61,4 +61,4 @@ def _export(artifact: Artifact, checkpoint: Path, path: Path, data_dir: Path | N
     elif artifact == Artifact.onnx_fp16:
         from lstm_export.export.fp16 import convert_fp16
 
-        convert_fp16(checkpoint.parent / Artifact.onnx.value, path)
+        convert_fp16(checkpoint.parent / Artifact.onnx.value, path, data_dir=data_dir)

@@ -1,0 +1,15 @@
+"""Export stage: checkpoint -> ONNX / TorchScript, proven against eager PyTorch at export time.
+
+Modules (each imports torch / onnx / onnxruntime inside its functions, so the CLI stays fast):
+
+- :mod:`.to_onnx` -- ``export_onnx``: torch.onnx (dynamo or legacy), native-LSTM audit, metadata.
+- :mod:`.to_torchscript` -- ``export_torchscript``: scripted, frozen, optimised ``.ts``.
+- :mod:`.quantize` -- ``quantize_int8``: dynamic int8 with ``DynamicQuantizeLSTM`` and an accuracy guard.
+- :mod:`.fp16` -- ``convert_fp16``: float16 weights, float32 inputs and outputs.
+- :mod:`.validate` -- the checks every exported file passes before it is renamed into place.
+- :mod:`.audit` -- what an ONNX graph holds (opset, ops, LSTM nodes, inputs and outputs).
+- :mod:`.placement` -- which ONNX Runtime execution provider runs each node.
+- :mod:`.inspect_model` -- ``inspect_model`` for ``.onnx``, ``.ts`` and ``.pt``.
+- :mod:`.source`, :mod:`.metadata`, :mod:`.progress`, :mod:`.quiet` -- shared plumbing.
+- :mod:`.cli` -- the ``onnx``, ``torchscript`` and ``inspect`` commands (the only printing module).
+"""

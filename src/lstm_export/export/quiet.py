@@ -1,0 +1,49 @@
+"""Keep the exporters' own chatter (warnings, prints, library loggers) out of the terminal.
+
+torch.onnx, torch.jit and onnxscript emit FutureWarnings, UserWarnings and log records that say
+nothing about the user's model. They are re-logged at DEBUG level and never printed; our own
+``lstm_export`` loggers are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+_NOISY_LOGGERS = (
+    "onnxscript",
+    "onnx_ir",
+    "torch.onnx",
+    "torch.export",
+    "torch._export",
+    "torch._dynamo",
+    "torch.fx",
+    "onnxruntime",
+)
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """Silence exporter warnings, stdout prints and third-party loggers inside the block."""
+    saved: dict[str, int] = {}
+    for name in _NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = logger.level
+        logger.setLevel(logging.ERROR)
+    stdout = io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+    for w in caught:
+        log.debug("exporter warning: %s: %s", w.category.__name__, str(w.message).splitlines()[0])
+    if stdout.getvalue().strip():
+        log.debug("exporter output: %s", stdout.getvalue().strip()[:2000])

@@ -1,0 +1,192 @@
+"""Checkpoint -> TorchScript (``.ts``): scripted, frozen, optimised for inference, validated.
+
+The module is scripted (not traced) so that nothing device-specific is baked in: the LSTM's
+initial state is created on the input's device, and ``torch.jit.load(path, map_location="cuda")``
+works. It loads with plain ``torch.jit.load`` in a process that never imports ``lstm_export``,
+and carries its metadata as ``_extra_files={"metadata.json": ...}`` (a JSON object of strings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lstm_export.errors import ConfigError, ExportError, ValidationError
+from lstm_export.export.metadata import source_metadata
+from lstm_export.export.progress import ProgressFn, status
+from lstm_export.export.quiet import quiet_exporters
+from lstm_export.export.source import check_target, load_source, output_file
+from lstm_export.export.validate import (
+    DEFAULT_TOLERANCE,
+    ValidationReport,
+    compare,
+    eager_predict,
+    load_test_set,
+    make_batches,
+    torchscript_predict,
+)
+
+if TYPE_CHECKING:
+    from lstm_export.model import LSTMClassifier
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+#: graph ops that tie a TorchScript file to the machine it was optimised on
+_NON_PORTABLE = ("mkldnn", "to_dense", "prim::MKLDNN")
+
+
+@dataclass
+class TorchScriptExportReport:
+    """What ``export_torchscript`` wrote and proved."""
+
+    path: Path
+    checkpoint: Path
+    method: str
+    optimized: bool
+    op_counts: dict[str, int]
+    validation: ValidationReport | None
+    metadata: dict[str, str]
+    file_size: int
+    export_seconds: float
+    validate_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def graph_op_counts(graph: Any) -> dict[str, int]:
+    """Node kinds of a TorchScript graph, nested blocks included, constants left out."""
+    counts: Counter[str] = Counter()
+
+    def walk(block: Any) -> None:
+        for node in block.nodes():
+            if node.kind() != "prim::Constant":
+                counts[node.kind()] += 1
+            for sub in node.blocks():
+                walk(sub)
+
+    walk(graph)
+    return dict(counts.most_common())
+
+
+def _is_portable(module: Any) -> bool:
+    text = str(module.graph)
+    return (
+        not any(marker in text for marker in _NON_PORTABLE)
+        and "Device = prim::Constant" not in text
+    )
+
+
+def build_scripted(model: LSTMClassifier) -> tuple[Any, bool, list[str]]:
+    """Script, freeze and optimise ``model``: ``(module, optimized, notes)``.
+
+    ``torch.jit.optimize_for_inference`` may bake in machine-specific (MKLDNN) ops; when it does,
+    the frozen module is kept instead so the file stays portable across devices.
+    """
+    import torch
+
+    notes: list[str] = []
+    scripted = torch.jit.script(model.eval())
+    frozen = torch.jit.freeze(scripted.eval())
+    try:
+        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+    except Exception as exc:  # pragma: no cover - depends on torch build
+        notes.append(f"optimize_for_inference failed ({str(exc).splitlines()[0]}); kept frozen")
+        return frozen, False, notes
+    if not _is_portable(optimized):
+        notes.append("optimize_for_inference produced machine-specific ops; kept frozen module")
+        return frozen, False, notes
+    return optimized, True, notes
+
+
+def export_torchscript(
+    checkpoint: Path,
+    out: Path | None = None,
+    *,
+    validate: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    data_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> TorchScriptExportReport:
+    """Export a checkpoint (run folder or ``.pt``) to TorchScript; default ``model.ts`` beside it.
+
+    The saved file is reloaded with ``torch.jit.load`` and compared with eager PyTorch on MNIST
+    test images at batch 1, 7 and 512 (``tolerance`` on logits, every argmax equal) before it is
+    renamed onto ``out``.
+    """
+    import torch
+
+    if not tolerance > 0:
+        raise ConfigError(f"tolerance must be > 0, got {tolerance}")
+    status(progress, "loading checkpoint")
+    source = load_source(checkpoint)
+    target = check_target(Path(out) if out is not None else source.path.with_suffix(".ts"))
+    batches = make_batches(load_test_set(data_dir)[0]) if validate else None
+
+    status(progress, "scripting, freezing and optimising")
+    t0 = time.perf_counter()
+    try:
+        with quiet_exporters():
+            module, optimized, notes = build_scripted(source.model)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"TorchScript export failed: {first[:300]}") from exc
+    method = "torch.jit.script + freeze" + (" + optimize_for_inference" if optimized else "")
+    meta = source_metadata(source, exporter=method, fmt="torchscript")
+    op_counts = graph_op_counts(module.graph)
+    export_seconds = time.perf_counter() - t0
+
+    validation = None
+    t1 = time.perf_counter()
+    with output_file(target) as tmp:
+        with quiet_exporters():
+            torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+        if batches is not None:
+            status(progress, "validating against eager PyTorch (batch 1, 7, 512)")
+            with quiet_exporters():
+                try:
+                    loaded = torch.jit.load(str(tmp), map_location="cpu")
+                except Exception as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise ValidationError(
+                        f"the saved TorchScript file does not load: {first}"
+                    ) from exc
+            t_check = time.perf_counter()
+            checks = compare(
+                eager_predict(source.model),
+                torchscript_predict(loaded),
+                batches,
+                tolerance,
+                reference_name="eager PyTorch",
+                candidate_name="TorchScript",
+            )
+            validation = ValidationReport(
+                reference="eager PyTorch (CPU)",
+                candidate="torch.jit.load (CPU)",
+                tolerance=tolerance,
+                checks=checks,
+                structural=["reloaded with torch.jit.load"],
+                seconds=time.perf_counter() - t_check,
+            )
+        else:
+            log.warning("validation skipped (--no-validate): %s is unchecked", target)
+    for note in notes:
+        log.info(note)
+    size = target.stat().st_size
+    return TorchScriptExportReport(
+        path=target,
+        checkpoint=source.path,
+        method=method,
+        optimized=optimized,
+        op_counts=op_counts,
+        validation=validation,
+        metadata=meta,
+        file_size=size,
+        export_seconds=export_seconds,
+        validate_seconds=time.perf_counter() - t1,
+        notes=notes,
+    )

@@ -156,7 +156,6 @@ def _other_architecture(folder: Path) -> Path:
     """Our format, but the weights belong to another architecture than the recorded config."""
     import torch
 
-
     path = save_ckpt(folder, hidden_size=8, num_layers=1)
     ckpt = torch.load(path, weights_only=True)
     ckpt["model_config"]["hidden_size"] = 32

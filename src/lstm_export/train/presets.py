@@ -88,16 +88,17 @@ class TrainConfig:
 PRESETS: dict[Preset, TrainConfig] = {
     # pytorch mnist_rnn-style seed: Adam lr 0.01, batch 100, 2 epochs.
     Preset.seed: TrainConfig(),
-    # Same architecture; schedule, clipping, smoothing, normalisation and light augmentation.
+    # Same architecture: one-cycle schedule, AdamW, gradient clipping, label smoothing and input
+    # normalisation inside the model. 99.26 % in 15 epochs here (see README); random affine
+    # augmentation (--augment) cost accuracy within this budget (99.15 % in 14 epochs).
     Preset.best: TrainConfig(
-        epochs=14,
+        epochs=15,
         batch_size=128,
-        lr=0.01,
+        lr=0.005,
         schedule=Schedule.onecycle,
         weight_decay=1e-4,
         clip_grad_norm=1.0,
         label_smoothing=0.1,
-        augment=True,
         normalize=True,
     ),
 }

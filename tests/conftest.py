@@ -56,7 +56,7 @@ def mnist_test(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder with a quickly trained seed-architecture model (about 90 % accurate)."""
+    """A run folder with a quickly trained seed-architecture model (about 60 % accurate)."""
     from lstm_export.train.loop import train
     from lstm_export.train.presets import TrainConfig
     from lstm_export.train.run_dir import save_run

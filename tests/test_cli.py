@@ -71,7 +71,9 @@ def test_nonsense_flags_are_one_line(args: list[str], needle: str) -> None:
 
 
 def test_missing_data_is_one_line(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "x"), "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["train", "--data-dir", str(tmp_path / "x"), "--out", str(tmp_path)]
+    )
     assert "does not exist" in _one_line_error(result)
 
 

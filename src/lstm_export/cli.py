@@ -84,11 +84,21 @@ def _root(
 
 
 def _register() -> None:
+    from lstm_export.bench import cli as bench_cli
     from lstm_export.data import cli as data_cli
+    from lstm_export.export import cli as export_cli
+    from lstm_export.infer import cli as infer_cli
+    from lstm_export.pipeline import cli as demo_cli
     from lstm_export.train import cli as train_cli
 
     app.command("data")(data_cli.data)
     app.command("train")(train_cli.train)
+    app.command("onnx")(export_cli.onnx)
+    app.command("torchscript")(export_cli.torchscript)
+    app.command("inspect")(export_cli.inspect)
+    app.command("infer")(infer_cli.infer)
+    app.command("bench")(bench_cli.bench)
+    app.command("demo")(demo_cli.demo)
 
 
 _register()

@@ -24,6 +24,17 @@ def describe() -> dict[str, Any]:
         "range": [0.0, 1.0],
         "polarity": "light digit on dark background (MNIST)",
         "normalization": "inside the model",
+        # How `lstm-export infer` turns image files into the uint8 digits above (infer/images.py).
+        "image_files": {
+            "decode": "Pillow: first frame, EXIF orientation, alpha composited onto the"
+            " background contrasting with the ink, grayscale (ITU-R 601-2 luma), 16-bit scaled",
+            "polarity": "auto: inverted when most of the 1-px border is light (> 127); yes; no",
+            "resize": "padded to a square with the border median, resized to 28x28"
+            " (box filter down, bicubic up); a 28x28 image is unchanged",
+            "fit": "optional (--fit): blur + Otsu mask, levels stretched, cropped to the digit,"
+            " longer side 20 px, centre of mass at (14, 14) in the 28x28 field (as MNIST)",
+            "scale": f"uint8 / {PIXEL_SCALE:g} (to_model_input)",
+        },
     }
 
 

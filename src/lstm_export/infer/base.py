@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lstm_export.errors import InputError, ModelLoadError
+from lstm_export.errors import InputError, LstmExportError, ModelLoadError
 
 
 class Device(str, Enum):
@@ -40,6 +40,8 @@ class Runner(abc.ABC):
         self.options = options
         #: the device actually used once loaded: ``"cpu"`` or ``"cuda"``
         self.device: str | None = None
+        #: with ``device=auto``: which device was chosen and why, e.g. ``"auto: no NVIDIA driver"``
+        self.device_note: str = ""
         self.metadata: dict[str, str] = {}
         self._loaded = False
 
@@ -72,10 +74,22 @@ class Runner(abc.ABC):
 
     # -- inference -------------------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """``x`` float32 (N, 28, 28) in [0, 1] -> logits float32 (N, 10)."""
+        """``x`` float32 (N, 28, 28) in [0, 1] -> logits float32 (N, 10).
+
+        A backend's own exception is raised as ModelLoadError naming the backend and the shape.
+        """
         if not self._loaded:
             self.load()
-        return self.fetch(self.run_prepared(self.prepare(x)))
+        try:
+            return self.fetch(self.run_prepared(self.prepare(x)))
+        except LstmExportError:
+            raise
+        except Exception as exc:  # onnxruntime Fail/InvalidArgument, torch RuntimeError, ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            shape = getattr(x, "shape", "?")
+            raise ModelLoadError(
+                f"{self.description} failed on input of shape {shape}: {first}"
+            ) from exc
 
     # -- the three phases of infer(), for benchmarks that time device copies apart ----------------
     def prepare(self, x: np.ndarray) -> Any:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
 from lstm_export.infer.base import Runner, check_input
-from lstm_export.infer.runners.torch_device import resolve_torch_device
+from lstm_export.infer.runners.torch_device import resolve_torch_device_noted
 
 
 class EagerRunner(Runner):
@@ -24,10 +25,13 @@ class EagerRunner(Runner):
         self._torch = torch
         if self.options.get("threads"):
             torch.set_num_threads(int(self.options["threads"]))
-        self.device = resolve_torch_device(self.requested_device)
+        self.device, self.device_note = resolve_torch_device_noted(self.requested_device)
         model, ckpt = load_model(self.path)
         self.model: Any = model.to(self.device)
-        self.metadata = {"class_names": ",".join(ckpt["class_names"])}
+        self.metadata = {
+            "class_names": ",".join(ckpt["class_names"]),
+            "preprocessing": json.dumps(ckpt["preprocessing"]),
+        }
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         return self.fetch(self.run_prepared(self.prepare(x)))

@@ -79,10 +79,18 @@ class OnnxRuntimeRunner(Runner):
         on_gpu = CUDA_EP in got or TRT_EP in got
         if self.requested_device == Device.cuda and not on_gpu:
             raise DeviceError(f"--device cuda asked, but {cuda_diagnosis()}")
+        if self.options.get("tensorrt") and self.requested_device == Device.cpu:
+            raise DeviceError("the TensorRT execution provider needs --device cuda (or auto)")
         if self.options.get("tensorrt") and TRT_EP not in got and self.requested_device != "auto":
             raise DeviceError("TensorRT execution provider asked, but it did not load")
         if self.requested_device == Device.auto:
-            log.info("device auto: ONNX Runtime uses %s", got[0])
+            if on_gpu:
+                self.device_note = f"auto: {got[0]}"
+            elif not want_gpu:
+                self.device_note = "auto: CPU, since no NVIDIA driver (libcuda.so.1 missing)"
+            else:
+                self.device_note = f"auto: CPU, since {cuda_diagnosis()}"
+            log.info("device %s", self.device_note)
         self.device = "cuda" if on_gpu else "cpu"
         self.providers = got
         self.input_name = self.session.get_inputs()[0].name

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import sys
 
 from lstm_export.errors import DeviceError
 from lstm_export.infer.base import Device
@@ -10,18 +13,41 @@ from lstm_export.infer.base import Device
 log = logging.getLogger(__name__)
 
 
-def resolve_torch_device(requested: Device) -> str:
-    """``cpu`` / ``cuda`` / ``auto`` -> the torch device string actually usable here."""
+def torch_cuda_problem() -> str | None:
+    """Why torch cannot use CUDA here, or None when it can."""
     import torch
 
-    if requested == Device.cpu:
-        return "cpu"
-    available = torch.cuda.is_available()
-    if requested == Device.cuda and not available:
-        built = torch.version.cuda
-        why = "this torch build has no CUDA" if built is None else "no CUDA device is visible"
-        raise DeviceError(f"--device cuda asked, but CUDA is not usable by torch: {why}")
-    device = "cuda" if available else "cpu"
-    if requested == Device.auto:
-        log.info("device auto: using %s", device)
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA"
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            return "no NVIDIA driver (libcuda.so.1 missing)"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None:
+        return f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={hidden!r})"
+    return "no CUDA device is visible"
+
+
+def resolve_torch_device(requested: Device) -> str:
+    """``cpu`` / ``cuda`` / ``auto`` -> the torch device string actually usable here."""
+    device, _ = resolve_torch_device_noted(requested)
     return device
+
+
+def resolve_torch_device_noted(requested: Device) -> tuple[str, str]:
+    """Like :func:`resolve_torch_device`, with a note saying what ``auto`` chose and why."""
+    if requested == Device.cpu:
+        return "cpu", ""
+    problem = torch_cuda_problem()
+    if requested == Device.cuda and problem is not None:
+        raise DeviceError(f"--device cuda asked, but CUDA is not usable by torch: {problem}")
+    device = "cuda" if problem is None else "cpu"
+    note = ""
+    if requested == Device.auto:
+        note = "auto: CUDA" if problem is None else f"auto: CPU, since {problem}"
+        log.info("device %s", note)
+    return device, note

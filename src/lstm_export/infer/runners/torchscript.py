@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from typing import Any
 
 import numpy as np
 
 from lstm_export.errors import ModelLoadError
 from lstm_export.infer.base import Runner, check_input
-from lstm_export.infer.runners.torch_device import resolve_torch_device
+from lstm_export.infer.runners.torch_device import resolve_torch_device_noted
 
 
 class TorchScriptRunner(Runner):
@@ -23,12 +25,16 @@ class TorchScriptRunner(Runner):
         self._torch = torch
         if self.options.get("threads"):
             torch.set_num_threads(int(self.options["threads"]))
-        self.device = resolve_torch_device(self.requested_device)
+        self.device, self.device_note = resolve_torch_device_noted(self.requested_device)
         extra = {"metadata.json": ""}
         try:
-            self.module: Any = torch.jit.load(
-                str(self.path), map_location=self.device, _extra_files=extra
-            )
+            with warnings.catch_warnings():
+                # torch >= 2.9 calls torch.jit deprecated; loading still works and is the point here
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module: Any = torch.jit.load(
+                    str(self.path), map_location=self.device, _extra_files=extra
+                )
         except Exception as exc:  # RuntimeError for foreign or truncated files
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(
@@ -36,11 +42,16 @@ class TorchScriptRunner(Runner):
             ) from exc
         self.module.eval()
         if extra["metadata.json"]:
-            import json
-
             raw = extra["metadata.json"]
             text = raw.decode() if isinstance(raw, bytes) else raw
-            self.metadata = {k: str(v) for k, v in json.loads(text).items()}
+            try:
+                recorded = json.loads(text)
+            except ValueError:
+                recorded = {}
+            if isinstance(recorded, dict):
+                self.metadata = {
+                    k: v if isinstance(v, str) else json.dumps(v) for k, v in recorded.items()
+                }
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         return self.fetch(self.run_prepared(self.prepare(x)))

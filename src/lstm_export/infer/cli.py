@@ -1,0 +1,255 @@
+"""``lstm-export infer``: classify a folder of images with any backend, rows to CSV or JSON Lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import TextColumn
+
+from lstm_export.console import console, err_console, make_progress
+from lstm_export.infer.base import Device
+from lstm_export.infer.images import Invert
+from lstm_export.infer.registry import Backend
+from lstm_export.infer.writers import OutputFormat
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lstm_export.infer.classify import Prediction, Summary
+
+#: error rows listed on the terminal (all of them are in the output)
+SHOWN_ERRORS = 10
+
+
+def infer(
+    model: Path = typer.Argument(
+        ...,
+        help="Model: .pt checkpoint (eager), .ts TorchScript or .onnx ONNX.",
+        show_default=False,
+    ),
+    folder: Path = typer.Argument(
+        ..., help="Folder of images (or one image file).", show_default=False
+    ),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Write the rows to this .csv or .jsonl file (atomically). Default: CSV on stdout.",
+    ),
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.auto, "--format", help="Row format; auto: from the -o suffix, CSV on stdout."
+    ),
+    backend: Backend = typer.Option(
+        Backend.auto, "--backend", help="auto: from MODEL's suffix (.pt, .ts, .onnx)."
+    ),
+    device: Device = typer.Option(
+        Device.auto, "--device", help="auto: CUDA when it really loads, else CPU (and says which)."
+    ),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Images per inference call.",
+        show_default="64 on CPU, 512 on CUDA",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Decode workers: 0 inline, 1 a thread, N>=2 processes.",
+        show_default="auto",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Inference threads of the model (the cores decoding leaves free).",
+        show_default="auto",
+    ),
+    streams: int | None = typer.Option(
+        None,
+        "--streams",
+        min=1,
+        help="Batches inferred at once; the 2nd+ at low priority, on cores decoding leaves idle.",
+        show_default="auto",
+    ),
+    recursive: bool = typer.Option(
+        True, "--recursive/--no-recursive", help="Descend into subfolders."
+    ),
+    invert: Invert = typer.Option(
+        Invert.auto,
+        "--invert",
+        help="Polarity. auto: a light border (dark digit on paper) is inverted.",
+    ),
+    fit: bool = typer.Option(
+        False,
+        "--fit",
+        help="Photo-like digits: crop to the digit, 20 px box, centre of mass centred (as MNIST).",
+    ),
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="Add one probability column per class."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit 1 when any image (or folder) could not be read."
+    ),
+    confusion_png: Path | None = typer.Option(
+        None, "--confusion-png", help="Labelled folders: also draw the confusion matrix here."
+    ),
+    summary_json: Path | None = typer.Option(
+        None, "--summary-json", help="Also write counts, accuracy and timing as JSON here."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    r"""Classify every image under FOLDER with MODEL.
+
+    Rows: path (relative to FOLDER), \[label,] prediction, confidence, error. Every file with an image extension gets exactly one row; unreadable ones get an error and the run goes on. Other files are counted as skipped; hidden ones are left out.
+
+    On an ImageFolder layout (first-level folders named 0..9) accuracy and a confusion matrix are printed.
+
+    The summary goes to stdout with -o, to stderr when the rows go to stdout. Exit code 1 when no image could be classified, or with --strict on any error.
+    """
+    from lstm_export.errors import InputError, ModelLoadError, OutputError
+    from lstm_export.infer.classify import FolderClassifier, plan_run, runner_options
+    from lstm_export.infer.registry import make_runner
+    from lstm_export.infer.walk import walk_images
+    from lstm_export.infer.writers import open_rows, resolve_format
+
+    resolve_format(output, fmt)  # a bad -o suffix fails before any work
+    if confusion_png is not None and confusion_png.suffix.lower() != ".png":
+        raise OutputError(f"--confusion-png {confusion_png} must end in .png")
+    choice: dict[str, Any] = {
+        "workers": workers,
+        "threads": threads,
+        "streams": streams,
+        "batch_size": batch_size,
+        "fit": fit,
+    }
+    plan = plan_run(**choice)
+    runner = make_runner(model, backend, device, **runner_options(plan))  # checks the suffix
+    if not model.is_file():
+        raise ModelLoadError(f"model file {model} not found")
+    walk = walk_images(folder, recursive=recursive)
+    if not walk.paths:
+        raise InputError(
+            f"no image files in {folder} ({walk.skipped} other files skipped, "
+            f"{walk.hidden} hidden left out{'' if recursive else ', --no-recursive'})"
+        )
+    with err_console.status(f"loading {escape(str(model))}"):
+        runner.load()
+    if runner.device == "cuda":
+        plan = plan_run(**choice, device="cuda")
+    report = console if output is not None else err_console  # stdout is free with -o
+    with runner:
+        job = FolderClassifier(
+            runner, walk, plan, invert=invert, fit=fit, probabilities=probabilities
+        )
+        note = f" ({runner.device_note})" if runner.device_note else ""
+        err_console.print(
+            f"model    {escape(str(model))}: {runner.description} on {runner.device}{escape(note)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        err_console.print(
+            f"folder   {escape(str(folder))}: {len(walk.paths):,} images, {walk.skipped:,} other files "
+            f"skipped, {walk.hidden:,} hidden; {escape(job.summary.labels)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        err_console.print(f"plan     {plan.describe()}", highlight=False, soft_wrap=True)
+        errors: list[Prediction] = []
+        bar = make_progress(TextColumn("{task.fields[speed]:>8,.0f} img/s"))
+        bar.disable = not progress
+        started = time.perf_counter()
+        with (
+            open_rows(
+                output,
+                fmt,
+                labelled=job.labelled,
+                class_names=job.class_names if probabilities else None,
+                stream=sys.stdout,
+            ) as writer,
+            bar,
+        ):
+            task = bar.add_task("classifying", total=len(walk.paths), speed=0.0)
+            for rows in job.batches():
+                writer.write(rows)
+                errors.extend(r for r in rows if r.error is not None)
+                speed = (bar.tasks[task].completed + len(rows)) / max(
+                    time.perf_counter() - started, 1e-9
+                )
+                bar.update(task, advance=len(rows), speed=speed)
+    summary = job.summary
+    _print_summary(summary, errors, report)
+    if output is not None:
+        console.print(f"predictions: {escape(str(output))}", highlight=False, soft_wrap=True)
+    if summary_json is not None:
+        import json
+
+        from lstm_export.fileio import write_text_atomic
+
+        write_text_atomic(summary_json, json.dumps(summary.to_dict(), indent=2) + "\n")
+        report.print(f"summary: {escape(str(summary_json))}", highlight=False, soft_wrap=True)
+    if confusion_png is not None:
+        if summary.confusion is None:
+            err_console.print(
+                f"[yellow]warning:[/] no confusion matrix drawn: the folder is {escape(summary.labels)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            from lstm_export.infer.report import save_confusion_png
+
+            save_confusion_png(
+                summary.confusion, confusion_png, title=f"{folder.name} · {model.name}"
+            )
+            report.print(
+                f"confusion matrix: {escape(str(confusion_png))}", highlight=False, soft_wrap=True
+            )
+    if summary.classified == 0:
+        raise InputError(
+            f"none of the {summary.images:,} image files could be classified (see the error column)"
+        )
+    if strict and (summary.errors or summary.unreadable_folders):
+        what = f"{summary.errors:,} of {summary.images:,} images could not be classified"
+        if summary.unreadable_folders:
+            what += f" and {len(summary.unreadable_folders)} folders could not be read"
+        raise InputError(f"--strict: {what}")
+
+
+def _print_summary(summary: Summary, errors: list[Prediction], report: Console) -> None:
+    """Counts, speed, errors (first few), and accuracy with the confusion matrix when labelled."""
+    from lstm_export.infer.report import confusion_table
+
+    report.print(
+        f"classified {summary.classified:,} of {summary.images:,} images in "
+        f"{summary.seconds:.2f} s ({summary.images_per_second:,.0f} images/s); "
+        f"{summary.errors:,} errors, {summary.skipped:,} other files skipped",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for row in errors[:SHOWN_ERRORS]:
+        err_console.print(
+            f"  [red]error[/] {escape(row.path)}: {escape(row.error or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(errors) > SHOWN_ERRORS:
+        err_console.print(f"  ... and {len(errors) - SHOWN_ERRORS:,} more (see the error column)")
+    for problem in summary.unreadable_folders:
+        err_console.print(
+            f"  [red]unreadable folder[/] {escape(problem)}", highlight=False, soft_wrap=True
+        )
+    if summary.confusion is not None and summary.accuracy is not None:
+        c = summary.confusion
+        report.print(
+            f"accuracy {summary.accuracy * 100:.2f} % ({c.correct:,} of {c.total:,} labelled "
+            f"images{'; errors not counted' if summary.errors else ''})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        report.print(confusion_table(c))

@@ -1,0 +1,400 @@
+"""Image files -> MNIST-like uint8 digits ``(28, 28)``: decode, grayscale, polarity, size, ``fit``.
+
+The steps, in order (recorded in checkpoints through :func:`lstm_export.data.preprocess.describe`):
+
+1. decode with Pillow (PNG, JPEG, BMP, GIF first frame, TIFF, WebP, PNM), EXIF orientation applied;
+2. alpha composited onto the background the ink does not have (dark ink on white, light on black);
+3. grayscale (ITU-R 601-2 luma), 16-bit and float images scaled to 0..255;
+4. polarity: the model wants a light digit on a dark background, so a light border (paper) is
+   inverted (``Invert.auto``: most of the one-pixel border above 127), or always (yes) or never (no);
+5. ``fit=False``: padded to a square with the background value and resized to 28x28 (box filter
+   down, bicubic up). An MNIST 28x28 image passes through unchanged, bit for bit.
+   ``fit=True``: the way MNIST itself was made (:func:`fit_mnist`).
+
+The float scaling (``/255``) is :func:`lstm_export.data.preprocess.to_model_input`, shared with
+training; :func:`to_batch` applies it. ``preprocess.describe()["image_files"]`` records these
+steps in checkpoints and exported files; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lstm_export.data.preprocess import IMAGE_SIZE, to_model_input
+from lstm_export.errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+#: suffixes (lower case) treated as images; anything else is counted as skipped
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".bmp",
+        ".dib",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".pgm",
+        ".ppm",
+        ".pbm",
+        ".pnm",
+    }
+)
+
+#: decode at no more than this size (JPEG draft mode), enough for ``fit`` to find the digit
+_DRAFT_SIZE = 4 * IMAGE_SIZE
+#: ``fit``: the longer side of the digit's box, and the point its centre of mass lands on
+FIT_BOX = 20
+FIT_CENTRE = (14.0, 14.0)  # measured on MNIST test: (13.99, 14.01) in (row, column) pixel indices
+#: Pillow refuses images above this many pixels (decompression bombs) with a clear error
+MAX_PIXELS = 64_000_000
+
+
+class Invert(str, Enum):
+    """Polarity: ``auto`` inverts images whose border is light (dark digit on paper)."""
+
+    auto = "auto"
+    yes = "yes"
+    no = "no"
+
+
+class ImageError(InputError):
+    """One image file cannot be used; its message becomes the ``error`` column of its row."""
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` has an image extension (case-insensitive)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+# -- decoding ------------------------------------------------------------------------------------
+def read_bytes(path: Path | str) -> bytes:
+    """The file's bytes; ImageError for empty, missing or unreadable files and broken links."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as exc:
+        if os.path.islink(path):
+            raise ImageError("broken symbolic link") from exc
+        raise ImageError("file not found (removed during the run?)") from exc
+    except IsADirectoryError as exc:
+        raise ImageError("is a folder, not a file") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return data
+
+
+def open_image(data: bytes) -> PILImage.Image:
+    """Decode encoded bytes into a loaded Pillow image (first frame, EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        # Pillow itself refuses (DecompressionBombError) images of over about 179M pixels;
+        # the header is read first, so anything over MAX_PIXELS stops before decoding.
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise ImageError(
+                f"image too large: {img.width}x{img.height} pixels (limit {MAX_PIXELS:,})"
+            )
+        if img.format == "JPEG":
+            img.draft("L", (_DRAFT_SIZE, _DRAFT_SIZE))  # decode at a reduced scale
+        img.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        kind = sniff_format(data)
+        if kind:
+            raise ImageError(f"corrupt or truncated {kind} file") from exc
+        raise ImageError("not a recognised image format") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large: {_first_line(exc)}") from exc
+    except Exception as exc:  # OSError (truncated), SyntaxError, ValueError, EOFError, ...
+        message = _first_line(exc)
+        if "truncated" in message.lower() or isinstance(exc, EOFError):
+            detail = message.replace("image file is truncated", "").strip(" ()")
+            suffix = f" ({detail})" if detail else ""
+            raise ImageError(f"truncated {sniff_format(data) or 'image'} file{suffix}") from exc
+        raise ImageError(f"cannot decode image: {message}") from exc
+    out: PILImage.Image = img
+    if img.format in ("JPEG", "MPO", "TIFF", "WEBP"):
+        with contextlib.suppress(Exception):  # a broken EXIF block is no reason to drop pixels
+            out = ImageOps.exif_transpose(img)
+    if out.width < 1 or out.height < 1:
+        raise ImageError(f"image has no pixels ({out.width}x{out.height})")
+    return out
+
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format ``data`` starts like (by its magic bytes), or None."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def to_gray(img: PILImage.Image) -> np.ndarray:
+    """Pillow image -> uint8 grayscale ``(H, W)``; alpha composited, deep images scaled."""
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return _deep_to_uint8(np.asarray(img))
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32)
+        return _composite(la[..., 0], la[..., 1] / 255.0)
+    if mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _deep_to_uint8(a: np.ndarray) -> np.ndarray:
+    """16-bit, 32-bit or float grayscale -> uint8 (by its nominal range)."""
+    if a.ndim == 3:
+        a = a[..., 0]
+    a = a.astype(np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if np.issubdtype(a.dtype, np.floating) and top <= 1.0 and a.min() >= 0.0:
+        scale = 255.0  # float image in [0, 1]
+    elif top <= 255:
+        scale = 1.0
+    elif top <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / top
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+
+
+def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite ``gray`` over the background the visible ink contrasts with.
+
+    Dark visible pixels (a black pen on a transparent sheet) go onto white, light ones onto
+    black; a fully opaque image is returned as it is.
+    """
+    if alpha.min() >= 1.0:
+        return gray.astype(np.uint8)
+    weight = float(alpha.sum())
+    ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
+    background = 255.0 if ink < 127.5 else 0.0
+    out = gray * alpha + background * (1.0 - alpha)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# -- polarity, size, fit -------------------------------------------------------------------------
+def border_ring(gray: np.ndarray) -> np.ndarray:
+    """The one-pixel border of ``gray`` ``(H, W)`` as a flat array."""
+    if gray.shape[0] <= 2 or gray.shape[1] <= 2:
+        return gray.ravel()
+    return np.concatenate((gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]))
+
+
+def border_level(gray: np.ndarray) -> float:
+    """Median of the one-pixel border of ``gray`` ``(H, W)``: the background's brightness."""
+    return float(np.median(border_ring(gray)))
+
+
+def is_light_background(gray: np.ndarray) -> bool:
+    """True when most of the border is light (> 127): a dark digit on paper.
+
+    The same test as ``border_level(gray) > 127.5``, without the cost of a median.
+    """
+    ring = border_ring(gray)
+    return 2 * int(np.count_nonzero(ring > 127)) > ring.size
+
+
+def apply_polarity(gray: np.ndarray, invert: Invert | str = Invert.auto) -> np.ndarray:
+    """uint8 ``(H, W)`` -> light digit on dark background (inverted when the border is light)."""
+    if invert == Invert.no:
+        return gray
+    if invert == Invert.yes or is_light_background(gray):
+        return 255 - gray
+    return gray
+
+
+def resize_square(gray: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """uint8 ``(H, W)`` -> uint8 ``(size, size)``: pad to a square with the border value, resize."""
+    from PIL import Image
+
+    h, w = gray.shape
+    if (h, w) == (size, size):
+        return gray
+    if h != w:
+        side = max(h, w)
+        fill = round(border_level(gray))
+        square = np.full((side, side), fill, dtype=np.uint8)
+        top, left = (side - h) // 2, (side - w) // 2
+        square[top : top + h, left : left + w] = gray
+        gray = square
+    resample = Image.Resampling.BOX if gray.shape[0] > size else Image.Resampling.BICUBIC
+    out = Image.fromarray(gray).resize((size, size), resample)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def fit_mnist(gray: np.ndarray) -> np.ndarray:
+    """Photo-like digit -> MNIST layout, the way MNIST itself was made.
+
+    ``gray`` uint8 ``(H, W)``, light digit on a darker (possibly noisy) background. The digit is
+    separated from the background (blur + Otsu threshold), its levels stretched so the background
+    is 0 and the strokes 255, cropped to its bounding box, scaled so the longer side is 20 px
+    (aspect kept, anti-aliased), and placed in a 28x28 field with its centre of mass at the centre.
+    Returns uint8 ``(28, 28)``. A blank image gives a blank digit.
+    """
+    from PIL import Image, ImageFilter
+
+    h, w = gray.shape
+    radius = max(0.5, min(h, w) / 56.0)
+    blurred = np.asarray(Image.fromarray(gray).filter(ImageFilter.GaussianBlur(radius)))
+    threshold = _otsu(blurred)
+    if threshold is None:
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    mask = blurred > threshold
+    inside = np.bincount(gray[mask], minlength=256)
+    outside = np.bincount(gray[~mask], minlength=256)
+    if not inside.any() or inside.sum() > 0.9 * gray.size:
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    # Levels: background (a high percentile of what is not digit, so noise goes to 0) -> 0,
+    # stroke cores (a high percentile of the digit) -> 1.
+    low = min(_percentile(outside, 0.99), threshold) if outside.any() else 0.0
+    high = _percentile(inside, 0.90)
+    if high - low < 1.0:
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    top, bottom, left, right = _box(mask)
+    crop = gray[top:bottom, left:right].astype(np.float32)
+    crop = np.clip((crop - low) / (high - low), 0.0, 1.0)
+    ch, cw = crop.shape
+    scale = FIT_BOX / max(ch, cw)
+    nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
+    patch = np.asarray(Image.fromarray(crop).resize((nw, nh), resample), np.float32)
+    patch = np.clip(patch, 0.0, 1.0)
+    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    mass = float(patch.sum())
+    if mass > 0:
+        cy = float(patch.sum(axis=1) @ np.arange(nh, dtype=np.float32)) / mass
+        cx = float(patch.sum(axis=0) @ np.arange(nw, dtype=np.float32)) / mass
+    else:
+        cy, cx = (nh - 1) / 2, (nw - 1) / 2
+    y0 = int(np.clip(round(FIT_CENTRE[0] - cy), 0, IMAGE_SIZE - nh))
+    x0 = int(np.clip(round(FIT_CENTRE[1] - cx), 0, IMAGE_SIZE - nw))
+    out[y0 : y0 + nh, x0 : x0 + nw] = patch
+    return np.rint(out * 255.0).astype(np.uint8)
+
+
+def _otsu(values: np.ndarray) -> float | None:
+    """Otsu's threshold of a uint8 image (pixels above it are foreground); None when flat."""
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * levels)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    between[(w0 == 0) | (w1 == 0)] = 0
+    if not between.any():
+        return None
+    return float(np.argmax(between))
+
+
+def _percentile(hist: np.ndarray, q: float) -> float:
+    """The ``q`` quantile (0..1) of uint8 values given by their histogram ``(256,)``."""
+    cumulative = np.cumsum(hist)
+    return float(np.searchsorted(cumulative, q * cumulative[-1]))
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box ``(top, bottom, left, right)`` (exclusive ends) of the True pixels."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+# -- the whole step ------------------------------------------------------------------------------
+def preprocess_image(
+    img: PILImage.Image | np.ndarray, *, invert: Invert | str = Invert.auto, fit: bool = False
+) -> np.ndarray:
+    """A decoded image (Pillow, or uint8 ``(H, W)`` grayscale) -> uint8 digit ``(28, 28)``."""
+    invert = Invert(invert)
+    gray = img if isinstance(img, np.ndarray) else to_gray(img)
+    if gray.dtype != np.uint8 or gray.ndim != 2:
+        raise ImageError(f"expected uint8 (H, W) grayscale, got {gray.dtype} {gray.shape}")
+    gray = apply_polarity(gray, invert)
+    return fit_mnist(gray) if fit else resize_square(gray)
+
+
+def load_digit(
+    source: Path | str | bytes, *, invert: Invert | str = Invert.auto, fit: bool = False
+) -> np.ndarray:
+    """An image file (path or its bytes) -> uint8 digit ``(28, 28)``; ImageError when unusable."""
+    data = source if isinstance(source, bytes) else read_bytes(source)
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return preprocess_image(open_image(data), invert=invert, fit=fit)
+
+
+def load_digits(
+    sources: list[Path] | list[str], *, invert: Invert | str = Invert.auto, fit: bool = False
+) -> np.ndarray:
+    """Several image files -> float32 model input ``(N, 28, 28)`` in [0, 1] (raises on any bad)."""
+    return to_batch([load_digit(s, invert=invert, fit=fit) for s in sources])
+
+
+def to_batch(digits: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """uint8 digits ``(N, 28, 28)`` -> float32 model input ``(N, 28, 28)``, as in training."""
+    stack = np.asarray(digits, dtype=np.uint8)
+    if stack.ndim != 3 or stack.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InputError(f"expected digits of shape (N, 28, 28), got {stack.shape}")
+    return to_model_input(stack)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def decode_files(
+    paths: Sequence[str], invert: str = Invert.auto.value, fit: bool = False
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode a chunk of files (runs in a decode thread or process; arguments are picklable).
+
+    Returns uint8 digits ``(N, 28, 28)`` (zeros where a file failed) and, per file, None or the
+    reason it failed. Never raises for a bad file.
+    """
+    digits = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    errors: list[str | None] = [None] * len(paths)
+    mode = Invert(invert)
+    for i, path in enumerate(paths):
+        try:
+            digits[i] = load_digit(path, invert=mode, fit=fit)
+        except ImageError as exc:
+            errors[i] = str(exc)
+        except Exception as exc:  # a decoder bug must not stop the run either
+            errors[i] = f"cannot decode image: {_first_line(exc)}"
+    return digits, errors

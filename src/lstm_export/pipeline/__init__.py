@@ -1,0 +1,1 @@
+"""The one-command demo: data, training, export, classification of a folder, benchmark."""

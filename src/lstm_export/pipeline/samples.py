@@ -1,0 +1,36 @@
+"""Write MNIST test digits as PNG files in ImageFolder layout (``<class>/<index>.png``)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lstm_export.fileio import ensure_writable_dir
+
+
+def write_sample_folder(
+    images: np.ndarray, labels: np.ndarray, folder: Path, *, count: int = 1000
+) -> Path:
+    """Save the first ``count`` images (uint8 (N, 28, 28)) as ``folder/<label>/<index>.png``.
+
+    The folder is built beside its target and renamed into place, replacing an older copy.
+    """
+    from PIL import Image
+
+    ensure_writable_dir(folder.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for index in range(min(count, len(images))):
+            target = staging / str(int(labels[index]))
+            target.mkdir(exist_ok=True)
+            Image.fromarray(images[index], mode="L").save(target / f"{index:05d}.png")
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder

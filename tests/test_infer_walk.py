@@ -1,0 +1,122 @@
+"""Folder walking: what is found, what is skipped, in which order, and that loops end."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lstm_export.errors import InputError
+from lstm_export.infer.walk import walk_images
+
+
+def _touch(root: Path, *names: str) -> None:
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def _relative(root: Path, recursive: bool = True) -> list[str]:
+    walk = walk_images(root, recursive=recursive)
+    return [walk.relative(p) for p in walk.files]
+
+
+def test_nested_spaces_non_ascii_and_upper_case_extensions(tmp_path: Path) -> None:
+    _touch(
+        tmp_path,
+        "b.png",
+        "A.PNG",
+        "sub folder/ünïcödé.JpG",
+        "sub folder/deeper/still/x.tiff",
+        "sub folder/deeper/y.WebP",
+        "z/1.gif",
+        "z/2.bmp",
+        "notes.txt",
+        "z/model.onnx",
+        "z/README",
+    )
+    walk = walk_images(tmp_path)
+    assert [walk.relative(p) for p in walk.files] == [
+        "A.PNG",
+        "b.png",
+        "sub folder/deeper/still/x.tiff",
+        "sub folder/deeper/y.WebP",
+        "sub folder/ünïcödé.JpG",
+        "z/1.gif",
+        "z/2.bmp",
+    ]
+    assert walk.skipped == 3 and walk.hidden == 0 and walk.unreadable == []
+
+
+def test_order_is_by_path_parts_and_stable(tmp_path: Path) -> None:
+    """Sorted by path parts: a folder's files stay together ('a/...' before 'a b.png')."""
+    _touch(tmp_path, "a.png", "a b.png", "a/z.png", "a/b/c.png", "a-/d.png")
+    expected = ["a/b/c.png", "a/z.png", "a b.png", "a-/d.png", "a.png"]
+    assert _relative(tmp_path) == expected
+    assert _relative(tmp_path) == expected
+
+
+def test_hidden_files_and_folders_are_left_out(tmp_path: Path) -> None:
+    _touch(tmp_path, "ok.png", ".hidden.png", ".git/objects/x.png", "d/.DS_Store", "d/.cache/y.png")
+    walk = walk_images(tmp_path)
+    assert [walk.relative(p) for p in walk.files] == ["ok.png"]
+    assert walk.hidden == 4  # .hidden.png, .git, .DS_Store, .cache (folders counted once)
+    assert walk.skipped == 0
+
+
+def test_not_recursive_stays_at_the_top(tmp_path: Path) -> None:
+    _touch(tmp_path, "top.png", "sub/inner.png")
+    assert _relative(tmp_path, recursive=False) == ["top.png"]
+    assert _relative(tmp_path) == ["sub/inner.png", "top.png"]
+
+
+def test_symlink_loops_end_and_each_real_folder_is_walked_once(tmp_path: Path) -> None:
+    _touch(tmp_path, "a/x.png", "b/y.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)  # a/loop -> root
+    (tmp_path / "b" / "self").symlink_to(tmp_path / "b", target_is_directory=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "a", target_is_directory=True)
+    files = _relative(tmp_path)
+    assert sorted(files) == files
+    assert {f.rsplit("/", 1)[-1] for f in files} == {"x.png", "y.png"}
+    assert len(files) == 2  # each real file once, whichever route reached it first
+
+
+def test_symlinked_files_and_broken_links_are_listed(tmp_path: Path) -> None:
+    _touch(tmp_path, "real/x.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real" / "x.png")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    assert _relative(tmp_path) == ["broken.png", "link.png", "real/x.png"]
+
+
+def test_unreadable_folder_is_reported_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _touch(tmp_path, "ok.png", "locked/x.png")
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str]) -> object:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr("lstm_export.infer.walk.os.scandir", scandir)
+    walk = walk_images(tmp_path)
+    assert [walk.relative(p) for p in walk.files] == ["ok.png"]
+    assert walk.unreadable == ["locked: Permission denied"]
+
+
+def test_a_single_image_file_and_missing_folders(tmp_path: Path) -> None:
+    _touch(tmp_path, "one.png", "notes.txt")
+    walk = walk_images(tmp_path / "one.png")
+    assert [walk.relative(p) for p in walk.files] == ["one.png"]
+    with pytest.raises(InputError, match="does not exist"):
+        walk_images(tmp_path / "nope")
+    with pytest.raises(InputError, match="image extension"):
+        walk_images(tmp_path / "notes.txt")
+
+
+def test_empty_folder_finds_nothing(tmp_path: Path) -> None:
+    walk = walk_images(tmp_path)
+    assert walk.files == [] and walk.skipped == 0

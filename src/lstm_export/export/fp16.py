@@ -19,7 +19,6 @@ from typing import Any
 from lstm_export.errors import ConfigError, ExportError, ModelLoadError, ValidationError
 from lstm_export.export.audit import OnnxAudit, audit_onnx
 from lstm_export.export.metadata import set_onnx_metadata
-from lstm_export.export.placement import CUDA_EP, open_session
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
 from lstm_export.export.source import check_target, derived_path, output_file
@@ -31,6 +30,7 @@ from lstm_export.export.validate import (
     predict_all,
 )
 from lstm_export.fileio import file_digest
+from lstm_export.infer.runners.ort_session import CUDA_EP, open_session
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ counts.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import tempfile
@@ -19,12 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from lstm_export.errors import DeviceError, ModelLoadError
+from lstm_export.infer.runners.ort_session import open_session
 
 log = logging.getLogger(__name__)
-
-CPU_EP = "CPUExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -49,66 +45,14 @@ class Placement:
         return dict(Counter(n.provider for n in self.nodes).most_common())
 
 
-def cuda_driver_present() -> bool:
-    """Whether the NVIDIA driver library loads (without it ORT's CUDA provider cannot)."""
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-def providers_for(device: str) -> list[Any]:
-    """The provider list to ask ORT for: ``cpu`` -> CPU; ``cuda``/``auto`` -> CUDA then CPU.
-
-    ``auto`` on a machine without an NVIDIA driver asks for the CPU only, which keeps ORT from
-    printing its provider-loading errors.
-    """
-    if device == "cpu" or (device == "auto" and not cuda_driver_present()):
-        return [CPU_EP]
-    return [CUDA_EP, CPU_EP]
-
-
-def _preload_cuda(ort: Any) -> None:
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        try:
-            preload()
-        except Exception as exc:  # the session's providers will tell
-            log.debug("onnxruntime.preload_dlls failed: %s", exc)
-
-
-def open_session(model: Path | bytes, device: str, *, profile_dir: Path | None = None) -> Any:
-    """An InferenceSession for ``device`` (``cpu``, ``cuda`` or ``auto``).
-
-    ``cuda`` raises DeviceError naming why CUDA is not usable; ``auto`` falls back to the CPU.
-    """
+def open_profiled_session(model: Path | bytes, device: str, profile_dir: Path) -> Any:
+    """A session on ``device`` that writes an ORT profile trace into ``profile_dir``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if profile_dir is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(profile_dir / "ort-profile")
-    if device == "cuda" and not cuda_driver_present():
-        from lstm_export.infer.runners.ort import cuda_diagnosis
-
-        raise DeviceError(f"--device cuda asked, but {cuda_diagnosis()}")
-    providers = providers_for(device)
-    if CUDA_EP in providers:
-        _preload_cuda(ort)
-    what = model if isinstance(model, bytes) else str(model)
-    try:
-        session = ort.InferenceSession(what, opts, providers=providers)
-    except Exception as exc:
-        from lstm_export.export.validate import ort_error_text
-
-        raise ModelLoadError(f"ONNX Runtime cannot load the model: {ort_error_text(exc)}") from exc
-    if device == "cuda" and CUDA_EP not in session.get_providers():
-        from lstm_export.infer.runners.ort import cuda_diagnosis
-
-        raise DeviceError(f"--device cuda asked, but {cuda_diagnosis()}")
-    return session
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(profile_dir / "ort-profile")
+    return open_session(model, device, opts)
 
 
 def _zero_input(session: Any) -> dict[str, np.ndarray]:
@@ -123,7 +67,7 @@ def _zero_input(session: Any) -> dict[str, np.ndarray]:
 def node_placement(model: Path | bytes, device: str = "cpu") -> Placement:
     """Run ``model`` once (batch 1 of zeros) with profiling and read each kernel's provider."""
     with tempfile.TemporaryDirectory(prefix="lstm-export-profile-") as work:
-        session = open_session(model, device, profile_dir=Path(work))
+        session = open_profiled_session(model, device, Path(work))
         session.run(None, _zero_input(session))
         trace = Path(session.end_profiling())
         events = json.loads(trace.read_text())

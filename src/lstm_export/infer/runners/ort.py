@@ -1,25 +1,24 @@
-"""ONNX Runtime on the CPU, CUDA or TensorRT execution provider (``.onnx``).
-
-``onnxruntime-gpu`` lists CUDAExecutionProvider even where CUDA cannot load, so the providers a
-session really got (``session.get_providers()``) decide, never ``get_available_providers()``.
-"""
+"""ONNX Runtime on the CPU, CUDA or TensorRT execution provider (``.onnx``)."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from typing import Any
 
 import numpy as np
 
-from lstm_export.errors import DeviceError, ModelLoadError
+from lstm_export.errors import ModelLoadError
 from lstm_export.infer.base import Device, Runner, check_input
+from lstm_export.infer.runners.ort_session import (
+    CUDA_EP,
+    TRT_EP,
+    cuda_diagnosis,
+    open_session,
+    wants_gpu,
+)
 
 log = logging.getLogger(__name__)
 
-CPU_EP = "CPUExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
-TRT_EP = "TensorrtExecutionProvider"
 
 _OPT_LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
 
@@ -54,39 +53,21 @@ class OnnxRuntimeRunner(Runner):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
-        want_gpu = self.requested_device == Device.cuda or (
-            self.requested_device == Device.auto and _has_nvidia_driver()
+        cuda_options = {"enable_cuda_graph": "1"} if self.options.get("cuda_graph") else {}
+        device = self.requested_device.value
+        self.session = open_session(
+            self.path,
+            device,
+            opts,
+            cuda_options=cuda_options,
+            tensorrt=bool(self.options.get("tensorrt")),
         )
-        providers: list[Any] = [CPU_EP]
-        if want_gpu:
-            _preload_cuda_libraries(ort)
-            cuda_options: dict[str, str] = {}
-            if self.options.get("cuda_graph"):
-                cuda_options["enable_cuda_graph"] = "1"
-            providers = [(CUDA_EP, cuda_options), CPU_EP]
-            if self.options.get("tensorrt"):
-                providers.insert(0, TRT_EP)
-        if want_gpu:  # a provider that fails to load logs errors; cuda_diagnosis() says why
-            ort.set_default_logger_severity(4)
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        except Exception as exc:  # InvalidProtobuf, NoSuchFile, Fail...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"{self.path} cannot be loaded by ONNX Runtime: {first}") from exc
-        finally:
-            ort.set_default_logger_severity(3)
         got = self.session.get_providers()
         on_gpu = CUDA_EP in got or TRT_EP in got
-        if self.requested_device == Device.cuda and not on_gpu:
-            raise DeviceError(f"--device cuda asked, but {cuda_diagnosis()}")
-        if self.options.get("tensorrt") and self.requested_device == Device.cpu:
-            raise DeviceError("the TensorRT execution provider needs --device cuda (or auto)")
-        if self.options.get("tensorrt") and TRT_EP not in got and self.requested_device != "auto":
-            raise DeviceError("TensorRT execution provider asked, but it did not load")
         if self.requested_device == Device.auto:
             if on_gpu:
                 self.device_note = f"auto: {got[0]}"
-            elif not want_gpu:
+            elif not wants_gpu(device):
                 self.device_note = "auto: CPU, since no NVIDIA driver (libcuda.so.1 missing)"
             else:
                 self.device_note = f"auto: CPU, since {cuda_diagnosis()}"
@@ -153,44 +134,3 @@ class OnnxRuntimeRunner(Runner):
 
     def _close(self) -> None:
         del self.session
-
-
-def _preload_cuda_libraries(ort: Any) -> None:
-    """Make the CUDA and cuDNN libraries from the nvidia-* pip wheels loadable (ORT >= 1.21)."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    try:
-        preload()
-    except Exception as exc:  # missing wheels: the session's providers will tell
-        log.debug("onnxruntime.preload_dlls failed: %s", exc)
-
-
-def _has_nvidia_driver() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-def cuda_diagnosis() -> str:
-    """One line naming why ONNX Runtime could not use CUDA here."""
-    if not _has_nvidia_driver():
-        return "the CUDA execution provider did not load: no NVIDIA driver (libcuda.so.1 missing)"
-    for lib in ("libcudart.so.12", "libcudart.so.13"):
-        try:
-            ctypes.CDLL(lib)
-            break
-        except OSError:
-            continue
-    else:
-        return "the CUDA execution provider did not load: no CUDA runtime (libcudart) found"
-    try:
-        import onnxruntime as ort
-
-        if CUDA_EP not in ort.get_available_providers():
-            return "the CUDA execution provider did not load: this onnxruntime has no CUDA build"
-    except ImportError:
-        pass
-    return "the CUDA execution provider did not load (driver and runtime present; check cuDNN)"

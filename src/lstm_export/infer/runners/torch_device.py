@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
 
 from lstm_export.errors import DeviceError
 from lstm_export.infer.base import Device
+from lstm_export.infer.runners.ort_session import nvidia_driver_present
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,8 @@ def torch_cuda_problem() -> str | None:
         return None
     if torch.version.cuda is None:
         return "this torch build has no CUDA"
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libcuda.so.1")
-        except OSError:
-            return "no NVIDIA driver (libcuda.so.1 missing)"
+    if sys.platform.startswith("linux") and not nvidia_driver_present():
+        return "no NVIDIA driver (libcuda.so.1 missing)"
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
     if hidden is not None:
         return f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={hidden!r})"

@@ -154,3 +154,18 @@ def test_runner_on_cuda_matches_eager_cpu(
         logits = runner.infer(images[:N_IMAGES])
     np.testing.assert_allclose(logits, reference, atol=1e-3)
     assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.999
+
+
+def test_onnxruntime_cpu_tuning_keeps_the_answers(model_files: dict[str, Path]) -> None:
+    """Micro-batching and the serial small-batch session change speed, never the logits."""
+    rng = np.random.default_rng(0)
+    x = rng.random((9, 28, 28), dtype=np.float32)
+    with load_runner(model_files["onnxruntime"], device="cpu", threads=2) as plain:
+        expected = plain.infer(x)
+        expected_one = plain.infer(x[:1])
+    options = {"threads": 2, "micro_batch": 4, "serial_up_to": 1}
+    with load_runner(model_files["onnxruntime"], device="cpu", **options) as tuned:
+        assert tuned._serial is not None  # type: ignore[attr-defined]
+        np.testing.assert_allclose(tuned.infer(x), expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(tuned.infer(x[:1]), expected_one, rtol=0, atol=1e-6)
+        assert tuned.infer(x).shape == (9, 10)

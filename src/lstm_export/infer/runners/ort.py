@@ -28,8 +28,14 @@ class OnnxRuntimeRunner(Runner):
 
     Options: ``threads`` (intra-op, default ORT's choice), ``inter_op_threads``,
     ``optimization`` (``disable|basic|extended|all``, default ``all``), ``spinning`` (bool, default
-    True; the bench turns it off), ``tensorrt`` (bool: TensorRT EP first), ``io_binding`` (bool,
-    CUDA only, default True there), ``cuda_graph`` (bool, CUDA only; fixed input shape).
+    True), ``tensorrt`` (bool: TensorRT EP first), ``io_binding`` (bool, CUDA only, default True
+    there), ``cuda_graph`` (bool, CUDA only; fixed input shape).
+
+    CPU tuning (measured in ``benchmarks/``): ``micro_batch`` (int) splits larger inputs into runs
+    of at most that many rows, which keeps the LSTM's per-step state in cache; ``serial_up_to``
+    (int) runs inputs of at most that many rows on a second, single-threaded session, since
+    waking a thread pool costs more than it saves on a batch of one (torch does the same through
+    its per-op grain size).
     """
 
     name = "onnxruntime"
@@ -79,6 +85,11 @@ class OnnxRuntimeRunner(Runner):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._binding: Any = None
         self._bound_shape: tuple[int, ...] | None = None
+        self._serial: Any = None
+        serial_up_to = int(self.options.get("serial_up_to") or 0)
+        if serial_up_to and self.device == "cpu" and opts.intra_op_num_threads != 1:
+            opts.intra_op_num_threads = 1
+            self._serial = open_session(self.path, "cpu", opts)
 
     @property
     def description(self) -> str:
@@ -117,7 +128,7 @@ class OnnxRuntimeRunner(Runner):
     def run_prepared(self, prepared: Any) -> Any:
         """Run; on CUDA the output stays on the GPU (an OrtValue) until :meth:`fetch`."""
         if not self._bound:
-            return self.session.run([self.output_name], {self.input_name: prepared})[0]
+            return self._run_host(prepared)
         if self.options.get("cuda_graph"):
             self.session.run_with_iobinding(self._binding)
             return self._gpu_out
@@ -127,6 +138,15 @@ class OnnxRuntimeRunner(Runner):
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0]
 
+    def _run_host(self, x: np.ndarray) -> np.ndarray:
+        """CPU path: micro-batches of at most ``micro_batch`` rows; small ones run serially."""
+        step = int(self.options.get("micro_batch") or 0)
+        if step and x.shape[0] > step:
+            return np.concatenate([self._run_host(x[i : i + step]) for i in range(0, len(x), step)])
+        serial = self._serial is not None and x.shape[0] <= int(self.options["serial_up_to"])
+        session = self._serial if serial else self.session
+        return session.run([self.output_name], {self.input_name: x})[0]
+
     def fetch(self, result: Any) -> np.ndarray:
         if isinstance(result, np.ndarray):
             return np.asarray(result, dtype=np.float32)
@@ -134,3 +154,4 @@ class OnnxRuntimeRunner(Runner):
 
     def _close(self) -> None:
         del self.session
+        self._serial = None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,11 +13,10 @@ import numpy as np
 
 from lstm_export.bench.artifacts import ensure_artifacts
 from lstm_export.bench.machine import machine_info, usable_cores
+from lstm_export.bench.measure import MeasureJob, measure_in_child
 from lstm_export.bench.stats import latency_stats, parity_stats
-from lstm_export.bench.timing import time_runner
 from lstm_export.bench.variants import REFERENCE, BenchDevice, Variant, select_variants
 from lstm_export.errors import BenchError
-from lstm_export.infer.base import Runner
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +113,6 @@ def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
 def run_bench(plan: BenchPlan, *, on_progress: ProgressCallback | None = None) -> BenchResult:
     """Benchmark every planned backend against eager PyTorch."""
     from lstm_export.data.mnist import load_split
-    from lstm_export.data.preprocess import to_model_input
     from lstm_export.fileio import file_digest
 
     settings, checkpoint, ckpt = plan.settings, plan.checkpoint, plan.ckpt
@@ -135,10 +131,7 @@ def run_bench(plan: BenchPlan, *, on_progress: ProgressCallback | None = None) -
     )
     test = load_split(plan.data_dir, "test")
     n = settings.parity_images or len(test.images)
-    images = to_model_input(test.images[:n])  # (N, 28, 28) float32 in [0, 1]
     labels = test.labels[:n]
-
-    _set_torch_threads(threads)
     result = BenchResult(
         machine=machine_info(settings.device.value),
         settings={
@@ -146,6 +139,7 @@ def run_bench(plan: BenchPlan, *, on_progress: ProgressCallback | None = None) -
             "device": settings.device.value,
             "threads": threads,
             "batch_sizes": list(settings.batch_sizes),
+            "isolation": "one process per backend",
         },
         model={
             "checkpoint": str(checkpoint),
@@ -154,52 +148,43 @@ def run_bench(plan: BenchPlan, *, on_progress: ProgressCallback | None = None) -
             "model_config": ckpt["model_config"],
         },
     )
-    total = len(variants) * (1 + len(settings.batch_sizes))
-    done = 0
     reference: np.ndarray | None = None
-    for variant in variants:
-        runner = _make(variant, paths, settings.device, threads)
-        progress(f"{variant.name}: loading", done, total)
-        with runner:
-            result.backends.append(_describe(variant, runner, paths, threads))
-            progress(f"{variant.name}: parity on {n} images", done, total)
-            logits = infer_all(runner, images)
-            if reference is None:
-                reference = logits  # eager runs first: every backend is held to it
-            result.parity.append(_parity_row(variant, settings, logits, reference, labels))
-            done += 1
-            for batch in settings.batch_sizes:
-                progress(f"{variant.name}: batch {batch}", done, total)
-                x = _batch_of(images, batch)
-                timings = time_runner(
-                    runner,
-                    x,
-                    warmup=settings.warmup,
-                    iterations=settings.iterations,
-                    seconds=None if settings.iterations else settings.seconds,
-                )
-                stats = latency_stats(timings.compute, batch)
-                row = {
+    for index, variant in enumerate(variants):
+        job = MeasureJob(
+            variant=variant,
+            path=paths[variant.artifact],
+            device=settings.device.value,
+            threads=threads,
+            data_dir=plan.data_dir,
+            parity_images=n,
+            batch_sizes=tuple(settings.batch_sizes),
+            warmup=settings.warmup,
+            iterations=settings.iterations,
+            seconds=None if settings.iterations else settings.seconds,
+        )
+
+        def report(text: str, name: str = variant.name, done: int = index) -> None:
+            progress(f"{name}: {text}", done, len(variants))
+
+        measured = measure_in_child(job, report)
+        result.backends.append(measured.description)
+        if reference is None:
+            reference = measured.logits  # eager runs first: every backend is held to it
+        result.parity.append(_parity_row(variant, settings, measured.logits, reference, labels))
+        for batch in settings.batch_sizes:
+            stats = latency_stats(measured.compute[batch], batch)
+            result.latency.append(
+                {
                     "backend": variant.name,
                     "device": settings.device.value,
                     "batch_size": batch,
                     **stats.to_dict(),
-                    "copy_ms": float(np.mean(timings.copies) * 1e3),
+                    "copy_ms": float(np.mean(measured.copies[batch]) * 1e3),
                 }
-                result.latency.append(row)
-                done += 1
-        del runner
-        gc.collect()
-        time.sleep(0.2)  # let the previous backend's spinning worker threads go idle
-    progress("done", total, total)
+            )
+    progress("done", len(variants), len(variants))
     add_ratios(result.latency)
     return result
-
-
-def infer_all(runner: Runner, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits (N, 10) for all images, in batches."""
-    parts = [runner.infer(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return np.concatenate(parts)
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -229,38 +214,3 @@ def _parity_row(
         "accuracy_delta": stats.accuracy - ref_accuracy,
         "flagged": flagged,
     }
-
-
-def _make(variant: Variant, paths: dict[Any, Path], device: BenchDevice, threads: int) -> Runner:
-    from lstm_export.infer.registry import make_runner
-
-    options = {"threads": threads, **variant.options}
-    return make_runner(paths[variant.artifact], variant.backend, device.value, **options)
-
-
-def _describe(
-    variant: Variant, runner: Runner, paths: dict[Any, Path], threads: int
-) -> dict[str, Any]:
-    return {
-        "backend": variant.name,
-        "runner": variant.backend,
-        "precision": variant.precision,
-        "file": str(paths[variant.artifact]),
-        "options": {"threads": threads, **variant.options},
-        "providers": getattr(runner, "providers", None),
-        "device": runner.device,
-    }
-
-
-def _batch_of(images: np.ndarray, batch: int) -> np.ndarray:
-    """The first ``batch`` images (tiled if the test set is smaller), C-contiguous."""
-    if batch <= len(images):
-        return np.ascontiguousarray(images[:batch])
-    reps = -(-batch // len(images))
-    return np.ascontiguousarray(np.concatenate([images] * reps)[:batch])
-
-
-def _set_torch_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)

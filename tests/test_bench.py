@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lstm_export.bench.run import add_ratios
+from lstm_export.bench.run import add_ratios, median_round
 from lstm_export.bench.stats import latency_stats, parity_stats
 from lstm_export.bench.timing import time_runner
 from lstm_export.bench.variants import BenchDevice, select_variants
@@ -67,6 +67,14 @@ def test_ratios_against_eager() -> None:
     assert rows[2]["latency_ratio"] is None  # no eager row at batch 8
 
 
+def test_median_round_picks_the_middle_round() -> None:
+    fast, mid, slow = (np.full(5, t) for t in (1.0, 2.0, 9.0))
+    zeros = np.zeros(5)
+    chosen, _ = median_round([(slow, zeros), (fast, zeros), (mid, zeros)])
+    assert chosen is mid
+    assert median_round([(fast, zeros)])[0] is fast
+
+
 def test_variant_selection() -> None:
     cpu = [v.name for v in select_variants(None, BenchDevice.cpu)]
     assert cpu[0] == "eager" and "onnxruntime-int8" in cpu
@@ -112,7 +120,7 @@ def test_cli_eager_only_writes_schema(
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     args = ["bench", str(ckpt), "-b", "eager", "--batch-sizes", "1,4", "-n", "3", "--warmup", "1"]
     args += ["--parity-images", "100", "--data-dir", str(mnist_dir), "-o", str(out)]
-    args += ["--plot", str(png), "--markdown"]
+    args += ["--plot", str(png), "--markdown", "--rounds", "2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -125,7 +133,7 @@ def test_cli_eager_only_writes_schema(
     for row in data["latency"]:
         assert set(row) >= LATENCY_KEYS
         assert row["min_ms"] <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
-        assert row["latency_ratio"] == pytest.approx(1.0)
+        assert row["latency_ratio"] == pytest.approx(1.0) and row["rounds"] == 2
     assert set(data["parity"][0]) >= PARITY_KEYS
     assert data["parity"][0]["agreement"] == 1.0 and data["parity"][0]["images"] == 100
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,6 +147,7 @@ def test_cli_eager_only_writes_schema(
         (["--batch-sizes", "0,8"], "batch sizes"),
         (["--batch-sizes", "one"], "integers"),
         (["--device", "tpu"], "--device"),
+        (["--rounds", "0"], "--rounds"),
         (["-b", "onnxruntime-fp16"], "does not run on cpu"),
     ],
 )

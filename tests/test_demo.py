@@ -29,7 +29,16 @@ def test_sample_folder_is_imagefolder(tmp_path: Path, mnist_test: tuple) -> None
 def test_demo_end_to_end(mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--data-dir", str(mnist_dir), "--epochs", "1"]
-    args += ["--subset", "3000", "--sample-images", "60", "--bench-seconds", "0.02"]
+    args += [
+        "--subset",
+        "3000",
+        "--sample-images",
+        "60",
+        "--bench-seconds",
+        "0.02",
+        "--bench-rounds",
+        "1",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in (

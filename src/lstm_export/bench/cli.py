@@ -45,6 +45,9 @@ def bench(
         None, "--iterations", "-n", min=1, help="Timed calls per batch size (instead of --seconds)."
     ),
     seconds: float = typer.Option(1.0, "--seconds", min=0.01, help="Time budget per batch size."),
+    rounds: int = typer.Option(
+        3, "--rounds", min=1, help="Measure the backends in turn N times; report the median round."
+    ),
     threads: int | None = typer.Option(
         None,
         "--threads",
@@ -77,6 +80,7 @@ def bench(
         warmup=warmup,
         iterations=iterations,
         seconds=None if iterations else seconds,
+        rounds=rounds,
         threads=threads,
         parity_images=parity_images,
         reexport=reexport,

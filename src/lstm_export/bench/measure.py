@@ -32,6 +32,7 @@ class MeasureJob:
     threads: int
     data_dir: Path
     parity_images: int
+    parity: bool  # compute logits on the parity images (the first round only)
     batch_sizes: tuple[int, ...]
     warmup: int
     iterations: int | None
@@ -66,8 +67,9 @@ def measure(job: MeasureJob, report: Any = None) -> Measurement:
     say("loading")
     with runner:
         result = Measurement(description=_describe(job, runner, options), logits=np.empty(0))
-        say(f"parity on {n} images")
-        result.logits = infer_all(runner, images)
+        if job.parity:
+            say(f"parity on {n} images")
+            result.logits = infer_all(runner, images)
         for batch in job.batch_sizes:
             say(f"batch {batch}")
             timings = time_runner(

@@ -38,6 +38,7 @@ class BenchSettings:
     warmup: int = 10
     iterations: int | None = None  # fixed count per batch size, or ...
     seconds: float | None = 1.0  # ... a time budget per batch size
+    rounds: int = 3  # backends measured in turn this many times; the median round is reported
     threads: int | None = None  # intra-op threads for torch and ONNX Runtime; None: all cores
     parity_images: int = 0  # 0: the whole 10k test set
     reexport: bool = False
@@ -55,6 +56,8 @@ class BenchSettings:
             raise BenchError(f"iterations must be >= 1, got {self.iterations}")
         if self.seconds is not None and self.seconds <= 0:
             raise BenchError(f"seconds must be > 0, got {self.seconds}")
+        if self.rounds < 1:
+            raise BenchError(f"rounds must be >= 1, got {self.rounds}")
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"threads must be >= 1, got {self.threads}")
         if self.parity_images < 0:
@@ -149,42 +152,66 @@ def run_bench(plan: BenchPlan, *, on_progress: ProgressCallback | None = None) -
         },
     )
     reference: np.ndarray | None = None
-    for index, variant in enumerate(variants):
-        job = MeasureJob(
-            variant=variant,
-            path=paths[variant.artifact],
-            device=settings.device.value,
-            threads=threads,
-            data_dir=plan.data_dir,
-            parity_images=n,
-            batch_sizes=tuple(settings.batch_sizes),
-            warmup=settings.warmup,
-            iterations=settings.iterations,
-            seconds=None if settings.iterations else settings.seconds,
-        )
-
-        def report(text: str, name: str = variant.name, done: int = index) -> None:
-            progress(f"{name}: {text}", done, len(variants))
-
-        measured = measure_in_child(job, report)
-        result.backends.append(measured.description)
-        if reference is None:
-            reference = measured.logits  # eager runs first: every backend is held to it
-        result.parity.append(_parity_row(variant, settings, measured.logits, reference, labels))
-        for batch in settings.batch_sizes:
-            stats = latency_stats(measured.compute[batch], batch)
-            result.latency.append(
-                {
-                    "backend": variant.name,
-                    "device": settings.device.value,
-                    "batch_size": batch,
-                    **stats.to_dict(),
-                    "copy_ms": float(np.mean(measured.copies[batch]) * 1e3),
-                }
+    # timings[(variant, batch)] = one (compute, copies) pair per round
+    timings: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+    steps, done = settings.rounds * len(variants), 0
+    for round_index in range(settings.rounds):
+        for variant in variants:
+            job = MeasureJob(
+                variant=variant,
+                path=paths[variant.artifact],
+                device=settings.device.value,
+                threads=threads,
+                data_dir=plan.data_dir,
+                parity_images=n,
+                parity=round_index == 0,
+                batch_sizes=tuple(settings.batch_sizes),
+                warmup=settings.warmup,
+                iterations=settings.iterations,
+                seconds=None if settings.iterations else settings.seconds,
             )
+            where = f"round {round_index + 1}/{settings.rounds}, {variant.name}"
+
+            def report(text: str, where: str = where, done: int = done) -> None:
+                progress(f"{where}: {text}", done, steps)
+
+            measured = measure_in_child(job, report)
+            done += 1
+            if round_index == 0:
+                result.backends.append(measured.description)
+                if reference is None:
+                    reference = measured.logits  # eager runs first: every backend is held to it
+                result.parity.append(
+                    _parity_row(variant, settings, measured.logits, reference, labels)
+                )
+            for batch in settings.batch_sizes:
+                timings.setdefault((variant.name, batch), []).append(
+                    (measured.compute[batch], measured.copies[batch])
+                )
+    for (name, batch), per_round in timings.items():
+        compute, copies = median_round(per_round)
+        stats = latency_stats(compute, batch)
+        result.latency.append(
+            {
+                "backend": name,
+                "device": settings.device.value,
+                "batch_size": batch,
+                **stats.to_dict(),
+                "copy_ms": float(np.mean(copies) * 1e3),
+                "rounds": len(per_round),
+            }
+        )
     progress("done", len(variants), len(variants))
     add_ratios(result.latency)
     return result
+
+
+def median_round(
+    per_round: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The round whose median compute time is the median of all rounds (robust to a noisy one)."""
+    order = sorted(range(len(per_round)), key=lambda i: float(np.median(per_round[i][0])))
+    return per_round[order[(len(order) - 1) // 2]]
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:

@@ -19,8 +19,9 @@ def demo(
         2000, "--sample-images", min=1, help="Test digits written as PNGs and classified."
     ),
     bench_seconds: float = typer.Option(
-        1.0, "--bench-seconds", min=0.01, help="Time budget per backend and batch size."
+        0.5, "--bench-seconds", min=0.01, help="Bench time budget per backend, batch size, round."
     ),
+    bench_rounds: int = typer.Option(3, "--bench-rounds", min=1, help="Bench rounds."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the preset."),
     subset: int | None = typer.Option(None, "--subset", min=1, help="Train on N images only."),
 ) -> None:
@@ -34,6 +35,7 @@ def demo(
         data_dir=data_dir,
         sample_images=sample_images,
         bench_seconds=bench_seconds,
+        bench_rounds=bench_rounds,
         epochs=epochs,
         subset=subset,
     )

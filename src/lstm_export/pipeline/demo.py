@@ -30,7 +30,8 @@ class DemoSettings:
     preset: Preset = Preset.seed
     data_dir: Path | None = None
     sample_images: int = 2000
-    bench_seconds: float = 1.0
+    bench_seconds: float = 0.5
+    bench_rounds: int = 3
     bench_batch_sizes: tuple[int, ...] = (1, 8, 64, 256, 1024)
     epochs: int | None = None  # override the preset (quick runs)
     subset: int | None = None
@@ -119,7 +120,10 @@ def run_demo(settings: DemoSettings, on_step: StepCallback | None = None) -> Dem
 
     step("bench", "")
     bench_settings = BenchSettings(
-        batch_sizes=settings.bench_batch_sizes, seconds=settings.bench_seconds, data_dir=data_dir
+        batch_sizes=settings.bench_batch_sizes,
+        seconds=settings.bench_seconds,
+        rounds=settings.bench_rounds,
+        data_dir=data_dir,
     )
     bench = run_bench(plan_bench(checkpoint, bench_settings)).to_dict()
     ensure_writable_dir(out)

@@ -21,7 +21,7 @@ from lstm_export.export.audit import OnnxAudit, audit_onnx
 from lstm_export.export.metadata import set_onnx_metadata
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
-from lstm_export.export.source import check_target, derived_path, output_file
+from lstm_export.export.source import derived_path
 from lstm_export.export.validate import (
     accuracy,
     load_test_set,
@@ -29,7 +29,7 @@ from lstm_export.export.validate import (
     ort_session,
     predict_all,
 )
-from lstm_export.fileio import file_digest
+from lstm_export.fileio import atomic_path, check_writable_file, file_digest
 from lstm_export.infer.runners.ort_session import CUDA_EP, open_session
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def convert_fp16(
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
     if not 0 <= max_accuracy_drop < 1:
         raise ConfigError(f"max accuracy drop must be in [0, 1), got {max_accuracy_drop}")
-    target = check_target(Path(out) if out is not None else derived_path(source, "fp16"))
+    target = check_writable_file(Path(out) if out is not None else derived_path(source, "fp16"))
     try:
         original = onnx.load(str(source))
     except Exception as exc:
@@ -133,7 +133,7 @@ def convert_fp16(
     provider = caveat = None
     fp32_acc = fp16_acc = drop = agreement = max_diff = None
     t1 = time.perf_counter()
-    with output_file(target) as tmp:
+    with atomic_path(target) as tmp:
         if data is not None:
             images, labels = data
             set_onnx_metadata(half, meta)

@@ -22,7 +22,7 @@ from lstm_export.export.audit import OnnxAudit, audit_onnx
 from lstm_export.export.metadata import set_onnx_metadata
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
-from lstm_export.export.source import check_target, derived_path, output_file
+from lstm_export.export.source import derived_path
 from lstm_export.export.validate import (
     accuracy,
     load_test_set,
@@ -30,7 +30,7 @@ from lstm_export.export.validate import (
     ort_session,
     predict_all,
 )
-from lstm_export.fileio import file_digest
+from lstm_export.fileio import atomic_path, check_writable_file, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def quantize_int8(
         raise ModelLoadError(f"ONNX file {source} not found")
     if not 0 <= max_accuracy_drop < 1:
         raise ConfigError(f"max accuracy drop must be in [0, 1), got {max_accuracy_drop}")
-    target = check_target(Path(out) if out is not None else derived_path(source, "int8"))
+    target = check_writable_file(Path(out) if out is not None else derived_path(source, "int8"))
     try:
         original = onnx.load(str(source))
     except Exception as exc:
@@ -144,7 +144,7 @@ def quantize_int8(
     quantize_seconds = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    with output_file(target) as tmp:
+    with atomic_path(target) as tmp:
         onnx.save_model(model, str(tmp))
         fp32_logits = predict_all(
             ort_predict(ort_session(source)), images, progress=progress, description="fp32 accuracy"

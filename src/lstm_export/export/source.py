@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lstm_export.config import ModelConfig
-from lstm_export.fileio import atomic_path, check_writable_file, file_digest
+from lstm_export.fileio import file_digest
 
 if TYPE_CHECKING:
     from lstm_export.model import LSTMClassifier
@@ -41,18 +39,6 @@ def load_source(checkpoint: Path) -> Source:
     model, ckpt = load_model(path)
     log.info("loaded %s (%s)", path, model.config)
     return Source(path=path, model=model.eval(), checkpoint=ckpt, sha256=file_digest(path))
-
-
-def check_target(target: Path) -> Path:
-    """Fail early (before any slow step) if ``target`` cannot be written as a file."""
-    return check_writable_file(target)
-
-
-@contextlib.contextmanager
-def output_file(target: Path) -> Iterator[Path]:
-    """Write ``target`` atomically (see :func:`lstm_export.fileio.atomic_path`)."""
-    with atomic_path(target) as tmp:
-        yield tmp
 
 
 def derived_path(path: Path, tag: str) -> Path:

@@ -25,7 +25,7 @@ from lstm_export.export.metadata import (
 )
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
-from lstm_export.export.source import check_target, load_source, output_file
+from lstm_export.export.source import load_source
 from lstm_export.export.validate import (
     DEFAULT_TOLERANCE,
     ValidationReport,
@@ -33,6 +33,7 @@ from lstm_export.export.validate import (
     make_batches,
     validate_onnx,
 )
+from lstm_export.fileio import atomic_path, check_writable_file
 
 if TYPE_CHECKING:
     import onnx
@@ -188,7 +189,7 @@ def export_onnx(
     wanted_opset = resolve_opset(opset, exporter)
     status(progress, "loading checkpoint")
     source = load_source(checkpoint)
-    target = check_target(Path(out) if out is not None else source.path.with_suffix(".onnx"))
+    target = check_writable_file(Path(out) if out is not None else source.path.with_suffix(".onnx"))
     batches = make_batches(load_test_set(data_dir)[0]) if validate else None
 
     status(progress, f"exporting with the {exporter.value} exporter (opset {wanted_opset})")
@@ -226,7 +227,7 @@ def export_onnx(
 
     validation = None
     t1 = time.perf_counter()
-    with output_file(target) as tmp:
+    with atomic_path(target) as tmp:
         onnx.save_model(proto, str(tmp))
         if batches is not None:
             status(progress, "validating against eager PyTorch (batch 1, 7, 512)")

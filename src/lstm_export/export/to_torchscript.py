@@ -20,7 +20,7 @@ from lstm_export.errors import ConfigError, ExportError, ValidationError
 from lstm_export.export.metadata import source_metadata
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
-from lstm_export.export.source import check_target, load_source, output_file
+from lstm_export.export.source import load_source
 from lstm_export.export.validate import (
     DEFAULT_TOLERANCE,
     ValidationReport,
@@ -30,6 +30,7 @@ from lstm_export.export.validate import (
     make_batches,
     torchscript_predict,
 )
+from lstm_export.fileio import atomic_path, check_writable_file
 
 if TYPE_CHECKING:
     from lstm_export.model import LSTMClassifier
@@ -124,7 +125,7 @@ def export_torchscript(
         raise ConfigError(f"tolerance must be > 0, got {tolerance}")
     status(progress, "loading checkpoint")
     source = load_source(checkpoint)
-    target = check_target(Path(out) if out is not None else source.path.with_suffix(".ts"))
+    target = check_writable_file(Path(out) if out is not None else source.path.with_suffix(".ts"))
     batches = make_batches(load_test_set(data_dir)[0]) if validate else None
 
     status(progress, "scripting, freezing and optimising")
@@ -142,7 +143,7 @@ def export_torchscript(
 
     validation = None
     t1 = time.perf_counter()
-    with output_file(target) as tmp:
+    with atomic_path(target) as tmp:
         with quiet_exporters():
             torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
         if batches is not None:

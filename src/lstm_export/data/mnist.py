@@ -61,6 +61,7 @@ def find_file(directory: Path, name: str) -> Path | None:
 
 def verify_dir(directory: Path) -> None:
     """Check that all four files are present and match the official md5; raise DataError if not."""
+    directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"MNIST folder {directory} does not exist")
     paths = {}
@@ -127,7 +128,7 @@ class MnistSplit:
 
 def load_split(directory: Path, split: Split | str) -> MnistSplit:
     """Load one split from a verified folder (see :func:`ensure_mnist`)."""
-    split = Split(split)
+    split, directory = Split(split), Path(directory)
     images_name, labels_name = _FILES[split]
     arrays = []
     for name in (images_name, labels_name):

@@ -26,14 +26,19 @@ class LSTMClassifier(nn.Module):
             bidirectional=config.bidirectional,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
+        self.bidirectional: bool = config.bidirectional
         directions = 2 if config.bidirectional else 1
         self.fc = nn.Linear(config.hidden_size * directions, config.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             x = (x - self.input_mean) / self.input_std
-        out, _ = self.lstm(x)  # (N, T, H * directions)
-        return self.fc(out[:, -1, :])  # (N, num_classes)
+        out, (h_n, _) = self.lstm(x)  # out (N, T, H * directions), h_n (layers * directions, N, H)
+        # Unidirectional: h_n[-1] holds the same numbers as out[:, -1, :], and exported it reads
+        # the LSTM's final-state output directly instead of reshaping and slicing the sequence.
+        # Bidirectional: forward state after the last row, backward state after one row.
+        last = out[:, -1, :] if self.bidirectional else h_n[-1]  # (N, H * directions)
+        return self.fc(last)  # (N, num_classes)
 
 
 def build_model(config: ModelConfig) -> LSTMClassifier:

@@ -158,6 +158,19 @@ def test_cli_bad_input_is_one_line(
     assert needle in _one_line_error(runner.invoke(app, ["bench", str(ckpt), *extra]))
 
 
+def test_cli_cuda_without_cuda_is_one_line_before_measuring(
+    make_checkpoint: Callable[..., Path],
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = _one_line_error(
+        runner.invoke(app, ["bench", str(make_checkpoint()), "--device", "cuda"])
+    )
+    assert "CUDA is not usable" in line
+
+
 def test_cli_missing_run_dir_is_one_line(tmp_path: Path) -> None:
     line = _one_line_error(runner.invoke(app, ["bench", str(tmp_path / "nope")]))
     assert "not found" in line

@@ -16,7 +16,7 @@ from lstm_export.bench.machine import machine_info, usable_cores
 from lstm_export.bench.measure import MeasureJob, measure_in_child
 from lstm_export.bench.stats import latency_stats, parity_stats
 from lstm_export.bench.variants import REFERENCE, BenchDevice, Variant, select_variants
-from lstm_export.errors import BenchError
+from lstm_export.errors import BenchError, DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,12 @@ def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
     from lstm_export.train.run_dir import resolve_checkpoint
 
     settings.check()
+    if settings.device == BenchDevice.cuda:
+        from lstm_export.infer.runners.torch_device import torch_cuda_problem
+
+        problem = torch_cuda_problem()
+        if problem is not None:
+            raise DeviceError(f"--device cuda asked, but CUDA is not usable: {problem}")
     checkpoint = resolve_checkpoint(target)
     return BenchPlan(
         settings=settings,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _cli_helpers import one_line_error
 from lstm_export.bench.run import add_ratios, median_round
 from lstm_export.bench.stats import latency_stats, parity_stats
 from lstm_export.bench.timing import time_runner
@@ -104,15 +105,6 @@ def test_time_runner_counts_iterations(make_checkpoint: Callable[..., Path]) -> 
         assert budget.compute.size >= 3
 
 
-def _one_line_error(result: object) -> str:
-    out = result.output  # type: ignore[attr-defined]
-    assert result.exit_code == 1, out  # type: ignore[attr-defined]
-    assert "Traceback" not in out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), out
-    return lines[0]
-
-
 def test_cli_eager_only_writes_schema(
     make_checkpoint: Callable[..., Path], mnist_dir: Path, tmp_path: Path
 ) -> None:
@@ -155,7 +147,7 @@ def test_cli_bad_input_is_one_line(
     extra: list[str], needle: str, make_checkpoint: Callable[..., Path]
 ) -> None:
     ckpt = make_checkpoint(hidden_size=8)
-    assert needle in _one_line_error(runner.invoke(app, ["bench", str(ckpt), *extra]))
+    assert needle in one_line_error(runner.invoke(app, ["bench", str(ckpt), *extra]))
 
 
 def test_cli_cuda_without_cuda_is_one_line_before_measuring(
@@ -165,14 +157,12 @@ def test_cli_cuda_without_cuda_is_one_line_before_measuring(
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _one_line_error(
-        runner.invoke(app, ["bench", str(make_checkpoint()), "--device", "cuda"])
-    )
+    line = one_line_error(runner.invoke(app, ["bench", str(make_checkpoint()), "--device", "cuda"]))
     assert "CUDA is not usable" in line
 
 
 def test_cli_missing_run_dir_is_one_line(tmp_path: Path) -> None:
-    line = _one_line_error(runner.invoke(app, ["bench", str(tmp_path / "nope")]))
+    line = one_line_error(runner.invoke(app, ["bench", str(tmp_path / "nope")]))
     assert "not found" in line
     (tmp_path / "empty").mkdir()
-    assert "no model.pt" in _one_line_error(runner.invoke(app, ["bench", str(tmp_path / "empty")]))
+    assert "no model.pt" in one_line_error(runner.invoke(app, ["bench", str(tmp_path / "empty")]))

@@ -9,20 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from _cli_helpers import one_line_error
 from lstm_export import __version__
 from lstm_export.cli import app
 
 runner = CliRunner()
-
-
-def _one_line_error(result: object) -> str:
-    out = result.output  # type: ignore[attr-defined]
-    assert result.exit_code == 1, out  # type: ignore[attr-defined]
-    assert "Traceback" not in out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1, out
-    assert lines[0].startswith("error:")
-    return lines[0]
 
 
 def test_help_and_version() -> None:
@@ -41,7 +32,7 @@ def test_data_verifies_folder(mnist_dir: Path) -> None:
 
 
 def test_data_missing_folder_is_one_line(tmp_path: Path) -> None:
-    line = _one_line_error(runner.invoke(app, ["data", "--data-dir", str(tmp_path)]))
+    line = one_line_error(runner.invoke(app, ["data", "--data-dir", str(tmp_path)]))
     assert "missing train-images-idx3-ubyte" in line
 
 
@@ -67,25 +58,25 @@ def test_train_cli_quick_run(mnist_dir: Path, tmp_path: Path) -> None:
     ],
 )
 def test_nonsense_flags_are_one_line(args: list[str], needle: str) -> None:
-    assert needle in _one_line_error(runner.invoke(app, args))
+    assert needle in one_line_error(runner.invoke(app, args))
 
 
 def test_missing_data_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["train", "--data-dir", str(tmp_path / "x"), "--out", str(tmp_path)]
     )
-    assert "does not exist" in _one_line_error(result)
+    assert "does not exist" in one_line_error(result)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_out_is_one_line_as_user(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    assert "not writable" in _one_line_error(runner.invoke(app, ["train", "--out", str(locked)]))
+    assert "not writable" in one_line_error(runner.invoke(app, ["train", "--out", str(locked)]))
 
 
 def test_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = runner.invoke(app, ["train", "--out", str(blocker / "run")])
-    assert "cannot create output folder" in _one_line_error(result)
+    assert "cannot create output folder" in one_line_error(result)

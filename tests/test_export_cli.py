@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from _cli_helpers import one_line_error
 from lstm_export.cli import app
 from lstm_export.config import ModelConfig
 
@@ -38,11 +39,8 @@ def run(*args: str) -> Any:
 
 
 def assert_one_line_error(result: Any, match: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ") and "Traceback" not in result.output
-    assert match in lines[0], lines[0]
+    line = one_line_error(result)
+    assert match in line, line
 
 
 @pytest.fixture(scope="module")

@@ -86,10 +86,10 @@ def test_int8_quantizes_every_lstm_within_accuracy_bound(
 def test_int8_guard_refuses_an_accuracy_drop(
     small_onnx: Path, mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lstm_export.export import quantize
+    from lstm_export.export import quantize, validate
 
     measured = iter([0.95, 0.90])  # fp32, then int8
-    monkeypatch.setattr(quantize, "accuracy", lambda logits, labels: next(measured))
+    monkeypatch.setattr(validate, "accuracy", lambda logits, labels: next(measured))
     out = tmp_path / "q.onnx"
     with pytest.raises(
         ValidationError, match=r"int8 accuracy 90\.00 % is 5\.00 points below fp32 95\.00 %"

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstm_export.errors import ConfigError, ExportError, ModelLoadError, ValidationError
+from lstm_export.errors import ConfigError, ExportError, ModelLoadError
 from lstm_export.export.audit import OnnxAudit, audit_onnx
 from lstm_export.export.metadata import set_onnx_metadata
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
 from lstm_export.export.source import derived_path
 from lstm_export.export.validate import (
-    accuracy,
+    check_accuracy_drop,
     load_test_set,
     ort_predict,
     ort_session,
@@ -153,16 +153,15 @@ def convert_fp16(
                 progress=progress,
                 description=f"fp16 accuracy ({provider})",
             )
-            fp32_acc, fp16_acc = accuracy(fp32_logits, labels), accuracy(half_logits, labels)
-            drop = fp32_acc - fp16_acc
-            agreement = float((fp32_logits.argmax(1) == half_logits.argmax(1)).mean())
-            max_diff = float(abs(fp32_logits - half_logits).max())
-            if drop > max_accuracy_drop + 1e-12:
-                raise ValidationError(
-                    f"fp16 accuracy {fp16_acc * 100:.2f} % ({provider}) is {drop * 100:.2f} points "
-                    f"below fp32 {fp32_acc * 100:.2f} % (allowed: {max_accuracy_drop * 100:.2f}); "
-                    "no fp16 file written"
-                )
+            check = check_accuracy_drop(
+                fp32_logits,
+                half_logits,
+                labels,
+                max_drop=max_accuracy_drop,
+                what=f"fp16 ({provider})",
+            )
+            fp32_acc, fp16_acc, drop = check.fp32_accuracy, check.accuracy, check.drop
+            agreement, max_diff = check.argmax_agreement, check.max_abs_diff
             meta.update(
                 {
                     "test_accuracy": f"{fp16_acc:.6g}",

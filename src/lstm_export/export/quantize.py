@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstm_export.errors import ConfigError, ExportError, ModelLoadError, ValidationError
+from lstm_export.errors import ConfigError, ExportError, ModelLoadError
 from lstm_export.export.audit import OnnxAudit, audit_onnx
 from lstm_export.export.metadata import set_onnx_metadata
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
 from lstm_export.export.source import derived_path
 from lstm_export.export.validate import (
-    accuracy,
+    check_accuracy_drop,
     load_test_set,
     ort_predict,
     ort_session,
@@ -152,15 +152,16 @@ def quantize_int8(
         int8_logits = predict_all(
             ort_predict(ort_session(tmp)), images, progress=progress, description="int8 accuracy"
         )
-        fp32_acc, int8_acc = accuracy(fp32_logits, labels), accuracy(int8_logits, labels)
-        drop = fp32_acc - int8_acc
-        log.info("fp32 %.4f, int8 %.4f, drop %.4f", fp32_acc, int8_acc, drop)
-        if drop > max_accuracy_drop + 1e-12:
-            raise ValidationError(
-                f"int8 accuracy {int8_acc * 100:.2f} % is {drop * 100:.2f} points below fp32 "
-                f"{fp32_acc * 100:.2f} % on {len(labels)} test images "
-                f"(allowed: {max_accuracy_drop * 100:.2f}); no int8 file written"
-            )
+        check = check_accuracy_drop(
+            fp32_logits,
+            int8_logits,
+            labels,
+            max_drop=max_accuracy_drop,
+            what="int8",
+            suffix=f" on {len(labels)} test images",
+        )
+        fp32_acc, int8_acc = check.fp32_accuracy, check.accuracy
+        log.info("fp32 %.4f, int8 %.4f, drop %.4f", fp32_acc, int8_acc, check.drop)
         # Record the measured figures in the file itself, then save the final bytes.
         meta.update(
             {
@@ -173,7 +174,6 @@ def quantize_int8(
         onnx.save_model(model, str(tmp))
     size = target.stat().st_size
     audit.metadata, audit.file_size = dict(meta), size
-    agreement = float((fp32_logits.argmax(1) == int8_logits.argmax(1)).mean())
     return QuantizeReport(
         path=target,
         source=source,
@@ -183,10 +183,10 @@ def quantize_int8(
         quantized_lstm_nodes=quantized,
         fp32_accuracy=fp32_acc,
         int8_accuracy=int8_acc,
-        accuracy_drop=drop,
+        accuracy_drop=check.drop,
         max_accuracy_drop=max_accuracy_drop,
-        argmax_agreement=agreement,
-        max_abs_diff=float(abs(fp32_logits - int8_logits).max()),
+        argmax_agreement=check.argmax_agreement,
+        max_abs_diff=check.max_abs_diff,
         test_examples=len(labels),
         audit=audit,
         file_size=size,

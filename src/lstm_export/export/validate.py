@@ -193,6 +193,47 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 # -- checks ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AccuracyDrop:
+    """A lower-precision graph's logits against the fp32 graph's on the same labelled images."""
+
+    fp32_accuracy: float
+    accuracy: float
+    drop: float  # fp32_accuracy - accuracy, in 0..1
+    argmax_agreement: float
+    max_abs_diff: float
+
+
+def check_accuracy_drop(
+    fp32_logits: np.ndarray,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    max_drop: float,
+    what: str,
+    suffix: str = "",
+) -> AccuracyDrop:
+    """Compare logits (N, C) with fp32's; ValidationError if accuracy falls more than ``max_drop``.
+
+    ``what`` names the variant in the message (``"int8"``); ``suffix`` ends it.
+    """
+    fp32_acc, acc = accuracy(fp32_logits, labels), accuracy(logits, labels)
+    drop = fp32_acc - acc
+    if drop > max_drop + 1e-12:
+        raise ValidationError(
+            f"{what} accuracy {acc * 100:.2f} % is {drop * 100:.2f} points below fp32 "
+            f"{fp32_acc * 100:.2f} %{suffix} (allowed: {max_drop * 100:.2f}); "
+            f"no {what.split()[0]} file written"
+        )
+    return AccuracyDrop(
+        fp32_accuracy=fp32_acc,
+        accuracy=acc,
+        drop=drop,
+        argmax_agreement=float((fp32_logits.argmax(1) == logits.argmax(1)).mean()),
+        max_abs_diff=float(np.abs(fp32_logits - logits).max()),
+    )
+
+
 def compare(
     reference: Predict,
     candidate: Predict,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lstm_export.errors import DataError, ValidationError
+from lstm_export.errors import DataError, ModelLoadError, ValidationError
 from lstm_export.export.progress import ProgressFn, no_progress
 
 if TYPE_CHECKING:
@@ -131,17 +131,18 @@ def ort_error_text(exc: BaseException) -> str:
     return text[:400]
 
 
-def ort_session(path: Path, providers: Sequence[Any] = ("CPUExecutionProvider",)) -> Any:
-    """An ``onnxruntime.InferenceSession`` on ``path``; ValidationError if ORT cannot load it."""
+def ort_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session on ``path``; ValidationError if ORT cannot load it."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    from lstm_export.infer.runners.ort_session import open_session
+
     try:
-        return ort.InferenceSession(str(path), opts, providers=list(providers))
-    except Exception as exc:
+        return open_session(path, "cpu")
+    except ModelLoadError as exc:
+        cause = exc.__cause__ or exc
         raise ValidationError(
-            f"ONNX Runtime {ort.__version__} cannot load the exported graph: {ort_error_text(exc)}"
+            f"ONNX Runtime {ort.__version__} cannot load the exported graph: {ort_error_text(cause)}"
         ) from exc
 
 

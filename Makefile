@@ -1,5 +1,12 @@
 # Every target creates .venv itself, so each works on a fresh clone.
-PYTHON ?= python3.11
+# The interpreter that creates .venv: PYTHON=... overrides; otherwise the first of these that runs
+# and is >= 3.10 (a pyenv shim of an inactive version exists but fails when run, so run each).
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3.10 python3
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in $(PYTHON_CANDIDATES); do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 && { echo $$p; break; }; \
+	done)
+endif
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch 2.14.1 / torchvision 0.29.1 install offline on the dev machines; any torch >= 2.6 works.
@@ -9,6 +16,7 @@ SHARED_MNIST := $(abspath ../shared/data/mnist)
 .PHONY: venv demo test lint bench clean
 
 $(BIN)/lstm-export: pyproject.toml
+	$(if $(PYTHON),,$(error no Python >= 3.10 found (tried $(PYTHON_CANDIDATES)); set PYTHON=/path/to/python3))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)

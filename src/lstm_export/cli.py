@@ -1,7 +1,10 @@
 """The ``lstm-export`` command line: a thin typer layer over the stage packages.
 
 Each stage keeps its commands in ``<stage>/cli.py``; this module registers them and turns every
-library error into one line on stderr and exit code 1.
+library error into one line on stderr and exit code 1. A bare ``lstm-export`` prints the help.
+
+Only typer's public API is used: since typer 0.28 every usage error (click's, vendored inside
+typer) is a ``typer.TyperException``, and an interrupted prompt is a ``typer.Abort``.
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ import sys
 from typing import Any
 
 import typer
-from typer import Abort
-from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
 from lstm_export import __version__
@@ -31,6 +32,10 @@ class _OneLineErrors(TyperGroup):
         **extra: Any,
     ) -> Any:
         code: Any = 0
+        if args is None:
+            args = sys.argv[1:]
+        if not args:  # a bare `lstm-export`: the help, exit code 0
+            args = ["--help"]
         try:
             code = super().main(
                 args=args,
@@ -39,11 +44,11 @@ class _OneLineErrors(TyperGroup):
                 standalone_mode=False,
                 **extra,
             )
-        except ClickException as exc:
+        except typer.TyperException as exc:  # usage errors: bad flag, value, command
             _fail(exc.format_message())
         except LstmExportError as exc:
             _fail(str(exc))
-        except (Abort, KeyboardInterrupt):
+        except (typer.Abort, KeyboardInterrupt):
             err_console.print("[red]error:[/] interrupted")
             code = 130
         if standalone_mode:
@@ -61,7 +66,6 @@ app = typer.Typer(
     cls=_OneLineErrors,
     help="Train, export (TorchScript / ONNX), run and benchmark the MNIST row-by-row LSTM.",
     context_settings={"help_option_names": ["-h", "--help"]},
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )

@@ -1,8 +1,7 @@
-"""Shared fixtures: real MNIST (from $LSTM_EXPORT_DATA_DIR), small trained and untrained checkpoints."""
+"""Shared fixtures: real MNIST (found or fetched as the CLI does), small checkpoints."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The verified MNIST folder named by $LSTM_EXPORT_DATA_DIR (CI: ../shared/data/mnist)."""
-    env = os.environ.get("LSTM_EXPORT_DATA_DIR")
-    if not env:
-        pytest.skip("set LSTM_EXPORT_DATA_DIR to a folder with the four MNIST IDX files")
-    from lstm_export.data.mnist import ensure_mnist
+    """Verified MNIST, found as the CLI finds it, fetched at most once per session.
 
-    return ensure_mnist(Path(env), fetch=False)
+    $LSTM_EXPORT_DATA_DIR if set (CI: ../shared/data/mnist), else the cache
+    ``${XDG_CACHE_HOME:-~/.cache}/lstm-export/mnist``, fetched into if empty. A failed lookup
+    or fetch fails every test that needs MNIST (with the reason); it never skips them.
+    """
+    from lstm_export.data.mnist import ensure_mnist
+    from lstm_export.errors import DataError
+
+    try:
+        return ensure_mnist(None, fetch=True)
+    except DataError as exc:
+        pytest.fail(
+            f"the tests need MNIST and it could not be found or fetched: {exc}", pytrace=False
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
-"""The CLI through typer's CliRunner: help, version, data, train, and one-line errors."""
+"""The CLI through typer's CliRunner (and a subprocess): help, version, data, train, one-line errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,10 +28,98 @@ def test_help_and_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
+def test_bare_command_prints_help_and_exits_0() -> None:
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and "data" in result.output
+    assert "error" not in result.output.lower()
+
+
+def _run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "lstm_export", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_python_dash_m_bare_prints_help_and_exits_0() -> None:
+    proc = _run_module()
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout and "train" in proc.stdout
+    assert "error" not in (proc.stdout + proc.stderr).lower()
+
+
+def test_python_dash_m_version_and_one_line_error() -> None:
+    proc = _run_module("--version")
+    assert proc.returncode == 0 and __version__ in proc.stdout
+    proc = _run_module("--bogus")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--bogus" in lines[0]
+
+
 def test_data_verifies_folder(mnist_dir: Path) -> None:
     result = runner.invoke(app, ["data", "--data-dir", str(mnist_dir)])
     assert result.exit_code == 0, result.output
     assert str(mnist_dir.resolve()) in result.output
+
+
+def test_data_json(mnist_dir: Path) -> None:
+    from lstm_export.data.mnist import MD5
+
+    result = runner.invoke(app, ["data", "--data-dir", str(mnist_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["folder"] == str(mnist_dir.resolve())
+    assert payload["source"] == "--data-dir" and payload["fetched"] is False
+    assert payload["verified"] is True
+    files = {f["name"]: f for f in payload["files"]}
+    assert set(files) == set(MD5)
+    for name, entry in files.items():
+        assert entry["md5"] == MD5[name] and entry["md5_ok"] is True
+        assert entry["size"] == Path(entry["path"]).stat().st_size > 0
+
+
+def _cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("LSTM_EXPORT_DATA_DIR", raising=False)
+    return tmp_path / "xdg" / "lstm-export" / "mnist"
+
+
+def test_data_fetches_a_missing_cache_and_says_so(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lstm_export.data import fetch
+    from lstm_export.data.mnist import MD5, find_file
+
+    cache = _cache_env(tmp_path, monkeypatch)
+
+    def fake_fetch(directory: Path) -> None:  # the real one downloads; copy the verified files
+        directory.mkdir(parents=True)
+        for name in MD5:
+            source = find_file(mnist_dir, name)
+            assert source is not None
+            shutil.copy(source, directory / source.name)
+
+    monkeypatch.setattr(fetch, "fetch_into", fake_fetch)
+    result = runner.invoke(app, ["data", "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"MNIST not found locally; fetching into {cache} ..." in result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["fetched"] is True and payload["source"] == "cache"
+    assert payload["folder"] == str(cache.resolve()) and payload["verified"] is True
+    # Now it is there: verified, not fetched again.
+    result = runner.invoke(app, ["data", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fetched"] is False and "fetching" not in result.stderr
+
+
+def test_data_corrupt_cache_is_one_line_with_the_cli_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = _cache_env(tmp_path, monkeypatch)
+    cache.mkdir(parents=True)
+    (cache / "train-images-idx3-ubyte").write_bytes(b"")
+    line = one_line_error(runner.invoke(app, ["data", "--json"]))
+    assert "missing" in line and "lstm-export data --force" in line
 
 
 def test_data_missing_folder_is_one_line(tmp_path: Path) -> None:
@@ -68,10 +159,12 @@ def test_missing_data_is_one_line(tmp_path: Path) -> None:
     assert "does not exist" in one_line_error(result)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_out_is_one_line_as_user(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
+def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # permission bits do not stop root; /proc takes no new files
+        locked = Path("/proc/self")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
     assert "not writable" in one_line_error(runner.invoke(app, ["train", "--out", str(locked)]))
 
 

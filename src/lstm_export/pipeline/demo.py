@@ -1,8 +1,9 @@
 """Run the whole pipeline end to end and gather a summary.
 
-Steps: verify or fetch MNIST -> train (seed recipe by default) -> export TorchScript, ONNX and
-int8 ONNX, each validated against eager PyTorch -> classify a sample folder written from the test
-set -> benchmark every backend against eager. Each step reports through ``on_step``.
+Steps: verify MNIST -> train (seed recipe by default) -> export TorchScript, ONNX and int8 ONNX,
+each validated against eager PyTorch -> classify a sample folder written from the test set ->
+benchmark every backend against eager. Each step reports through ``on_step``. MNIST is never
+downloaded here: ``lstm-export demo`` fetches it into the cache first when it is missing.
 """
 
 from __future__ import annotations

@@ -66,9 +66,9 @@ def train(
     )
     ensure_writable_dir(out)  # fail before training, not after
 
-    from lstm_export.data.mnist import ensure_mnist
+    from lstm_export.data.cli import require_mnist
 
-    data_dir = ensure_mnist(data_dir)  # data errors before the progress bar starts
+    data_dir = require_mnist(data_dir)  # fetched or data errors before the progress bar starts
 
     import torch
 

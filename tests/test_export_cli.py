@@ -117,7 +117,7 @@ def test_inspect_torchscript(tmp_path: Path, small_run: Path) -> None:
 @pytest.mark.skipif("__import__('torch').cuda.is_available()")
 def test_inspect_cuda_without_cuda_is_one_line(onnx_json: dict[str, Any]) -> None:
     result = run("inspect", onnx_json["onnx"]["path"], "--device", "cuda")
-    assert_one_line_error(result, "--device cuda asked, but")
+    assert_one_line_error(result, "CUDA was asked for, but")
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -164,10 +164,10 @@ def _other_architecture(folder: Path) -> Path:
 BAD_CHECKPOINTS = {
     "missing": (lambda folder: folder / "nope.pt", "not found"),
     "truncated": (_truncated, "is not a readable checkpoint"),
-    "random pickle": (_random_pickle, "is not a readable checkpoint"),
+    "random pickle": (_random_pickle, "holds code"),
     "arbitrary bytes": (_arbitrary_bytes, "is not a readable checkpoint"),
     "plain state_dict": (_plain_state_dict, "is not an lstm-export checkpoint"),
-    "other architecture": (_other_architecture, "checkpoint weights do not fit its architecture"),
+    "other architecture": (_other_architecture, "checkpoint weights do not fit its model config"),
     "run folder without model.pt": (lambda folder: folder, "has no model.pt"),
 }
 
@@ -229,9 +229,19 @@ def test_int8_without_mnist_fails_before_exporting(
 ) -> None:
     monkeypatch.delenv("LSTM_EXPORT_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    from lstm_export.data import fetch
+    from lstm_export.errors import DataError
+
+    def offline(directory: Path) -> None:
+        raise DataError("no network")
+
+    monkeypatch.setattr(fetch, "fetch_into", offline)
     ckpt = save_ckpt(tmp_path / "run", hidden_size=8, num_layers=1)
     result = run("onnx", ckpt, "--int8", "--no-validate")
-    assert_one_line_error(result, "--int8 (its accuracy guard) needs the MNIST test set")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("MNIST not found locally; fetching into ")  # the CLI says so
+    assert lines[-1].startswith("error: ") and "no network" in lines[-1]
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.pt"]
 
 

@@ -86,13 +86,22 @@ def test_int8_quantizes_every_lstm_within_accuracy_bound(
 def test_int8_guard_refuses_an_accuracy_drop(
     small_onnx: Path, mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lstm_export.export import quantize, validate
+    import dataclasses
 
-    measured = iter([0.95, 0.90])  # fp32, then int8
-    monkeypatch.setattr(validate, "accuracy", lambda logits, labels: next(measured))
+    from lstm_export import parity
+    from lstm_export.export import quantize
+
+    real_compare = parity.compare
+
+    def worse(candidate: Any, reference: Any, labels: Any = None) -> parity.Parity:
+        measured = real_compare(candidate, reference, labels)
+        return dataclasses.replace(measured, accuracy=0.90, reference_accuracy=0.95)
+
+    monkeypatch.setattr(parity, "compare", worse)
     out = tmp_path / "q.onnx"
     with pytest.raises(
-        ValidationError, match=r"int8 accuracy 90\.00 % is 5\.00 points below fp32 95\.00 %"
+        ValidationError,
+        match=r"int8 accuracy 90\.00 % is 5\.00 points below fp32 95\.00 % on 10000 test images",
     ):
         quantize.quantize_int8(small_onnx, out, data_dir=mnist_dir)
     assert list(tmp_path.iterdir()) == []
@@ -178,7 +187,7 @@ def test_fp16_cuda_validation_asked_without_cuda(
 ) -> None:
     from lstm_export.export.fp16 import convert_fp16
 
-    with pytest.raises(DeviceError, match="--device cuda asked"):
+    with pytest.raises(DeviceError, match="CUDA was asked for"):
         convert_fp16(small_onnx, tmp_path / "h.onnx", data_dir=mnist_dir, device="cuda")
     assert not (tmp_path / "h.onnx").exists()
 

@@ -177,7 +177,6 @@ def test_validation_catches_argmax_disagreement(exported: dict[str, Any], tmp_pa
     import onnx
     from onnx import numpy_helper
 
-    from lstm_export.export.source import load_source
     from lstm_export.export.validate import load_test_set, make_batches, validate_onnx
 
     ckpt, report = exported["one_layer"]
@@ -191,7 +190,7 @@ def test_validation_catches_argmax_disagreement(exported: dict[str, Any], tmp_pa
     onnx.save(model, str(bad))
     batches = make_batches(load_test_set()[0])
     with pytest.raises(ValidationError, match="argmax differs"):
-        validate_onnx(bad, load_source(ckpt).model, batches, tolerance=1e3)
+        validate_onnx(bad, ckpt, batches, tolerance=1e3)
 
 
 def test_native_lstm_check_rejects_other_graphs() -> None:
@@ -239,7 +238,7 @@ def test_native_lstm_check_rejects_other_graphs() -> None:
             9,
             False,
             ExportError,
-            r"cannot produce opset 9: it produced opset 18 \(opsets below 18 need --legacy\)",
+            r"cannot produce opset 9: it produced opset 18 \(opsets below 18 need the legacy exporter\)",
         ),
     ],
 )
@@ -262,8 +261,8 @@ def test_missing_mnist_is_named_and_no_validate_works(
     monkeypatch.delenv("LSTM_EXPORT_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     ckpt = save_ckpt(tmp_path / "run", hidden_size=8, num_layers=1)
-    with pytest.raises(DataError, match=r"validation needs the MNIST test set.*--no-validate"):
-        export_onnx(ckpt)
+    with pytest.raises(DataError, match=r"validation needs the MNIST test set.*not asked for"):
+        export_onnx(ckpt)  # the library never downloads on its own
     assert not ckpt.with_suffix(".onnx").exists()
     report = export_onnx(ckpt, validate=False)
     assert report.validation is None and report.path.is_file()
@@ -273,9 +272,9 @@ def test_runtime_refusal_is_one_readable_sentence(exported: dict[str, Any], tmp_
     """An opset ONNX Runtime does not support yet: its reason, without C++ signatures or paths."""
     import onnx
 
-    from lstm_export.export.validate import ort_session
+    from lstm_export.export.validate import validate_export
 
-    _, report = exported["one_layer"]
+    ckpt, report = exported["one_layer"]
     model = onnx.load(str(report.path))
     for imp in model.opset_import:
         if imp.domain == "":
@@ -285,13 +284,14 @@ def test_runtime_refusal_is_one_readable_sentence(exported: dict[str, Any], tmp_
     with pytest.raises(
         ValidationError, match=r"cannot load the exported graph: ONNX Runtime only"
     ) as info:
-        ort_session(path)
+        validate_export(path, "onnxruntime", ckpt, [], candidate_name="ONNX Runtime (CPU)")
     assert "onnxruntime_src" not in str(info.value) and str(path) not in str(info.value)
 
 
 @pytest.mark.cuda
 def test_onnx_runs_on_cuda_provider(exported: dict[str, Any]) -> None:
-    from lstm_export.export.placement import node_placement, open_session
+    from lstm_export.export.placement import node_placement
+    from lstm_export.ort_session import open_session
 
     ckpt, report = exported["default"]
     session = open_session(report.path, "cuda")

@@ -113,7 +113,8 @@ def test_device_cuda_without_cuda_is_one_line_and_exit_1(
         out = tmp_path / "p.csv"
         code, _, stderr = _run("infer", model, folder, "--device", "cuda", "-o", out)
         assert code == 1
-        assert _one_line_error(stderr).startswith("error: --device cuda asked, but")
+        assert _one_line_error(stderr).startswith("error: CUDA was asked for, but")
+        assert stderr.strip().endswith("(--device cpu runs without it)")
         assert not out.exists()
 
 

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from _infer_helpers import exported_models
-from lstm_export.errors import DeviceError, InputError, ModelLoadError
-from lstm_export.infer.base import Device, Runner
+from lstm_export.devices import Device
+from lstm_export.errors import (
+    ConfigError,
+    DeviceError,
+    InferenceError,
+    InputError,
+    ModelLoadError,
+)
+from lstm_export.infer.base import Runner
 from lstm_export.infer.registry import RUNNERS, Backend, backend_for, load_runner, make_runner
 
 N_IMAGES = 2000
@@ -115,7 +122,7 @@ def test_device_cuda_without_cuda_is_one_clear_line(
     with pytest.raises(DeviceError) as info:
         load_runner(model_files[backend], device="cuda")
     message = str(info.value)
-    assert message.startswith("--device cuda asked, but")
+    assert message.startswith("CUDA was asked for, but")
     assert "\n" not in message
     assert any(w in message for w in ("driver", "CUDA", "cuDNN")), message
 
@@ -134,7 +141,7 @@ def test_onnxruntime_session_options_are_applied(model_files: dict[str, Path]) -
     ) as runner:
         assert isinstance(runner, Runner)
         assert runner.providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
-    with pytest.raises(ModelLoadError, match="optimisation level"):
+    with pytest.raises(ConfigError, match="optimisation level"):
         load_runner(model_files["onnxruntime"], device="cpu", optimization="fastest")
     with pytest.raises(DeviceError, match="TensorRT"):
         load_runner(model_files["onnxruntime"], device="cpu", tensorrt=True)
@@ -169,3 +176,59 @@ def test_onnxruntime_cpu_tuning_keeps_the_answers(model_files: dict[str, Path]) 
         np.testing.assert_allclose(tuned.infer(x), expected, rtol=0, atol=1e-6)
         np.testing.assert_allclose(tuned.infer(x[:1]), expected_one, rtol=0, atol=1e-6)
         assert tuned.infer(x).shape == (9, 10)
+
+
+@pytest.mark.parametrize("backend", sorted(RUNNERS))
+def test_unknown_option_is_an_error_not_ignored(backend: str, model_files: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match=r"has no option 'thread'.*threads"):
+        make_runner(model_files[backend], device="cpu", thread=2)
+
+
+@pytest.mark.parametrize("backend", sorted(RUNNERS))
+def test_bad_option_value_is_an_error(backend: str, model_files: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="threads"):
+        make_runner(model_files[backend], device="cpu", threads=0)
+
+
+@pytest.mark.parametrize("backend", ["eager", "torchscript"])
+def test_torch_threads_are_restored_on_close(backend: str, model_files: dict[str, Path]) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    with load_runner(model_files[backend], device="cpu", threads=wanted):
+        assert torch.get_num_threads() == wanted
+    assert torch.get_num_threads() == before
+
+
+def test_failure_while_running_is_an_inference_error(
+    model_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend's own exception at run time is InferenceError, not a load error."""
+    with load_runner(model_files["onnxruntime"], device="cpu") as runner:
+
+        def broken(prepared: object) -> object:
+            raise RuntimeError("kernel exploded\nsecond line")
+
+        monkeypatch.setattr(runner, "run_prepared", broken)
+        with pytest.raises(
+            InferenceError, match=r"failed on input of shape \(2, 28, 28\): kernel exploded$"
+        ):
+            runner.infer(np.zeros((2, 28, 28), np.float32))
+
+
+def test_runner_phases_are_the_abstract_contract() -> None:
+    """A backend implements load, prepare, run_prepared, fetch and close; nothing else."""
+    assert Runner.__abstractmethods__ == {"_load", "prepare", "run_prepared", "fetch", "_close"}
+
+
+def test_infer_all_batches_and_reports_progress(model_files: dict[str, Path]) -> None:
+    x = np.random.default_rng(1).random((25, 28, 28), dtype=np.float32)
+    seen: list[tuple[int, int]] = []
+    with load_runner(model_files["onnxruntime"], device="cpu") as runner:
+        whole = runner.infer(x)
+        parts = runner.infer_all(
+            x, batch_size=10, progress=lambda _d, done, n: seen.append((done, n))
+        )
+    np.testing.assert_allclose(parts, whole, atol=1e-6)
+    assert seen == [(0, 25), (10, 25), (20, 25), (25, 25)]

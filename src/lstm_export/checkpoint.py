@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lstm_export import __version__
+from lstm_export.artifacts import Artifact
 from lstm_export.config import ModelConfig
 from lstm_export.data import preprocess
 from lstm_export.data.mnist import CLASS_NAMES
@@ -55,16 +56,29 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint with ``weights_only=True``; raise CheckpointError if foreign."""
+    import os
+    import warnings
+
+    from lstm_export.fileio import file_kind
+
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise CheckpointError(f"checkpoint {path} is {file_kind(os.stat(path).st_mode)}")
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the error says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # a pickle of more than tensors and containers
-            why = "it holds objects other than tensors and plain containers (weights_only=True)"
-        else:
-            why = "not a PyTorch file (no zip or pickle inside)"
+        code = _pickled_code(str(exc), path)
+        if code:  # a pickle that would run code (os.system, eval, a class's __reduce__...)
+            why = (
+                f"it holds code ({code}) that is not allowed to load; a checkpoint may hold "
+                "only tensors and plain containers (torch.load weights_only=True)"
+            )
+            raise CheckpointError(f"{path} is refused: {why}") from exc
+        why = "not a PyTorch file (no zip or pickle inside)"
         raise CheckpointError(f"{path} is not a readable checkpoint: {why}") from exc
     except Exception as exc:  # truncated zip, arbitrary bytes...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -90,13 +104,80 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> LSTMClassifier:
     model = LSTMClassifier(config)
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint weights do not fit its architecture: {first}") from exc
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        detail = _misfit(model.state_dict(), ckpt["state_dict"]) or str(exc).strip().splitlines()[0]
+        arch = f"hidden_size {config.hidden_size}, num_layers {config.num_layers}"
+        raise CheckpointError(
+            f"checkpoint weights do not fit its model config ({arch}): {detail}"
+        ) from exc
     return model.eval()
+
+
+def _misfit(expected: dict[str, Any], state: Any) -> str:
+    """Which tensors of ``state`` do not fit the model's ``expected`` ones, in words."""
+    if not isinstance(state, dict):
+        return f"state_dict is a {type(state).__name__}, not a dict of tensors"
+    problems = []
+    for key, want in expected.items():
+        got = state.get(key)
+        if got is None:
+            problems.append(f"{key} is missing")
+        elif not isinstance(got, torch.Tensor):
+            problems.append(f"{key} is a {type(got).__name__}, not a tensor")
+        elif tuple(got.shape) != tuple(want.shape):
+            problems.append(
+                f"{key} has shape {tuple(got.shape)} in the file, {tuple(want.shape)} for the config"
+            )
+    problems += [f"{key} is not a weight of this model" for key in state if key not in expected]
+    if len(problems) > 3:
+        problems = [*problems[:3], f"and {len(problems) - 3} more"]
+    return "; ".join(problems)
+
+
+def _pickled_code(message: str, path: Path) -> str | None:
+    """The code a refused pickle refers to (``posix.system``...), or None when it names none.
+
+    From torch's message when it says (``unsupported GLOBAL posix.system``); otherwise, for a raw
+    pickle, from its opcodes (read, never run) when it imports anything but torch's own types.
+    """
+    import pickletools
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", message, flags=re.IGNORECASE)
+    if found:
+        return found.group(1)
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f.read(1 << 24)):
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                name = None
+                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    name = arg.replace(" ", ".")
+                elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                    name = ".".join(strings)
+                if name and not name.startswith(("torch.", "collections.OrderedDict")):
+                    return name
+    except Exception:  # not a pickle at all, or a broken one
+        return None
+    return None
 
 
 def load_model(path: Path) -> tuple[LSTMClassifier, dict[str, Any]]:
     """Load a checkpoint file and rebuild its model: ``(model, checkpoint_dict)``."""
     ckpt = load_checkpoint(path)
     return model_from_checkpoint(ckpt), ckpt
+
+
+def resolve_checkpoint(path: Path | str) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file (CheckpointError if neither)."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / Artifact.checkpoint.value
+        if not candidate.is_file():
+            raise CheckpointError(f"run folder {path} has no {Artifact.checkpoint.value}")
+        return candidate
+    if not path.exists():
+        raise CheckpointError(f"{path} not found (expected a run folder or a checkpoint file)")
+    return path

@@ -17,7 +17,10 @@ from typer.core import TyperGroup
 
 from lstm_export import __version__
 from lstm_export.console import err_console, setup_logging
-from lstm_export.errors import LstmExportError
+from lstm_export.errors import DeviceError, LstmExportError
+
+#: what the command line adds to a library error: the option that changes the outcome
+_HINTS: dict[type[LstmExportError], str] = {DeviceError: "--device cpu runs without it"}
 
 
 class _OneLineErrors(TyperGroup):
@@ -47,7 +50,8 @@ class _OneLineErrors(TyperGroup):
         except typer.TyperException as exc:  # usage errors: bad flag, value, command
             _fail(exc.format_message())
         except LstmExportError as exc:
-            _fail(str(exc))
+            hint = next((h for cls, h in _HINTS.items() if isinstance(exc, cls)), "")
+            _fail(f"{exc} ({hint})" if hint else str(exc))
         except (typer.Abort, KeyboardInterrupt):
             err_console.print("[red]error:[/] interrupted")
             code = 130

@@ -37,6 +37,10 @@ class DeviceError(LstmExportError):
     """The requested device or execution provider is not usable here."""
 
 
+class InferenceError(LstmExportError):
+    """A loaded model failed while running on an input."""
+
+
 class InputError(LstmExportError):
     """Input data (images, folders, arrays) is not usable."""
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from lstm_export.bench.variants import Artifact
+from lstm_export.artifacts import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ def ensure_artifacts(
 ) -> dict[Artifact, Path]:
     """Paths of the needed artifacts beside ``checkpoint``; stale or missing ones are exported
     (and validated against eager PyTorch by the export stage)."""
-    folder = checkpoint.parent
     wanted = set(needed)
     if Artifact.onnx_int8 in wanted or Artifact.onnx_fp16 in wanted:
         wanted.add(Artifact.onnx)  # both are made from the fp32 graph
@@ -35,7 +34,7 @@ def ensure_artifacts(
     for artifact in order:
         if artifact not in wanted:
             continue
-        path = folder / artifact.value
+        path = artifact.beside(checkpoint)
         if force or not is_fresh(path, checkpoint):
             if on_export is not None:
                 on_export(artifact)
@@ -57,8 +56,8 @@ def _export(artifact: Artifact, checkpoint: Path, path: Path, data_dir: Path | N
     elif artifact == Artifact.onnx_int8:
         from lstm_export.export.quantize import quantize_int8
 
-        quantize_int8(checkpoint.parent / Artifact.onnx.value, path, data_dir=data_dir)
+        quantize_int8(Artifact.onnx.beside(checkpoint), path, data_dir=data_dir)
     elif artifact == Artifact.onnx_fp16:
         from lstm_export.export.fp16 import convert_fp16
 
-        convert_fp16(checkpoint.parent / Artifact.onnx.value, path, data_dir=data_dir)
+        convert_fp16(Artifact.onnx.beside(checkpoint), path, data_dir=data_dir)

@@ -10,6 +10,7 @@ import typer
 
 from lstm_export.bench.variants import VARIANTS, BenchDevice
 from lstm_export.console import console, err_console, make_progress
+from lstm_export.data.cli import require_mnist
 
 _VARIANT_NAMES = ", ".join(variant.name for variant in VARIANTS)
 
@@ -90,6 +91,7 @@ def bench(
         if path is not None:
             ensure_writable_dir(path.parent)  # fail before measuring, not after
     plan = plan_bench(target, settings)
+    plan.data_dir = require_mnist(settings.data_dir)
 
     progress = make_progress()
     with progress:

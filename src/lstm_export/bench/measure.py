@@ -66,10 +66,10 @@ def measure(job: MeasureJob, report: Any = None) -> Measurement:
     runner = make_runner(job.path, job.variant.backend, job.device, **options)
     say("loading")
     with runner:
-        result = Measurement(description=_describe(job, runner, options), logits=np.empty(0))
+        result = Measurement(description=_describe(job, runner), logits=np.empty(0))
         if job.parity:
             say(f"parity on {n} images")
-            result.logits = infer_all(runner, images)
+            result.logits = runner.infer_all(images)
         for batch in job.batch_sizes:
             say(f"batch {batch}")
             timings = time_runner(
@@ -125,12 +125,6 @@ def _child_main(job: MeasureJob, channel: Any) -> None:
         channel.put(("error", ("BenchError", f"{job.variant.name}: {detail or exc!r}")))
 
 
-def infer_all(runner: Runner, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits (N, 10) for all images, in batches."""
-    parts = [runner.infer(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return np.concatenate(parts)
-
-
 def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
     """The first ``batch`` images (tiled if the test set is smaller), C-contiguous."""
     if batch <= len(images):
@@ -139,13 +133,13 @@ def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:batch])
 
 
-def _describe(job: MeasureJob, runner: Runner, options: dict[str, Any]) -> dict[str, Any]:
+def _describe(job: MeasureJob, runner: Runner) -> dict[str, Any]:
     return {
         "backend": job.variant.name,
         "runner": job.variant.backend,
         "precision": job.variant.precision,
         "file": str(job.path),
-        "options": options,
+        "options": {k: getattr(v, "value", v) for k, v in vars(runner.options).items()},
         "providers": getattr(runner, "providers", None),
         "device": runner.device,
     }

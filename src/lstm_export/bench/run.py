@@ -14,7 +14,7 @@ import numpy as np
 from lstm_export.bench.artifacts import ensure_artifacts
 from lstm_export.bench.machine import machine_info, usable_cores
 from lstm_export.bench.measure import MeasureJob, measure_in_child
-from lstm_export.bench.stats import latency_stats, parity_stats
+from lstm_export.bench.stats import latency_stats
 from lstm_export.bench.variants import REFERENCE, BenchDevice, Variant, select_variants
 from lstm_export.errors import BenchError, DeviceError
 
@@ -92,22 +92,22 @@ class BenchPlan:
     ckpt: dict[str, Any]
     variants: list[Variant]
     threads: int
+    #: where MNIST is read from; :func:`run_bench` verifies it (it never downloads)
     data_dir: Path
 
 
 def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
     """Check the request (settings, checkpoint, backends, data); raise a typed error if bad."""
-    from lstm_export.checkpoint import load_checkpoint
-    from lstm_export.data.mnist import ensure_mnist
-    from lstm_export.train.run_dir import resolve_checkpoint
+    from lstm_export.checkpoint import load_checkpoint, resolve_checkpoint
+    from lstm_export.data.mnist import locate
 
     settings.check()
     if settings.device == BenchDevice.cuda:
-        from lstm_export.infer.runners.torch_device import torch_cuda_problem
+        from lstm_export.devices import torch_cuda_problem
 
         problem = torch_cuda_problem()
         if problem is not None:
-            raise DeviceError(f"--device cuda asked, but CUDA is not usable: {problem}")
+            raise DeviceError(f"CUDA was asked for, but it is not usable: {problem}")
     checkpoint = resolve_checkpoint(target)
     return BenchPlan(
         settings=settings,
@@ -115,15 +115,16 @@ def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
         ckpt=load_checkpoint(checkpoint),
         variants=select_variants(settings.backends, settings.device),
         threads=settings.threads or usable_cores(),
-        data_dir=ensure_mnist(settings.data_dir),
+        data_dir=locate(settings.data_dir)[0],
     )
 
 
 def run_bench(plan: BenchPlan, *, on_progress: ProgressCallback | None = None) -> BenchResult:
     """Benchmark every planned backend against eager PyTorch."""
-    from lstm_export.data.mnist import load_split
+    from lstm_export.data.mnist import ensure_mnist, load_split
     from lstm_export.fileio import file_digest
 
+    plan.data_dir = ensure_mnist(plan.data_dir)
     settings, checkpoint, ckpt = plan.settings, plan.checkpoint, plan.ckpt
     variants, threads = plan.variants, plan.threads
     progress = on_progress or (lambda *_: None)
@@ -236,14 +237,23 @@ def _parity_row(
     reference: np.ndarray,
     labels: np.ndarray,
 ) -> dict[str, Any]:
-    stats = parity_stats(logits, reference, labels)
-    ref_accuracy = float((reference.argmax(1) == labels).mean())
-    flagged = variant.precision == "fp32" and stats.agreement < FP32_AGREEMENT_FLOOR
+    from lstm_export import parity
+
+    stats = parity.compare(logits, reference, labels)
+    flagged = bool(
+        parity.problems(
+            stats, min_agreement=FP32_AGREEMENT_FLOOR if variant.precision == "fp32" else None
+        )
+    )
     return {
         "backend": variant.name,
         "device": settings.device.value,
         "precision": variant.precision,
-        **stats.to_dict(),
-        "accuracy_delta": stats.accuracy - ref_accuracy,
+        "images": stats.images,
+        "accuracy": stats.accuracy,
+        "agreement": stats.agreement,
+        "max_abs_diff": stats.max_abs_diff,
+        "mean_abs_diff": stats.mean_abs_diff,
+        "accuracy_delta": stats.accuracy_delta,
         "flagged": flagged,
     }

@@ -1,4 +1,4 @@
-"""Latency and parity statistics: pure numpy, no timing here."""
+"""Latency statistics: pure numpy, no timing here (parity lives in :mod:`lstm_export.parity`)."""
 
 from __future__ import annotations
 
@@ -46,39 +46,7 @@ def latency_stats(seconds: Sequence[float] | np.ndarray, batch_size: int) -> Lat
         p50_ms=float(p50),
         p90_ms=float(p90),
         p99_ms=float(p99),
-        min_ms=float(t.min()),
-        max_ms=float(t.max()),
+        min_ms=float(np.min(t)),
+        max_ms=float(np.max(t)),
         throughput=batch_size / (mean / 1e3) if mean > 0 else float("inf"),
-    )
-
-
-@dataclass(frozen=True)
-class ParityStats:
-    """How one backend's logits compare with eager PyTorch's on the same images."""
-
-    images: int
-    accuracy: float  # top-1 in [0, 1]
-    agreement: float  # fraction of argmax equal to eager's, in [0, 1]
-    max_abs_diff: float
-    mean_abs_diff: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parity_stats(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> ParityStats:
-    """``logits`` and ``reference`` (N, C) float, ``labels`` (N,) int -> parity with reference."""
-    if logits.shape != reference.shape or logits.shape[0] != labels.shape[0]:
-        raise BenchError(
-            f"shape mismatch: logits {logits.shape}, reference {reference.shape}, "
-            f"labels {labels.shape}"
-        )
-    diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
-    pred = logits.argmax(axis=1)
-    return ParityStats(
-        images=int(labels.shape[0]),
-        accuracy=float((pred == labels).mean()),
-        agreement=float((pred == reference.argmax(axis=1)).mean()),
-        max_abs_diff=float(diff.max()),
-        mean_abs_diff=float(diff.mean()),
     )

@@ -10,17 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from lstm_export.artifacts import Artifact
 from lstm_export.errors import BenchError
-
-
-class Artifact(str, Enum):
-    """A file the bench needs, named as it lies beside the checkpoint."""
-
-    checkpoint = "model.pt"
-    torchscript = "model.ts"
-    onnx = "model.onnx"
-    onnx_int8 = "model.int8.onnx"
-    onnx_fp16 = "model.fp16.onnx"
 
 
 class BenchDevice(str, Enum):

@@ -4,9 +4,11 @@ Modules (each imports torch / onnx / onnxruntime inside its functions, so the CL
 
 - :mod:`.to_onnx` -- ``export_onnx``: torch.onnx (dynamo or legacy), native-LSTM audit, metadata.
 - :mod:`.to_torchscript` -- ``export_torchscript``: scripted, frozen, optimised ``.ts``.
-- :mod:`.quantize` -- ``quantize_int8``: dynamic int8 with ``DynamicQuantizeLSTM`` and an accuracy guard.
+- :mod:`.derive` -- the one recipe for files derived from the fp32 graph, with its accuracy guard.
+- :mod:`.quantize` -- ``quantize_int8``: dynamic int8 with ``DynamicQuantizeLSTM``.
 - :mod:`.fp16` -- ``convert_fp16``: float16 weights, float32 inputs and outputs.
-- :mod:`.validate` -- the checks every exported file passes before it is renamed into place.
+- :mod:`.validate` -- the checks every exported file passes before it is renamed into place:
+  the file and the checkpoint run through the runner registry, compared by :mod:`lstm_export.parity`.
 - :mod:`.audit` -- what an ONNX graph holds (opset, ops, LSTM nodes, inputs and outputs).
 - :mod:`.placement` -- which ONNX Runtime execution provider runs each node.
 - :mod:`.inspect_model` -- ``inspect_model`` for ``.onnx``, ``.ts`` and ``.pt``.

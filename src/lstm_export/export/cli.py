@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from lstm_export.console import console, err_console
+from lstm_export.data.cli import require_mnist
 
 DATA_DIR_HELP = "Folder with the MNIST IDX files (default: $LSTM_EXPORT_DATA_DIR, then the cache)."
 
@@ -172,10 +173,8 @@ def onnx(
 
     if not tolerance > 0:
         raise ConfigError(f"--tolerance must be > 0, got {tolerance}")
-    if int8:  # the int8 guard needs MNIST even with --no-validate: fail before exporting
-        from lstm_export.export.validate import load_test_set
-
-        load_test_set(data_dir, purpose="--int8 (its accuracy guard)", skippable=False)
+    if validate or int8:  # the int8 guard needs MNIST even with --no-validate
+        data_dir = require_mnist(data_dir)
     reports: dict[str, Any] = {}
     with _progress() as progress:
         report = export_onnx(
@@ -307,6 +306,8 @@ def torchscript(
 
     if not tolerance > 0:
         raise ConfigError(f"--tolerance must be > 0, got {tolerance}")
+    if validate:
+        data_dir = require_mnist(data_dir)
     with _progress() as progress:
         report = export_torchscript(
             checkpoint,

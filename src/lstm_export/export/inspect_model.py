@@ -73,7 +73,7 @@ def inspect_model(path: Path, device: str = "cpu") -> ModelInfo:
     """Describe ``path``; ``device`` (cpu|cuda|auto) picks the ONNX Runtime providers for ONNX."""
     path = Path(path)
     if path.is_dir():
-        from lstm_export.train.run_dir import resolve_checkpoint
+        from lstm_export.checkpoint import resolve_checkpoint
 
         path = resolve_checkpoint(path)
     if not path.is_file():

@@ -14,11 +14,8 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-from lstm_export.infer.runners.ort_session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +42,18 @@ class Placement:
         return dict(Counter(n.provider for n in self.nodes).most_common())
 
 
-def open_profiled_session(model: Path | bytes, device: str, profile_dir: Path) -> Any:
-    """A session on ``device`` that writes an ORT profile trace into ``profile_dir``."""
-    import onnxruntime as ort
+def node_placement(model: Path, device: str = "cpu") -> Placement:
+    """Run ``model`` once (batch 1 of zeros) through the ONNX Runtime runner with profiling on
+    and read which execution provider ran each kernel."""
+    from lstm_export.infer.registry import make_runner
 
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(profile_dir / "ort-profile")
-    return open_session(model, device, opts)
-
-
-def _zero_input(session: Any) -> dict[str, np.ndarray]:
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        dtype = np.float16 if "float16" in inp.type else np.float32
-        feeds[inp.name] = np.zeros(shape, dtype=dtype)
-    return feeds
-
-
-def node_placement(model: Path | bytes, device: str = "cpu") -> Placement:
-    """Run ``model`` once (batch 1 of zeros) with profiling and read each kernel's provider."""
     with tempfile.TemporaryDirectory(prefix="lstm-export-profile-") as work:
-        session = open_profiled_session(model, device, Path(work))
-        session.run(None, _zero_input(session))
-        trace = Path(session.end_profiling())
-        events = json.loads(trace.read_text())
+        prefix = str(Path(work) / "ort-profile")
+        with make_runner(model, "onnxruntime", device, profile_prefix=prefix) as runner:
+            runner.infer(np.zeros((1, 28, 28), np.float32))
+            providers = list(getattr(runner, "providers", []))
+            trace = Path(runner.session.end_profiling())  # type: ignore[attr-defined]
+            events = json.loads(trace.read_text())
     seen: dict[str, NodePlacement] = {}
     for event in events:
         args = event.get("args", {})
@@ -83,6 +66,4 @@ def node_placement(model: Path | bytes, device: str = "cpu") -> Placement:
             continue
         node = name[: -len("_kernel_time")]
         seen.setdefault(node, NodePlacement(node, str(args.get("op_name", "?")), args["provider"]))
-    return Placement(
-        device=device, session_providers=list(session.get_providers()), nodes=list(seen.values())
-    )
+    return Placement(device=device, session_providers=providers, nodes=list(seen.values()))

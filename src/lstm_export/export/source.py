@@ -32,16 +32,9 @@ class Source:
 
 def load_source(checkpoint: Path) -> Source:
     """A run folder or ``.pt`` file -> :class:`Source` (raises CheckpointError if unusable)."""
-    from lstm_export.checkpoint import load_model
-    from lstm_export.train.run_dir import resolve_checkpoint
+    from lstm_export.checkpoint import load_model, resolve_checkpoint
 
     path = resolve_checkpoint(Path(checkpoint))
     model, ckpt = load_model(path)
     log.info("loaded %s (%s)", path, model.config)
     return Source(path=path, model=model.eval(), checkpoint=ckpt, sha256=file_digest(path))
-
-
-def derived_path(path: Path, tag: str) -> Path:
-    """``model.onnx`` + ``int8`` -> ``model.int8.onnx`` (same folder, same suffix)."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")

@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lstm_export.artifacts import Artifact
 from lstm_export.errors import ConfigError, ExportError
 from lstm_export.export.audit import OnnxAudit, audit_onnx, check_io, check_native_lstm
 from lstm_export.export.metadata import (
@@ -189,7 +190,9 @@ def export_onnx(
     wanted_opset = resolve_opset(opset, exporter)
     status(progress, "loading checkpoint")
     source = load_source(checkpoint)
-    target = check_writable_file(Path(out) if out is not None else source.path.with_suffix(".onnx"))
+    target = check_writable_file(
+        Path(out) if out is not None else Artifact.onnx.beside(source.path)
+    )
     batches = make_batches(load_test_set(data_dir)[0]) if validate else None
 
     status(progress, f"exporting with the {exporter.value} exporter (opset {wanted_opset})")
@@ -208,7 +211,7 @@ def export_onnx(
         ) from exc
     got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if got_opset != wanted_opset:
-        hint = " (opsets below 18 need --legacy)" if exporter == Exporter.dynamo else ""
+        hint = " (opsets below 18 need the legacy exporter)" if exporter == Exporter.dynamo else ""
         raise ExportError(
             f"the {exporter.value} exporter cannot produce opset {wanted_opset}: "
             f"it produced opset {got_opset}{hint}"
@@ -231,9 +234,9 @@ def export_onnx(
         onnx.save_model(proto, str(tmp))
         if batches is not None:
             status(progress, "validating against eager PyTorch (batch 1, 7, 512)")
-            validation = validate_onnx(tmp, source.model, batches, tolerance)
+            validation = validate_onnx(tmp, source.path, batches, tolerance)
         else:
-            log.warning("validation skipped (--no-validate): %s is unchecked", target)
+            log.warning("validation skipped: %s is unchecked", target)
     size = target.stat().st_size
     audit.file_size = size
     log.info("wrote %s (%d bytes)", target, size)

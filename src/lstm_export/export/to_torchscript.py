@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lstm_export.errors import ConfigError, ExportError, ValidationError
+from lstm_export.artifacts import Artifact
+from lstm_export.errors import ConfigError, ExportError
 from lstm_export.export.metadata import source_metadata
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
@@ -24,11 +25,9 @@ from lstm_export.export.source import load_source
 from lstm_export.export.validate import (
     DEFAULT_TOLERANCE,
     ValidationReport,
-    compare,
-    eager_predict,
     load_test_set,
     make_batches,
-    torchscript_predict,
+    validate_export,
 )
 from lstm_export.fileio import atomic_path, check_writable_file
 
@@ -125,7 +124,9 @@ def export_torchscript(
         raise ConfigError(f"tolerance must be > 0, got {tolerance}")
     status(progress, "loading checkpoint")
     source = load_source(checkpoint)
-    target = check_writable_file(Path(out) if out is not None else source.path.with_suffix(".ts"))
+    target = check_writable_file(
+        Path(out) if out is not None else Artifact.torchscript.beside(source.path)
+    )
     batches = make_batches(load_test_set(data_dir)[0]) if validate else None
 
     status(progress, "scripting, freezing and optimising")
@@ -149,32 +150,17 @@ def export_torchscript(
         if batches is not None:
             status(progress, "validating against eager PyTorch (batch 1, 7, 512)")
             with quiet_exporters():
-                try:
-                    loaded = torch.jit.load(str(tmp), map_location="cpu")
-                except Exception as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    raise ValidationError(
-                        f"the saved TorchScript file does not load: {first}"
-                    ) from exc
-            t_check = time.perf_counter()
-            checks = compare(
-                eager_predict(source.model),
-                torchscript_predict(loaded),
-                batches,
-                tolerance,
-                reference_name="eager PyTorch",
-                candidate_name="TorchScript",
-            )
-            validation = ValidationReport(
-                reference="eager PyTorch (CPU)",
-                candidate="torch.jit.load (CPU)",
-                tolerance=tolerance,
-                checks=checks,
-                structural=["reloaded with torch.jit.load"],
-                seconds=time.perf_counter() - t_check,
-            )
+                validation = validate_export(
+                    tmp,
+                    "torchscript",
+                    source.path,
+                    batches,
+                    tolerance,
+                    candidate_name="TorchScript",
+                )
+            validation.structural = ["reloaded with torch.jit.load"]
         else:
-            log.warning("validation skipped (--no-validate): %s is unchecked", target)
+            log.warning("validation skipped: %s is unchecked", target)
     for note in notes:
         log.info(note)
     size = target.stat().st_size

@@ -1,37 +1,29 @@
 """Proof that an exported file gives eager PyTorch's answers, before it is renamed into place.
 
-Numerical checks run on real MNIST test images at several batch sizes (default 1, an odd 7 and a
-large 512, disjoint slices of the test set): the largest absolute logit difference must stay
-within a tolerance and every argmax must agree; otherwise :class:`ValidationError` says what
-differed. All predictors map float32 ``(N, 28, 28)`` in [0, 1] to float32 logits ``(N, classes)``.
+The exported file and the checkpoint each run through the runner registry (the code path users
+run), on real MNIST test images at several batch sizes (default 1, an odd 7 and a large 512,
+disjoint slices of the test set). The largest absolute logit difference must stay within a
+tolerance and every argmax must agree (:mod:`lstm_export.parity`); otherwise
+:class:`ValidationError` says what differed.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lstm_export import parity
 from lstm_export.errors import DataError, ModelLoadError, ValidationError
-from lstm_export.export.progress import ProgressFn, no_progress
-
-if TYPE_CHECKING:
-    from lstm_export.model import LSTMClassifier
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCHES: tuple[int, ...] = (1, 7, 512)
 DEFAULT_TOLERANCE = 1e-4
-#: batch size used for whole-test-set accuracy runs
-EVAL_BATCH = 1000
-
-Predict = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -77,23 +69,19 @@ class ValidationReport:
 
 # -- data ------------------------------------------------------------------------------------------
 def load_test_set(
-    data_dir: Path | None = None, *, purpose: str = "validation", skippable: bool = True
+    data_dir: Path | None = None, *, purpose: str = "validation"
 ) -> tuple[np.ndarray, np.ndarray]:
     """The MNIST test set: float32 images (10000, 28, 28) in [0, 1] and int64 labels (10000,).
 
-    Never downloads; raises DataError saying what needs the data and how to provide it.
+    Never downloads; raises DataError saying what needs the data.
     """
     from lstm_export.data.mnist import load_mnist
     from lstm_export.data.preprocess import to_model_input
 
     try:
-        split = load_mnist("test", data_dir, fetch=False)
+        split = load_mnist("test", data_dir)
     except DataError as exc:
-        skip = "; --no-validate skips it" if skippable else ""
-        raise DataError(
-            f"{purpose} needs the MNIST test set (pass --data-dir or set $LSTM_EXPORT_DATA_DIR"
-            f"{skip}): {exc}"
-        ) from exc
+        raise DataError(f"{purpose} needs the MNIST test set: {exc}") from exc
     return to_model_input(split.images), split.labels
 
 
@@ -108,177 +96,7 @@ def make_batches(images: np.ndarray, sizes: Sequence[int] = DEFAULT_BATCHES) -> 
     return batches
 
 
-# -- predictors ------------------------------------------------------------------------------------
-def eager_predict(model: LSTMClassifier) -> Predict:
-    """Eager PyTorch on the CPU: the reference."""
-    import torch
-
-    model = model.eval()
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
-
-    return predict
-
-
-def ort_error_text(exc: BaseException) -> str:
-    """ONNX Runtime's message without its error code, temp-file path and C++ function signature."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"Load model from \S+ failed: ?", "", text)
-    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ [^()]*\(.*?\) (?=[A-Z])", "", text)
-    return text[:400]
-
-
-def ort_session(path: Path) -> Any:
-    """An ONNX Runtime CPU session on ``path``; ValidationError if ORT cannot load it."""
-    import onnxruntime as ort
-
-    from lstm_export.infer.runners.ort_session import open_session
-
-    try:
-        return open_session(path, "cpu")
-    except ModelLoadError as exc:
-        cause = exc.__cause__ or exc
-        raise ValidationError(
-            f"ONNX Runtime {ort.__version__} cannot load the exported graph: {ort_error_text(cause)}"
-        ) from exc
-
-
-def ort_predict(session: Any) -> Predict:
-    """Run a loaded ONNX Runtime session (its single input and output)."""
-    input_name = session.get_inputs()[0].name
-    output_name = session.get_outputs()[0].name
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        out = session.run([output_name], {input_name: np.ascontiguousarray(x, np.float32)})[0]
-        return np.asarray(out, dtype=np.float32)
-
-    return predict
-
-
-def torchscript_predict(module: Any) -> Predict:
-    """Run a loaded TorchScript module on the CPU."""
-    import torch
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
-
-    return predict
-
-
-def predict_all(
-    predict: Predict,
-    images: np.ndarray,
-    *,
-    batch_size: int = EVAL_BATCH,
-    progress: ProgressFn | None = None,
-    description: str = "predicting",
-) -> np.ndarray:
-    """Logits (N, classes) for all ``images``, ``batch_size`` at a time, reporting progress."""
-    report = progress or no_progress
-    outs = []
-    n = len(images)
-    report(description, 0, n)
-    for start in range(0, n, batch_size):
-        outs.append(predict(images[start : start + batch_size]))
-        report(description, min(start + batch_size, n), n)
-    return np.concatenate(outs)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in 0..1."""
-    return float((logits.argmax(axis=1) == labels).mean())
-
-
 # -- checks ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AccuracyDrop:
-    """A lower-precision graph's logits against the fp32 graph's on the same labelled images."""
-
-    fp32_accuracy: float
-    accuracy: float
-    drop: float  # fp32_accuracy - accuracy, in 0..1
-    argmax_agreement: float
-    max_abs_diff: float
-
-
-def check_accuracy_drop(
-    fp32_logits: np.ndarray,
-    logits: np.ndarray,
-    labels: np.ndarray,
-    *,
-    max_drop: float,
-    what: str,
-    suffix: str = "",
-) -> AccuracyDrop:
-    """Compare logits (N, C) with fp32's; ValidationError if accuracy falls more than ``max_drop``.
-
-    ``what`` names the variant in the message (``"int8"``); ``suffix`` ends it.
-    """
-    fp32_acc, acc = accuracy(fp32_logits, labels), accuracy(logits, labels)
-    drop = fp32_acc - acc
-    if drop > max_drop + 1e-12:
-        raise ValidationError(
-            f"{what} accuracy {acc * 100:.2f} % is {drop * 100:.2f} points below fp32 "
-            f"{fp32_acc * 100:.2f} %{suffix} (allowed: {max_drop * 100:.2f}); "
-            f"no {what.split()[0]} file written"
-        )
-    return AccuracyDrop(
-        fp32_accuracy=fp32_acc,
-        accuracy=acc,
-        drop=drop,
-        argmax_agreement=float((fp32_logits.argmax(1) == logits.argmax(1)).mean()),
-        max_abs_diff=float(np.abs(fp32_logits - logits).max()),
-    )
-
-
-def compare(
-    reference: Predict,
-    candidate: Predict,
-    batches: Sequence[Batch],
-    tolerance: float,
-    *,
-    reference_name: str,
-    candidate_name: str,
-) -> list[BatchCheck]:
-    """Run both on every batch; ValidationError listing every batch that differs."""
-    checks, failures = [], []
-    for batch in batches:
-        ref = reference(batch.images)
-        got = candidate(batch.images)
-        if got.shape != ref.shape:
-            raise ValidationError(
-                f"{candidate_name} returned shape {tuple(got.shape)} at batch {batch.size}, "
-                f"{reference_name} {tuple(ref.shape)}"
-            )
-        if not np.all(np.isfinite(got)):
-            failures.append(f"batch {batch.size}: non-finite logits")
-        diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
-        ref_top, got_top = ref.argmax(axis=1), got.argmax(axis=1)
-        agree = int((ref_top == got_top).sum())
-        checks.append(BatchCheck(batch=batch.size, max_abs_diff=diff, agree=agree))
-        log.info("batch %d: max |diff| %.3g, argmax %d/%d", batch.size, diff, agree, batch.size)
-        if not diff <= tolerance:
-            failures.append(
-                f"batch {batch.size}: max |logit diff| {diff:.3g} > tolerance {tolerance:.3g}"
-            )
-        if agree != batch.size:
-            first = int(np.flatnonzero(ref_top != got_top)[0])
-            failures.append(
-                f"batch {batch.size}: argmax differs on {batch.size - agree} of {batch.size} "
-                f"images (first: test image #{batch.offset + first}, {reference_name} "
-                f"{ref_top[first]}, {candidate_name} {got_top[first]})"
-            )
-    if failures:
-        raise ValidationError(
-            f"{candidate_name} does not give {reference_name}'s answers: " + "; ".join(failures)
-        )
-    return checks
-
-
 def check_onnx_file(path: Path) -> list[str]:
     """``onnx.checker`` (full check) and strict shape inference with data propagation."""
     import onnx
@@ -300,29 +118,80 @@ def check_onnx_file(path: Path) -> list[str]:
     return ["onnx.checker (full)", "strict shape inference"]
 
 
+def validate_export(
+    path: Path,
+    backend: str,
+    checkpoint: Path,
+    batches: Sequence[Batch],
+    tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    candidate_name: str,
+) -> ValidationReport:
+    """Run ``path`` with the ``backend`` runner and the checkpoint with the eager runner (both on
+    the CPU) on every batch; ValidationError listing every batch that differs."""
+    from lstm_export.infer.registry import make_runner
+
+    t0 = time.perf_counter()
+    reference = make_runner(checkpoint, "eager", "cpu")
+    candidate = make_runner(path, backend, "cpu")
+    try:
+        candidate.load()
+    except ModelLoadError as exc:
+        from lstm_export.ort_session import error_text
+
+        raise ValidationError(
+            f"{candidate_name} cannot load the exported graph: {error_text(exc.__cause__ or exc)}"
+        ) from exc
+    checks, failures = [], []
+    with reference, candidate:
+        for batch in batches:
+            got_logits = candidate.infer(batch.images)
+            ref_logits = reference.infer(batch.images)
+            got = parity.compare(got_logits, ref_logits)
+            agree = batch.size - got.disagreements
+            checks.append(BatchCheck(batch=batch.size, max_abs_diff=got.max_abs_diff, agree=agree))
+            log.info(
+                "batch %d: max |diff| %.3g, argmax %d/%d",
+                batch.size,
+                got.max_abs_diff,
+                agree,
+                batch.size,
+            )
+            found = parity.problems(got, tolerance=tolerance, min_agreement=1.0)
+            if got.first_disagreement is not None:  # the argmax problem is the last one listed
+                first = got.first_disagreement
+                found[-1] += (
+                    f" (first: test image #{batch.offset + first}, eager PyTorch "
+                    f"{int(ref_logits[first].argmax())}, {candidate_name} "
+                    f"{int(got_logits[first].argmax())})"
+                )
+            failures += [f"batch {batch.size}: {problem}" for problem in found]
+        description = candidate.description
+    if failures:
+        raise ValidationError(
+            f"{candidate_name} does not give eager PyTorch's answers: " + "; ".join(failures)
+        )
+    return ValidationReport(
+        reference="eager PyTorch (CPU)",
+        candidate=description,
+        tolerance=tolerance,
+        checks=checks,
+        seconds=time.perf_counter() - t0,
+    )
+
+
 def validate_onnx(
     path: Path,
-    model: LSTMClassifier,
+    checkpoint: Path,
     batches: Sequence[Batch],
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ValidationReport:
     """Structural checks, then ONNX Runtime (CPU) vs eager PyTorch on ``batches``."""
     t0 = time.perf_counter()
     structural = check_onnx_file(path)
-    session = ort_session(path)
-    checks = compare(
-        eager_predict(model),
-        ort_predict(session),
-        batches,
-        tolerance,
-        reference_name="eager PyTorch",
-        candidate_name="ONNX Runtime (CPU)",
+    report = validate_export(
+        path, "onnxruntime", checkpoint, batches, tolerance, candidate_name="ONNX Runtime (CPU)"
     )
-    return ValidationReport(
-        reference="eager PyTorch (CPU)",
-        candidate="ONNX Runtime CPUExecutionProvider",
-        tolerance=tolerance,
-        checks=checks,
-        structural=structural,
-        seconds=time.perf_counter() - t0,
-    )
+    report.structural = structural
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -16,9 +16,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lstm_export.infer.base import Device, Runner
+    from lstm_export.devices import Device
+    from lstm_export.infer.base import Runner
     from lstm_export.infer.classify import (
         FolderResult,
+        FolderRun,
         Prediction,
         Summary,
         classify_folder,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Device": "base",
+    "FolderRun": "classify",
     "Runner": "base",
     "FolderResult": "classify",
     "Prediction": "classify",
@@ -49,6 +52,7 @@ __all__ = [
     "Backend",
     "Device",
     "FolderResult",
+    "FolderRun",
     "Invert",
     "Prediction",
     "Runner",

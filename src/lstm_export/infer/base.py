@@ -1,29 +1,41 @@
 """The Runner contract every backend implements (after Polygraphy's loader/runner split).
 
-A runner is built cheaply, loads its model in :meth:`Runner.load` (or on ``with``), and maps
-float32 pixels ``(N, T=28, F=28)`` in [0, 1] to float32 logits ``(N, 10)`` in :meth:`Runner.infer`.
-Timing lives in the bench code, never here.
+A runner is built cheaply with typed options, loads its model in :meth:`Runner.load` (or on
+``with``), and maps float32 pixels ``(N, T=28, F=28)`` in [0, 1] to float32 logits ``(N, C)``.
+:meth:`Runner.infer` is three phases, each a backend's own: :meth:`Runner.prepare` places the
+input where the model runs, :meth:`Runner.run_prepared` runs it, :meth:`Runner.fetch` brings the
+logits back to the host. The bench times the phases apart; timing never lives here.
 """
 
 from __future__ import annotations
 
 import abc
-from enum import Enum
+import dataclasses
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
 import numpy as np
 
-from lstm_export.errors import InputError, LstmExportError, ModelLoadError
+from lstm_export.devices import Device
+from lstm_export.errors import (
+    ConfigError,
+    InferenceError,
+    InputError,
+    LstmExportError,
+    ModelLoadError,
+)
+
+__all__ = ["Device", "NoOptions", "Runner", "check_input"]
+
+#: progress(description, done, total)
+Progress = Callable[[str, int, int], None]
 
 
-class Device(str, Enum):
-    """Where to run. ``auto`` means CUDA when it really loads, else CPU."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """A runner without options."""
 
 
 class Runner(abc.ABC):
@@ -33,17 +45,31 @@ class Runner(abc.ABC):
     name: ClassVar[str]
     #: file suffixes this backend reads, e.g. ``(".onnx",)``
     suffixes: ClassVar[tuple[str, ...]]
+    #: the frozen dataclass of this backend's options; an unknown option is a ConfigError
+    Options: ClassVar[type] = NoOptions
 
     def __init__(self, path: Path, device: Device | str = Device.cpu, **options: Any) -> None:
         self.path = Path(path)
         self.requested_device = Device(device)
-        self.options = options
+        self.options: Any = self.parse_options(options)
         #: the device actually used once loaded: ``"cpu"`` or ``"cuda"``
         self.device: str | None = None
         #: with ``device=auto``: which device was chosen and why, e.g. ``"auto: no NVIDIA driver"``
         self.device_note: str = ""
         self.metadata: dict[str, str] = {}
         self._loaded = False
+
+    @classmethod
+    def parse_options(cls, options: Mapping[str, Any]) -> Any:
+        """``options`` -> an instance of :attr:`Options`; ConfigError naming an unknown one."""
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            choices = ", ".join(sorted(known)) or "none"
+            raise ConfigError(
+                f"the {cls.name} backend has no option {unknown[0]!r} (its options: {choices})"
+            )
+        return cls.Options(**options)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> Runner:
@@ -56,10 +82,14 @@ class Runner(abc.ABC):
         return self
 
     def close(self) -> None:
-        """Release the model (idempotent)."""
+        """Release the model and restore any process-wide setting it changed (idempotent)."""
         if self._loaded:
             self._close()
             self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
 
     def __enter__(self) -> Runner:
         return self.load()
@@ -74,12 +104,12 @@ class Runner(abc.ABC):
 
     # -- inference -------------------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """``x`` float32 (N, 28, 28) in [0, 1] -> logits float32 (N, 10).
+        """``x`` float32 (N, 28, 28) in [0, 1] -> logits float32 (N, C).
 
-        A backend's own exception is raised as ModelLoadError naming the backend and the shape.
+        InputError for a badly shaped ``x``; a backend's own exception becomes InferenceError
+        naming the backend and the shape.
         """
-        if not self._loaded:
-            self.load()
+        self.load()
         try:
             return self.fetch(self.run_prepared(self.prepare(x)))
         except LstmExportError:
@@ -87,22 +117,28 @@ class Runner(abc.ABC):
         except Exception as exc:  # onnxruntime Fail/InvalidArgument, torch RuntimeError, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             shape = getattr(x, "shape", "?")
-            raise ModelLoadError(
+            raise InferenceError(
                 f"{self.description} failed on input of shape {shape}: {first}"
             ) from exc
 
-    # -- the three phases of infer(), for benchmarks that time device copies apart ----------------
-    def prepare(self, x: np.ndarray) -> Any:
-        """Validate ``x`` and place it where the model runs (a host-to-device copy on CUDA)."""
-        return check_input(x)
-
-    def run_prepared(self, prepared: Any) -> Any:
-        """Run on a prepared input; returns when the result is ready (on the device)."""
-        return self._infer(prepared)
-
-    def fetch(self, result: Any) -> np.ndarray:
-        """Bring a result of :meth:`run_prepared` back as float32 logits (N, 10) on the host."""
-        return np.asarray(result, dtype=np.float32)
+    def infer_all(
+        self,
+        images: np.ndarray,
+        *,
+        batch_size: int = 1000,
+        progress: Progress | None = None,
+        description: str = "predicting",
+    ) -> np.ndarray:
+        """Logits ``(N, C)`` for all ``images`` ``(N, 28, 28)``, ``batch_size`` at a time."""
+        n = len(images)
+        if progress is not None:
+            progress(description, 0, n)
+        parts = []
+        for start in range(0, n, batch_size):
+            parts.append(self.infer(images[start : start + batch_size]))
+            if progress is not None:
+                progress(description, min(start + batch_size, n), n)
+        return np.concatenate(parts)
 
     @property
     def description(self) -> str:
@@ -111,13 +147,24 @@ class Runner(abc.ABC):
 
     # -- to implement ----------------------------------------------------------------------------
     @abc.abstractmethod
-    def _load(self) -> None: ...
+    def _load(self) -> None:
+        """Load the model; set :attr:`device`, :attr:`device_note` and :attr:`metadata`."""
 
     @abc.abstractmethod
-    def _infer(self, x: np.ndarray) -> np.ndarray: ...
+    def prepare(self, x: np.ndarray) -> Any:
+        """Check ``x`` (with :func:`check_input`) and place it where the model runs."""
 
-    def _close(self) -> None:  # noqa: B027 - optional hook
-        """Free resources; the default drops nothing."""
+    @abc.abstractmethod
+    def run_prepared(self, prepared: Any) -> Any:
+        """Run on a prepared input; return when the result is ready (still on the device)."""
+
+    @abc.abstractmethod
+    def fetch(self, result: Any) -> np.ndarray:
+        """A result of :meth:`run_prepared` as float32 logits ``(N, C)`` on the host."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Free the model and undo process-wide settings made in :meth:`_load`."""
 
 
 def check_input(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from lstm_export.infer.base import Device, Runner
+from lstm_export.devices import Device
+from lstm_export.errors import InputError, ModelLoadError
+from lstm_export.infer.base import Runner
 from lstm_export.infer.images import Invert, to_batch
 from lstm_export.infer.pipeline import Plan, pipelined, plan_run, runner_options, usable_cores
 from lstm_export.infer.report import Confusion
@@ -26,8 +28,8 @@ from lstm_export.infer.walk import Walk, walk_images
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FolderClassifier",
     "FolderResult",
+    "FolderRun",
     "Plan",
     "Prediction",
     "Summary",
@@ -199,67 +201,139 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class FolderClassifier:
-    """One run over one folder; iterate :meth:`batches` for rows, then read :attr:`summary`.
+class FolderRun:
+    """One run over one folder: the walk, the plan and the runner, decided before any work.
 
-    ``runner`` must be loaded. The CLI streams the rows into its writer; :func:`classify_folder`
-    collects them.
+    Build it (cheap: walks the folder, plans, builds the runner unloaded), :meth:`load` it (or
+    use ``with``), iterate :meth:`batches` for the rows as they are ready, then read
+    :attr:`summary`. ``model`` is a ``.pt``, ``.ts`` or ``.onnx`` path (backend from the suffix
+    unless ``backend`` names one) or a :class:`Runner`, used as it is and not closed: it keeps
+    the threads it was built with (build it with ``**runner_options(plan_run())``).
+    ``batch_size``, ``workers``, ``threads``, ``streams``: see :func:`plan_run`, which chooses
+    whatever is None.
     """
 
     def __init__(
         self,
-        runner: Runner,
-        walk: Walk,
-        plan: Plan,
+        model: Path | str | Runner,
+        folder: Path | str,
         *,
+        backend: str = "auto",
+        device: Device | str = Device.auto,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        threads: int | None = None,
+        streams: int | None = None,
+        recursive: bool = True,
         invert: Invert | str = Invert.auto,
         fit: bool = False,
         probabilities: bool = False,
     ) -> None:
-        self.runner = runner.load()
-        self.walk = walk
-        self.plan = plan
+        from lstm_export.infer.registry import backend_for, make_runner
+
         self.invert = Invert(invert)
         self.fit = fit
         self.probabilities = probabilities
+        self._owns_runner = not isinstance(model, Runner)
+        if isinstance(model, Runner) and threads is None:  # its threads were fixed when built
+            threads = getattr(model.options, "threads", None) or usable_cores()
+        self._choice: dict[str, Any] = {
+            "workers": workers,
+            "threads": threads,
+            "batch_size": batch_size,
+            "streams": streams,
+            "fit": fit,
+        }
+        self.plan = plan_run(**self._choice)
+        if isinstance(model, Runner):
+            self.runner = model
+        else:
+            name = backend_for(model) if backend == "auto" else backend
+            self.runner = make_runner(Path(model), name, device, **runner_options(self.plan, name))
+            if not self.runner.path.is_file():
+                raise ModelLoadError(f"model file {model} not found")
+        self.recursive = recursive
+        self.walk = walk_images(Path(folder), recursive=recursive)
+        self.class_names: list[str] = []
+        self.labels: list[int] | None = None
+        self.summary: Summary | None = None
+
+    def require_images(self) -> FolderRun:
+        """InputError when the folder holds no image file (a run over it would do nothing)."""
+        if not self.walk.paths:
+            where = "" if self.recursive else "; subfolders not searched"
+            raise InputError(
+                f"no image files in {self.walk.root} ({self.walk.skipped} other files skipped, "
+                f"{self.walk.hidden} hidden left out{where})"
+            )
+        return self
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def load(self) -> FolderRun:
+        """Load the model; on CUDA the plan is made again for the GPU. Idempotent."""
+        if self.summary is not None:
+            return self
+        runner = self.runner.load()
+        if runner.device == "cuda":
+            self.plan = plan_run(**self._choice, device="cuda")
         self.class_names = class_names_of(runner)
-        self.labels, labels_note = imagefolder_labels(walk, self.class_names)
+        self.labels, labels_note = imagefolder_labels(self.walk, self.class_names)
         for problem in check_preprocessing(runner.metadata):
             log.warning("%s: %s", runner.path.name, problem)
         self.summary = Summary(
-            folder=str(walk.root),
+            folder=str(self.walk.root),
             model=str(runner.path),
             backend=runner.description,
             device=runner.device or "cpu",
             class_names=self.class_names,
-            plan=plan,
-            images=len(walk.paths),
-            skipped=walk.skipped,
-            hidden=walk.hidden,
-            unreadable_folders=list(walk.unreadable),
+            plan=self.plan,
+            images=len(self.walk.paths),
+            skipped=self.walk.skipped,
+            hidden=self.walk.hidden,
+            unreadable_folders=list(self.walk.unreadable),
             labels=labels_note,
             confusion=Confusion(self.class_names) if self.labels is not None else None,
         )
+        return self
+
+    def close(self) -> None:
+        """Release the runner if this run built it."""
+        if self._owns_runner:
+            self.runner.close()
+
+    def __enter__(self) -> FolderRun:
+        try:
+            return self.load()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def labelled(self) -> bool:
         return self.labels is not None
 
+    # -- the run ---------------------------------------------------------------------------------
     def batches(self) -> Iterator[list[Prediction]]:
         """Rows batch by batch, in the folder's stable order; every image file exactly once."""
+        summary = self.load().summary
+        assert summary is not None
         started = time.perf_counter()
         start = 0
-        paths = self.walk.paths
-        results = pipelined(paths, self.plan, self._infer, invert=self.invert, fit=self.fit)
+        results = pipelined(
+            self.walk.paths, self.plan, self._infer, invert=self.invert, fit=self.fit
+        )
         try:
             for errors, probs in results:
-                rows = self._rows(start, errors, probs)
+                rows = self._rows(summary, start, errors, probs)
                 start += len(errors)
-                self.summary.seconds = time.perf_counter() - started
+                summary.seconds = time.perf_counter() - started
                 yield rows
         finally:
             results.close()  # stops the decode and inference threads when the consumer stops
-            self.summary.seconds = time.perf_counter() - started
+            summary.seconds = time.perf_counter() - started
 
     def _infer(self, digits: np.ndarray, errors: list[str | None]) -> np.ndarray:
         """uint8 digits ``(B, 28, 28)`` -> probabilities ``(ok, C)`` of the decoded ones.
@@ -273,7 +347,9 @@ class FolderClassifier:
             return np.zeros((0, len(self.class_names)))
         return softmax(self.runner.infer(to_batch(digits[ok])))
 
-    def _rows(self, start: int, errors: list[str | None], probs: np.ndarray) -> list[Prediction]:
+    def _rows(
+        self, summary: Summary, start: int, errors: list[str | None], probs: np.ndarray
+    ) -> list[Prediction]:
         """One batch's rows (main thread: plain Python lists, no per-row numpy)."""
         if len(probs) and probs.shape[1] != len(self.class_names):
             self.class_names = class_names_of(self.runner, probs.shape[1])
@@ -303,10 +379,10 @@ class FolderClassifier:
             )
             ok.append(i)
             k += 1
-        self.summary.classified += len(ok)
-        self.summary.errors += len(errors) - len(ok)
-        if self.summary.confusion is not None and self.labels is not None and ok:
-            self.summary.confusion.add([self.labels[start + i] for i in ok], predicted)
+        summary.classified += len(ok)
+        summary.errors += len(errors) - len(ok)
+        if summary.confusion is not None and self.labels is not None and ok:
+            summary.confusion.add([self.labels[start + i] for i in ok], predicted)
         return rows
 
 
@@ -314,63 +390,25 @@ def classify_folder(
     model: Path | str | Runner,
     folder: Path | str,
     *,
-    backend: str = "auto",
-    device: Device | str = Device.auto,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    streams: int | None = None,
-    recursive: bool = True,
-    invert: Invert | str = Invert.auto,
-    fit: bool = False,
-    probabilities: bool = False,
     on_batch: Callable[[list[Prediction]], None] | None = None,
+    **settings: Any,
 ) -> FolderResult:
     """Classify every image file under ``folder`` (or one image file); no CLI needed.
 
-    ``model``: a ``.pt`` checkpoint, ``.ts`` or ``.onnx`` file (backend from the suffix unless
-    ``backend`` names one), or a :class:`Runner` (used as it is, loaded if needed, not closed;
-    it keeps the threads it was built with, so build it with ``**runner_options(plan_run())``).
-    ``batch_size``, ``workers``, ``threads``, ``streams``: see :func:`plan_run`, which chooses
-    whatever is None. Decode processes (``workers >= 2``) start with ``forkserver``, so scripts
-    using them need the usual ``if __name__ == "__main__":`` guard. ``on_batch`` is called
-    with each batch of rows as it is ready.
+    ``settings`` are those of :class:`FolderRun` (``backend``, ``device``, ``batch_size``,
+    ``workers``, ``threads``, ``streams``, ``recursive``, ``invert``, ``fit``,
+    ``probabilities``). Decode processes (``workers >= 2``) start with ``forkserver``, so
+    scripts using them need the usual ``if __name__ == "__main__":`` guard. ``on_batch`` is
+    called with each batch of rows as it is ready.
 
     Returns every row in a stable order (sorted by relative path) and the summary; bad files
     get an ``error`` row and never stop the run.
     """
-    from lstm_export.infer.registry import make_runner
-
-    walk = walk_images(Path(folder), recursive=recursive)
-    ready = isinstance(model, Runner)
-    if isinstance(model, Runner) and threads is None:  # its threads were fixed when built
-        threads = int(model.options.get("threads") or usable_cores())
-    choice: dict[str, Any] = {
-        "workers": workers,
-        "threads": threads,
-        "batch_size": batch_size,
-        "streams": streams,
-        "fit": fit,
-    }
-    plan = plan_run(**choice)
-    runner = (
-        model
-        if isinstance(model, Runner)
-        else make_runner(Path(model), backend, device, **runner_options(plan))
-    )
-    try:
-        runner.load()
-        if runner.device == "cuda":
-            plan = plan_run(**choice, device="cuda")
-        job = FolderClassifier(
-            runner, walk, plan, invert=invert, fit=fit, probabilities=probabilities
-        )
-        rows: list[Prediction] = []
-        for batch in job.batches():
+    rows: list[Prediction] = []
+    with FolderRun(model, folder, **settings) as run:
+        for batch in run.batches():
             rows.extend(batch)
             if on_batch is not None:
                 on_batch(batch)
-        return FolderResult(rows=rows, summary=job.summary)
-    finally:
-        if not ready:
-            runner.close()
+    assert run.summary is not None
+    return FolderResult(rows=rows, summary=run.summary)

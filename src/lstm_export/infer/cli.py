@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.progress import TextColumn
 
 from lstm_export.console import console, err_console, make_progress
-from lstm_export.infer.base import Device
+from lstm_export.devices import Device
 from lstm_export.infer.images import Invert
 from lstm_export.infer.registry import Backend
 from lstm_export.infer.writers import OutputFormat
@@ -113,55 +113,42 @@ def infer(
 
     The summary goes to stdout with -o, to stderr when the rows go to stdout. Exit code 1 when no image could be classified, or with --strict on any error.
     """
-    from lstm_export.errors import InputError, ModelLoadError, OutputError
-    from lstm_export.infer.classify import FolderClassifier, plan_run, runner_options
-    from lstm_export.infer.registry import make_runner
-    from lstm_export.infer.walk import walk_images
+    from lstm_export.errors import InputError, OutputError
+    from lstm_export.infer.classify import FolderRun
     from lstm_export.infer.writers import open_rows, resolve_format
 
     resolve_format(output, fmt)  # a bad -o suffix fails before any work
     if confusion_png is not None and confusion_png.suffix.lower() != ".png":
         raise OutputError(f"--confusion-png {confusion_png} must end in .png")
-    choice: dict[str, Any] = {
-        "workers": workers,
-        "threads": threads,
-        "streams": streams,
-        "batch_size": batch_size,
-        "fit": fit,
-    }
-    plan = plan_run(**choice)
-    runner = make_runner(model, backend, device, **runner_options(plan))  # checks the suffix
-    if not model.is_file():
-        raise ModelLoadError(f"model file {model} not found")
-    walk = walk_images(folder, recursive=recursive)
-    if not walk.paths:
-        raise InputError(
-            f"no image files in {folder} ({walk.skipped} other files skipped, "
-            f"{walk.hidden} hidden left out{'' if recursive else ', --no-recursive'})"
-        )
+    run = FolderRun(
+        model,
+        folder,
+        backend=backend.value,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        threads=threads,
+        streams=streams,
+        recursive=recursive,
+        invert=invert,
+        fit=fit,
+        probabilities=probabilities,
+    ).require_images()
     with err_console.status(f"loading {escape(str(model))}"):
-        runner.load()
-    if runner.device == "cuda":
-        plan = plan_run(**choice, device="cuda")
+        run.load()
     report = console if output is not None else err_console  # stdout is free with -o
-    with runner:
-        job = FolderClassifier(
-            runner, walk, plan, invert=invert, fit=fit, probabilities=probabilities
-        )
+    errors: list[Prediction] = []
+    with run:
+        runner, walk = run.runner, run.walk
         note = f" ({runner.device_note})" if runner.device_note else ""
-        err_console.print(
-            f"model    {escape(str(model))}: {runner.description} on {runner.device}{escape(note)}",
-            highlight=False,
-            soft_wrap=True,
+        _say(
+            f"model    {escape(str(model))}: {runner.description} on {runner.device}{escape(note)}"
         )
-        err_console.print(
-            f"folder   {escape(str(folder))}: {len(walk.paths):,} images, {walk.skipped:,} other files "
-            f"skipped, {walk.hidden:,} hidden; {escape(job.summary.labels)}",
-            highlight=False,
-            soft_wrap=True,
+        _say(
+            f"folder   {escape(str(folder))}: {len(walk.paths):,} images, {walk.skipped:,} other "
+            f"files skipped, {walk.hidden:,} hidden; {escape(run.summary.labels if run.summary else '')}"
         )
-        err_console.print(f"plan     {plan.describe()}", highlight=False, soft_wrap=True)
-        errors: list[Prediction] = []
+        _say(f"plan     {run.plan.describe()}")
         bar = make_progress(TextColumn("{task.fields[speed]:>8,.0f} img/s"))
         bar.disable = not progress
         started = time.perf_counter()
@@ -169,21 +156,22 @@ def infer(
             open_rows(
                 output,
                 fmt,
-                labelled=job.labelled,
-                class_names=job.class_names if probabilities else None,
+                labelled=run.labelled,
+                class_names=run.class_names if probabilities else None,
                 stream=sys.stdout,
             ) as writer,
             bar,
         ):
             task = bar.add_task("classifying", total=len(walk.paths), speed=0.0)
-            for rows in job.batches():
+            for rows in run.batches():
                 writer.write(rows)
                 errors.extend(r for r in rows if r.error is not None)
                 speed = (bar.tasks[task].completed + len(rows)) / max(
                     time.perf_counter() - started, 1e-9
                 )
                 bar.update(task, advance=len(rows), speed=speed)
-    summary = job.summary
+    summary = run.summary
+    assert summary is not None
     _print_summary(summary, errors, report)
     if output is not None:
         console.print(f"predictions: {escape(str(output))}", highlight=False, soft_wrap=True)
@@ -219,6 +207,10 @@ def infer(
         if summary.unreadable_folders:
             what += f" and {len(summary.unreadable_folders)} folders could not be read"
         raise InputError(f"--strict: {what}")
+
+
+def _say(text: str) -> None:
+    err_console.print(text, highlight=False, soft_wrap=True)
 
 
 def _print_summary(summary: Summary, errors: list[Prediction], report: Console) -> None:

@@ -122,12 +122,16 @@ def plan_run(
     return Plan(workers=workers, threads=threads, batch_size=batch_size, streams=streams)
 
 
-def runner_options(plan: Plan) -> dict[str, Any]:
-    """Runner options for a plan: ``threads`` (ORT intra-op or torch), no ORT spinning.
+def runner_options(plan: Plan, backend: str = "onnxruntime") -> dict[str, Any]:
+    """Options of the ``backend`` runner for a plan: ``threads``, and no spinning where the
+    backend has that option (spinning threads would steal the decoder's core while they wait)."""
+    import dataclasses
 
-    Spinning threads would steal the decoder's core while they wait.
-    """
-    return {"threads": plan.threads, "spinning": False}
+    from lstm_export.infer.registry import RUNNERS
+
+    known = {f.name for f in dataclasses.fields(RUNNERS[backend].Options)}
+    wanted = {"threads": plan.threads, "spinning": False}
+    return {k: v for k, v in wanted.items() if k in known}
 
 
 # -- decoding --------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Backend registry: adding a backend is one runner file and one line here."""
+"""Backend registry: adding a backend is one runner file and one line here.
+
+Every piece of code that runs a model (export validation, ``infer``, the bench) builds its
+runner with :func:`make_runner`.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from lstm_export.devices import Device
 from lstm_export.errors import ModelLoadError
-from lstm_export.infer.base import Device, Runner
-from lstm_export.infer.runners.eager import EagerRunner
+from lstm_export.infer.base import Runner
 from lstm_export.infer.runners.ort import OnnxRuntimeRunner
-from lstm_export.infer.runners.torchscript import TorchScriptRunner
+from lstm_export.infer.runners.torch_runner import EagerRunner, TorchScriptRunner
 
 RUNNERS: dict[str, type[Runner]] = {
     EagerRunner.name: EagerRunner,
@@ -28,7 +32,7 @@ class Backend(str, Enum):
     onnxruntime = "onnxruntime"
 
 
-def backend_for(path: Path) -> str:
+def backend_for(path: Path | str) -> str:
     """The backend that reads ``path``, from its suffix."""
     suffix = Path(path).suffix.lower()
     for name, cls in RUNNERS.items():
@@ -39,18 +43,18 @@ def backend_for(path: Path) -> str:
 
 
 def make_runner(
-    path: Path,
+    path: Path | str,
     backend: Backend | str = Backend.auto,
     device: Device | str = Device.auto,
     **options: Any,
 ) -> Runner:
-    """Build (not load) the runner for ``path``."""
+    """Build (not load) the runner for ``path``; ConfigError for an option it does not have."""
     name = backend_for(path) if Backend(backend) == Backend.auto else Backend(backend).value
     return RUNNERS[name](Path(path), Device(device), **options)
 
 
 def load_runner(
-    path: Path,
+    path: Path | str,
     backend: Backend | str = Backend.auto,
     device: Device | str = Device.auto,
     **options: Any,

@@ -5,33 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lstm_export.artifacts import METRICS_FILE, Artifact
 from lstm_export.checkpoint import save_checkpoint
-from lstm_export.errors import CheckpointError
 from lstm_export.fileio import ensure_writable_dir, write_text_atomic
 from lstm_export.train.loop import TrainResult
 
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
 DEFAULT_RUN_DIR = Path("runs/latest")
 
 
 def save_run(result: TrainResult, out_dir: Path) -> Path:
     """Write ``model.pt`` and ``metrics.json`` into ``out_dir``; return the checkpoint path."""
     ensure_writable_dir(out_dir)
-    model_path = out_dir / MODEL_FILE
+    model_path = out_dir / Artifact.checkpoint.value
     save_checkpoint(result.checkpoint, model_path)
     write_text_atomic(out_dir / METRICS_FILE, json.dumps(result.metrics, indent=2) + "\n")
     return model_path
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A run folder or a checkpoint file -> the checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / MODEL_FILE
-        if not candidate.is_file():
-            raise CheckpointError(f"run folder {path} has no {MODEL_FILE}")
-        return candidate
-    if not path.exists():
-        raise CheckpointError(f"{path} not found (expected a run folder or a checkpoint file)")
-    return path

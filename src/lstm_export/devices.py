@@ -1,16 +1,37 @@
-"""Resolve a requested device for the torch-based runners."""
+"""Where a model runs: the ``Device`` choice and what CUDA torch can really use here.
+
+``auto`` means CUDA when it really works, else the CPU, with a note saying why; ``cuda`` where
+CUDA cannot be used is an error, never a silent fall back to the CPU.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
+from enum import Enum
 
 from lstm_export.errors import DeviceError
-from lstm_export.infer.base import Device
-from lstm_export.infer.runners.ort_session import nvidia_driver_present
 
 log = logging.getLogger(__name__)
+
+
+class Device(str, Enum):
+    """Where to run. ``auto`` means CUDA when it really loads, else CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads (without it no CUDA runtime can)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def torch_cuda_problem() -> str | None:
@@ -29,19 +50,17 @@ def torch_cuda_problem() -> str | None:
     return "no CUDA device is visible"
 
 
-def resolve_torch_device(requested: Device) -> str:
-    """``cpu`` / ``cuda`` / ``auto`` -> the torch device string actually usable here."""
-    device, _ = resolve_torch_device_noted(requested)
-    return device
+def resolve_torch_device(requested: Device | str) -> tuple[str, str]:
+    """``cpu`` / ``cuda`` / ``auto`` -> (torch device string usable here, note on ``auto``'s choice).
 
-
-def resolve_torch_device_noted(requested: Device) -> tuple[str, str]:
-    """Like :func:`resolve_torch_device`, with a note saying what ``auto`` chose and why."""
+    Raises DeviceError when CUDA is asked for and torch cannot use it.
+    """
+    requested = Device(requested)
     if requested == Device.cpu:
         return "cpu", ""
     problem = torch_cuda_problem()
     if requested == Device.cuda and problem is not None:
-        raise DeviceError(f"--device cuda asked, but CUDA is not usable by torch: {problem}")
+        raise DeviceError(f"CUDA was asked for, but torch cannot use it: {problem}")
     device = "cuda" if problem is None else "cpu"
     note = ""
     if requested == Device.auto:

@@ -1,0 +1,34 @@
+"""The files of a run folder, named in one table used by train, export, bench and demo.
+
+A run folder holds the checkpoint ``model.pt`` and what is exported from it, each named after
+the checkpoint's stem: ``model.ts``, ``model.onnx``, ``model.int8.onnx``, ``model.fp16.onnx``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+
+class Artifact(str, Enum):
+    """A file of a run folder; the value is its name beside ``model.pt``."""
+
+    checkpoint = "model.pt"
+    torchscript = "model.ts"
+    onnx = "model.onnx"
+    onnx_int8 = "model.int8.onnx"
+    onnx_fp16 = "model.fp16.onnx"
+
+    @property
+    def suffix(self) -> str:
+        """What follows the stem: ``.pt``, ``.ts``, ``.onnx``, ``.int8.onnx``, ``.fp16.onnx``."""
+        return self.value[len("model") :]
+
+    def beside(self, checkpoint: Path) -> Path:
+        """This artifact's path next to ``checkpoint`` (``run/model.pt`` -> ``run/model.onnx``)."""
+        checkpoint = Path(checkpoint)
+        return checkpoint.with_name(checkpoint.stem + self.suffix)
+
+
+#: metrics written by training beside the checkpoint
+METRICS_FILE = "metrics.json"

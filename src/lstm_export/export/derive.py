@@ -1,0 +1,192 @@
+"""One recipe for every ONNX file derived from the fp32 graph (int8, fp16).
+
+load the fp32 file -> transform it -> audit -> write under a temporary name -> accuracy guard
+(both files through the runner registry, on the full MNIST test set) -> record the measured
+figures in the file's metadata -> rename into place. A failed step leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lstm_export import parity
+from lstm_export.devices import Device
+from lstm_export.errors import ConfigError, ExportError, ModelLoadError, ValidationError
+from lstm_export.export.audit import OnnxAudit, audit_onnx
+from lstm_export.export.metadata import set_onnx_metadata
+from lstm_export.export.progress import ProgressFn, status
+from lstm_export.export.quiet import quiet_exporters
+from lstm_export.export.validate import load_test_set
+from lstm_export.fileio import atomic_path, check_writable_file, file_digest
+
+log = logging.getLogger(__name__)
+
+#: transform(fp32 ModelProto, its audit) -> derived ModelProto
+Transform = Callable[[Any, OnnxAudit], Any]
+
+
+@dataclass
+class Derived:
+    """What :func:`derive_onnx` wrote; ``guard`` is None when not validated."""
+
+    path: Path
+    source: Path
+    audit: OnnxAudit
+    metadata: dict[str, str]
+    guard: parity.Parity | None
+    provider: str | None
+    file_size: int
+    source_size: int
+    transform_seconds: float
+    evaluate_seconds: float
+
+
+def derived_path(path: Path, tag: str) -> Path:
+    """``model.onnx`` + ``int8`` -> ``model.int8.onnx`` (same folder, same suffix)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")
+
+
+def derive_onnx(
+    onnx_path: Path,
+    out: Path | None,
+    *,
+    tag: str,
+    precision: str,
+    transform: Transform,
+    extra_metadata: dict[str, str] | None = None,
+    validate: bool = True,
+    data_dir: Path | None = None,
+    max_accuracy_drop: float,
+    device: Device | str = Device.cpu,
+    progress: ProgressFn | None = None,
+) -> Derived:
+    """Derive ``<stem>.<tag>.onnx`` (or ``out``) from ``onnx_path`` with ``transform``.
+
+    With ``validate`` the top-1 accuracy of the derived file on the MNIST test set, run on
+    ``device``, must stay within ``max_accuracy_drop`` (0.003 = 0.3 points) of the fp32 file's;
+    else ValidationError and no file. ``transform`` raises ExportError when its result is wrong.
+    """
+    import onnx
+
+    source = Path(onnx_path)
+    if not source.is_file():
+        raise ModelLoadError(f"ONNX file {source} not found")
+    if not 0 <= max_accuracy_drop < 1:
+        raise ConfigError(f"max accuracy drop must be in [0, 1), got {max_accuracy_drop}")
+    device = Device(device)
+    target = check_writable_file(Path(out) if out is not None else derived_path(source, tag))
+    try:
+        original = onnx.load(str(source))
+    except Exception as exc:
+        raise ModelLoadError(f"{source} is not a readable ONNX file: {exc}") from exc
+    src_audit = audit_onnx(original)
+    data = load_test_set(data_dir, purpose=f"the {tag} accuracy guard") if validate else None
+
+    status(progress, f"converting to {tag}")
+    t0 = time.perf_counter()
+    try:
+        with quiet_exporters():
+            model = transform(original, src_audit)
+    except (ExportError, ValidationError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"{tag} conversion of {source} failed: {first[:300]}") from exc
+    audit = audit_onnx(model)
+    meta = dict(src_audit.metadata)
+    meta.update(
+        {
+            "precision": precision,
+            "source_onnx_sha256": file_digest(source),
+            **(extra_metadata or {}),
+        }
+    )
+    transform_seconds = time.perf_counter() - t0
+
+    guard = provider = None
+    t1 = time.perf_counter()
+    with atomic_path(target) as tmp:
+        set_onnx_metadata(model, meta)
+        onnx.save_model(model, str(tmp))
+        if data is not None:
+            guard, provider = accuracy_guard(
+                source,
+                tmp,
+                *data,
+                tag=tag,
+                max_drop=max_accuracy_drop,
+                device=device,
+                progress=progress,
+            )
+            assert guard.accuracy is not None and guard.reference_accuracy is not None
+            meta.update(
+                {
+                    "test_accuracy": f"{guard.accuracy:.6g}",
+                    "test_examples": str(guard.images),
+                    "fp32_test_accuracy": f"{guard.reference_accuracy:.6g}",
+                    "validated_on": provider,
+                }
+            )
+        else:
+            log.warning("validation skipped: %s is unchecked", target)
+            meta["validated_on"] = "not validated"
+        set_onnx_metadata(model, meta)  # the measured figures go into the file itself
+        onnx.save_model(model, str(tmp))
+    size = target.stat().st_size
+    audit.metadata, audit.file_size = dict(meta), size
+    return Derived(
+        path=target,
+        source=source,
+        audit=audit,
+        metadata=meta,
+        guard=guard,
+        provider=provider,
+        file_size=size,
+        source_size=source.stat().st_size,
+        transform_seconds=transform_seconds,
+        evaluate_seconds=time.perf_counter() - t1,
+    )
+
+
+def accuracy_guard(
+    fp32: Path,
+    derived: Path,
+    images: Any,
+    labels: Any,
+    *,
+    tag: str,
+    max_drop: float,
+    device: Device | str = Device.cpu,
+    progress: ProgressFn | None = None,
+) -> tuple[parity.Parity, str]:
+    """Both files through the ONNX Runtime runner on ``images`` (N, 28, 28) with ``labels``
+    (N,): the derived file's parity against fp32 and the provider that ran it.
+
+    ValidationError when its accuracy falls more than ``max_drop`` below fp32's.
+    """
+    from lstm_export.infer.registry import make_runner
+
+    with make_runner(fp32, "onnxruntime", Device.cpu) as reference:
+        fp32_logits = reference.infer_all(images, progress=progress, description="fp32 accuracy")
+    with make_runner(derived, "onnxruntime", device) as runner:
+        provider = str(getattr(runner, "providers", [runner.device])[0])
+        logits = runner.infer_all(
+            images, progress=progress, description=f"{tag} accuracy ({provider})"
+        )
+    result = parity.compare(logits, fp32_logits, labels)
+    if parity.problems(result, max_accuracy_drop=max_drop):
+        assert result.accuracy is not None and result.reference_accuracy is not None
+        raise ValidationError(
+            f"{tag} accuracy {result.accuracy * 100:.2f} % is "
+            f"{(result.reference_accuracy - result.accuracy) * 100:.2f} points below fp32 "
+            f"{result.reference_accuracy * 100:.2f} % on {result.images} test images ({provider}; "
+            f"allowed: {max_drop * 100:.2f}); no {tag} file written"
+        )
+    log.info("%s: fp32 %.4f, %s %.4f", tag, result.reference_accuracy, tag, result.accuracy)
+    return result, provider

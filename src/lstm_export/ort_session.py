@@ -1,0 +1,161 @@
+"""Opening ONNX Runtime sessions on a requested device: one place for every caller.
+
+``onnxruntime-gpu`` lists CUDAExecutionProvider even where CUDA cannot load, so the providers a
+session really got (``session.get_providers()``) decide, never ``get_available_providers()``.
+What ONNX Runtime prints while probing CUDA (``preload_dlls`` lines, its "EP Error" block) is
+captured and logged, so that standard output stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lstm_export.devices import Device, nvidia_driver_present
+from lstm_export.errors import DeviceError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+TRT_EP = "TensorrtExecutionProvider"
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _stdout_to_log(what: str) -> Iterator[None]:
+    """Capture what Python code prints to stdout/stderr inside the block and log it instead."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        yield
+    for text in (out.getvalue(), err.getvalue()):
+        for line in text.splitlines():
+            if line.strip():
+                log.debug("%s: %s", what, line.strip())
+
+
+def quietly(what: str, call: Callable[[], T]) -> T:
+    """Run ``call()`` with anything it prints logged at debug level instead of printed."""
+    with _stdout_to_log(what):
+        return call()
+
+
+def preload_cuda_libraries(ort: Any) -> None:
+    """Make the CUDA and cuDNN libraries of the nvidia-* pip wheels loadable (ORT >= 1.21).
+
+    ``preload_dlls`` prints (does not raise) when libraries are missing; that text is logged.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        quietly("onnxruntime.preload_dlls", preload)
+    except Exception as exc:  # missing wheels: the session's providers will tell
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
+def ort_has_cuda_build() -> bool:
+    """Whether the installed onnxruntime was built with the CUDA execution provider."""
+    import onnxruntime as ort
+
+    return CUDA_EP in ort.get_available_providers()
+
+
+def cuda_diagnosis() -> str:
+    """One line naming why ONNX Runtime could not use CUDA here (most basic cause first)."""
+    try:
+        if not ort_has_cuda_build():
+            return (
+                "the CUDA execution provider did not load: the installed onnxruntime has no CUDA "
+                "build (install onnxruntime-gpu)"
+            )
+    except ImportError:
+        return "onnxruntime is not installed"
+    if not nvidia_driver_present():
+        return "the CUDA execution provider did not load: no NVIDIA driver (libcuda.so.1 missing)"
+    for lib in ("libcudart.so.13", "libcudart.so.12"):
+        try:
+            ctypes.CDLL(lib)
+            break
+        except OSError:
+            continue
+    else:
+        return "the CUDA execution provider did not load: no CUDA runtime (libcudart) found"
+    return (
+        "the CUDA execution provider did not load (driver and runtime present: check that the "
+        "CUDA major version of onnxruntime-gpu matches the installed CUDA runtime and cuDNN)"
+    )
+
+
+def error_text(exc: BaseException) -> str:
+    """ONNX Runtime's message without its error code, temp-file path and C++ signature."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"Load model from \S+ failed: ?", "", text)
+    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ [^()]*\(.*?\) (?=[A-Z])", "", text)
+    return text[:400]
+
+
+def wants_gpu(device: Device | str) -> bool:
+    """``cuda`` always tries the GPU; ``auto`` only where an NVIDIA driver is present."""
+    device = Device(device)
+    return device == Device.cuda or (device == Device.auto and nvidia_driver_present())
+
+
+def open_session(
+    model: Path | bytes,
+    device: Device | str,
+    options: Any = None,
+    *,
+    cuda_options: Mapping[str, str] | None = None,
+    tensorrt: bool = False,
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on ``device``.
+
+    ``cuda`` raises DeviceError naming why CUDA is unusable; ``auto`` falls back to the CPU (the
+    caller reads ``session.get_providers()`` to tell). ``options`` is an
+    ``onnxruntime.SessionOptions`` (default: ORT's, with quiet logging).
+    """
+    import onnxruntime as ort
+
+    device = Device(device)
+    if options is None:
+        options = ort.SessionOptions()
+    options.log_severity_level = 3  # cuda_diagnosis() replaces ORT's provider warnings
+    if tensorrt and device == Device.cpu:
+        raise DeviceError("the TensorRT execution provider needs a CUDA device")
+    if device == Device.cuda and not (ort_has_cuda_build() and nvidia_driver_present()):
+        raise DeviceError(f"CUDA was asked for, but {cuda_diagnosis()}")
+    gpu = wants_gpu(device)
+    providers: list[Any] = [CPU_EP]
+    if gpu:
+        preload_cuda_libraries(ort)
+        providers = [(CUDA_EP, dict(cuda_options or {})), CPU_EP]
+        if tensorrt:
+            providers.insert(0, TRT_EP)
+        ort.set_default_logger_severity(4)  # a provider that fails to load logs errors
+    what = model if isinstance(model, bytes) else str(model)
+    try:
+        session = quietly(
+            "onnxruntime.InferenceSession",
+            lambda: ort.InferenceSession(what, options, providers=providers),
+        )
+    except Exception as exc:  # InvalidProtobuf, NoSuchFile, Fail...
+        name = "the model" if isinstance(model, bytes) else str(model)
+        raise ModelLoadError(f"{name} cannot be loaded by ONNX Runtime: {error_text(exc)}") from exc
+    finally:
+        if gpu:
+            ort.set_default_logger_severity(3)
+    got = session.get_providers()
+    if device == Device.cuda and CUDA_EP not in got and TRT_EP not in got:
+        raise DeviceError(f"CUDA was asked for, but {cuda_diagnosis()}")
+    if tensorrt and device == Device.cuda and TRT_EP not in got:
+        raise DeviceError("the TensorRT execution provider was asked for, but it did not load")
+    return session

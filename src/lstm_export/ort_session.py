@@ -68,30 +68,69 @@ def ort_has_cuda_build() -> bool:
     return CUDA_EP in ort.get_available_providers()
 
 
+def ort_cuda_major() -> int | None:
+    """The CUDA major version the installed onnxruntime was built for (None: unknown/CPU)."""
+    import onnxruntime as ort
+
+    text = str(getattr(ort, "cuda_version", "") or "")
+    try:
+        return int(text.split(".")[0]) if text else None
+    except ValueError:
+        return None
+
+
+def _loads(library: str) -> bool:
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
+
+
+def cuda_pairing_problem() -> str | None:
+    """Why onnxruntime's CUDA build and this machine's CUDA runtime do not pair, or None.
+
+    onnxruntime-gpu needs ``libcudart.so.<major>`` of the CUDA major it was built for; torch's
+    CUDA wheels bring one, so a torch of another CUDA major is the usual cause.
+    """
+    major = ort_cuda_major()
+    if major is None:
+        return None
+    import onnxruntime as ort
+
+    preload_cuda_libraries(ort)
+    if _loads(f"libcudart.so.{major}"):
+        return None
+    torch_cuda = None
+    try:
+        import torch
+
+        torch_cuda = torch.version.cuda
+    except ImportError:
+        pass
+    have = f"; torch {torch_cuda and 'brings CUDA ' + torch_cuda or 'has no CUDA'}"
+    return (
+        f"onnxruntime-gpu {ort.__version__} is built for CUDA {major}, but libcudart.so.{major} "
+        f"does not load{have}: install a torch (or nvidia-cuda-runtime) of CUDA {major}"
+    )
+
+
 def cuda_diagnosis() -> str:
     """One line naming why ONNX Runtime could not use CUDA here (most basic cause first)."""
+    lead = "the CUDA execution provider did not load"
     try:
         if not ort_has_cuda_build():
-            return (
-                "the CUDA execution provider did not load: the installed onnxruntime has no CUDA "
-                "build (install onnxruntime-gpu)"
-            )
+            return f"{lead}: the installed onnxruntime has no CUDA build (install onnxruntime-gpu)"
     except ImportError:
         return "onnxruntime is not installed"
     if not nvidia_driver_present():
-        return "the CUDA execution provider did not load: no NVIDIA driver (libcuda.so.1 missing)"
-    for lib in ("libcudart.so.13", "libcudart.so.12"):
-        try:
-            ctypes.CDLL(lib)
-            break
-        except OSError:
-            continue
-    else:
-        return "the CUDA execution provider did not load: no CUDA runtime (libcudart) found"
-    return (
-        "the CUDA execution provider did not load (driver and runtime present: check that the "
-        "CUDA major version of onnxruntime-gpu matches the installed CUDA runtime and cuDNN)"
-    )
+        return f"{lead}: no NVIDIA driver (libcuda.so.1 missing)"
+    pairing = cuda_pairing_problem()
+    if pairing is not None:
+        return f"{lead}: {pairing}"
+    if not (_loads("libcudnn.so.9") or _loads("libcudnn.so")):
+        return f"{lead}: cuDNN 9 (libcudnn.so.9) does not load (install nvidia-cudnn-cu<major>)"
+    return f"{lead} (driver, CUDA runtime and cuDNN present; run with -v for ONNX Runtime's log)"
 
 
 def error_text(exc: BaseException) -> str:

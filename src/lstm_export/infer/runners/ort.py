@@ -36,7 +36,8 @@ class OrtOptions:
     ``threads`` intra-op threads (None: ONNX Runtime's choice); ``inter_op_threads``;
     ``optimization`` graph optimisation level; ``spinning`` lets idle pool threads spin;
     ``tensorrt`` puts the TensorRT provider first; ``io_binding`` (CUDA) keeps inputs and outputs
-    on the GPU; ``cuda_graph`` (CUDA) captures one CUDA graph per input shape and replays it.
+    on the GPU; ``cuda_graph`` (CUDA) captures one CUDA graph per input shape and replays it;
+    ``tf32`` (CUDA) lets cuDNN/cuBLAS use TF32 for fp32 math (off: true fp32, as the reference).
 
     CPU tuning (measured in ``benchmarks/``): ``micro_batch`` splits larger inputs into runs of
     at most that many rows, which keeps the LSTM's per-step state in cache; ``serial_up_to``
@@ -52,6 +53,7 @@ class OrtOptions:
     tensorrt: bool = False
     io_binding: bool = True
     cuda_graph: bool = False
+    tf32: bool = False
     micro_batch: int | None = None
     serial_up_to: int | None = None
     profile_prefix: str | None = None
@@ -105,7 +107,9 @@ class OnnxRuntimeRunner(Runner):
         if o.profile_prefix:
             opts.enable_profiling = True
             opts.profile_file_prefix = o.profile_prefix
-        cuda_options = {"enable_cuda_graph": "1"} if o.cuda_graph else {}
+        cuda_options = {"use_tf32": "1" if o.tf32 else "0"}
+        if o.cuda_graph:
+            cuda_options["enable_cuda_graph"] = "1"
         self.session = open_session(
             self.path, self.requested_device, opts, cuda_options=cuda_options, tensorrt=o.tensorrt
         )

@@ -7,6 +7,7 @@ Eager PyTorch is the reference every other backend is held to.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +18,19 @@ from lstm_export.devices import resolve_torch_device
 from lstm_export.errors import ConfigError, ModelLoadError
 from lstm_export.infer.base import Runner, check_input
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TorchOptions:
-    """``threads``: torch intra-op threads while loaded (restored on close); None keeps torch's."""
+    """``threads``: torch intra-op threads while loaded (restored on close); None keeps torch's.
+
+    ``tf32`` (CUDA): allow TF32 in cuDNN and cuBLAS. Off by default, so that fp32 on CUDA is true
+    fp32 (torch enables TF32 in cuDNN by default); the setting is restored on close.
+    """
 
     threads: int | None = None
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -42,6 +50,11 @@ class TorchRunner(Runner):
         self._threads_before: int | None = None
         self.device, self.device_note = resolve_torch_device(self.requested_device)
         self.module: Any = self._load_module()
+        self._tf32_before: tuple[bool, bool] | None = None
+        if self.device == "cuda":
+            backends = torch.backends
+            self._tf32_before = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+            backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = self.options.tf32
         if self.options.threads:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(self.options.threads)
@@ -68,6 +81,9 @@ class TorchRunner(Runner):
         del self.module
         if self._threads_before is not None:
             self._torch.set_num_threads(self._threads_before)
+        if self._tf32_before is not None:
+            backends = self._torch.backends
+            backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = self._tf32_before
 
 
 class EagerRunner(TorchRunner):
@@ -92,6 +108,8 @@ class TorchScriptRunner(TorchRunner):
 
     name = "torchscript"
     suffixes = (".ts", ".torchscript")
+    #: set on CUDA when cuDNN copies the LSTM weights into one chunk on every call
+    weights_compacted_per_call = False
 
     def _load_module(self) -> Any:
         torch = self._torch
@@ -110,6 +128,8 @@ class TorchScriptRunner(TorchRunner):
                 f"{self.path} is not a loadable TorchScript file: {first}"
             ) from exc
         module.eval()
+        if self.device == "cuda":
+            self._warn_if_weights_are_compacted_per_call(module)
         raw = extra["metadata.json"]
         text = raw.decode() if isinstance(raw, bytes) else raw
         try:
@@ -121,3 +141,18 @@ class TorchScriptRunner(TorchRunner):
                 k: v if isinstance(v, str) else json.dumps(v) for k, v in recorded.items()
             }
         return module
+
+    def _warn_if_weights_are_compacted_per_call(self, module: Any) -> None:
+        """cuDNN wants an LSTM's weights in one contiguous chunk; a frozen module holds them as
+        separate constants, and cuDNN then warns and copies them on every call. Say so."""
+        torch = self._torch
+        with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
+            warnings.simplefilter("always")
+            module(torch.zeros((1, 28, 28), device="cuda"))
+        if any("contiguous chunk" in str(w.message) for w in caught):
+            self.weights_compacted_per_call = True
+            log.warning(
+                "%s: cuDNN compacts the LSTM weights on every call (they are not one contiguous "
+                "chunk), which costs time on CUDA",
+                self.path.name,
+            )

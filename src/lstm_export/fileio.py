@@ -79,15 +79,8 @@ def _not_regular(mode: int) -> NotRegularFileError:
     return NotRegularFileError(f"is {file_kind(mode)}, not a regular file")
 
 
-def open_regular(path: Path | str) -> BinaryIO:
-    """Open a regular file for reading (binary, unbuffered); never blocks, never opens a device.
-
-    Symbolic links are followed. The path is checked with ``stat`` before it is opened (opening a
-    device can have effects of its own), opened with ``O_NONBLOCK`` (a FIFO swapped in meanwhile
-    cannot block the open) and checked again with ``fstat`` on what was really opened. Raises
-    :class:`NotRegularFileError` for anything but a regular file, and the usual ``OSError``
-    (``FileNotFoundError``, ``PermissionError``...) otherwise.
-    """
+def _open_regular_fd(path: Path | str) -> tuple[int, os.stat_result]:
+    """``(fd, fstat)`` of a regular file opened for reading (see :func:`open_regular`)."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise _not_regular(st.st_mode)
@@ -98,6 +91,23 @@ def open_regular(path: Path | str) -> BinaryIO:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _not_regular(st.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open a regular file for reading (binary, unbuffered); never blocks, never opens a device.
+
+    Symbolic links are followed. The path is checked with ``stat`` before it is opened (opening a
+    device can have effects of its own), opened with ``O_NONBLOCK`` (a FIFO swapped in meanwhile
+    cannot block the open) and checked again with ``fstat`` on what was really opened. Raises
+    :class:`NotRegularFileError` for anything but a regular file, and the usual ``OSError``
+    (``FileNotFoundError``, ``PermissionError``...) otherwise.
+    """
+    fd, _ = _open_regular_fd(path)
+    try:
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb", buffering=0)
@@ -109,18 +119,21 @@ def open_regular(path: Path | str) -> BinaryIO:
 def read_regular_file(path: Path | str, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; never reads more than that.
 
+    Opened as :func:`open_regular` does (``O_NONBLOCK`` changes nothing for a regular file).
     Raises :class:`NotRegularFileError` (FIFO, device, socket, folder), :class:`FileTooLargeError`
     (over ``limit``, also when it grows past it while being read), :class:`FileChangedError` (its
     size changed while it was read) or another ``OSError``.
     """
-    with open_regular(path) as f:
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
+    fd, st = _open_regular_fd(path)
+    try:
+        size = st.st_size
         if size > limit:
             raise FileTooLargeError(f"file too large: {size:,} bytes (limit {limit:,})")
         # One byte more than expected, so a file that grows is noticed; a size of 0 may be a
         # pseudo file system that does not know its sizes, so read it up to the limit.
         data = _read_up_to(fd, (size if size else limit) + 1)
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise FileTooLargeError(f"file too large: over {limit:,} bytes (it grew while read)")
     if size and len(data) != size:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -13,8 +14,10 @@ from PIL import Image
 
 from _infer_helpers import png_bytes, uint8_test_set
 from lstm_export.data.preprocess import describe, to_model_input
+from lstm_export.errors import InputError
 from lstm_export.infer.images import (
     FIT_BOX,
+    MAX_FILE_BYTES,
     ImageError,
     Invert,
     decode_files,
@@ -22,7 +25,9 @@ from lstm_export.infer.images import (
     is_image_name,
     load_digit,
     load_digits,
+    max_file_bytes,
     preprocess_image,
+    read_bytes,
 )
 
 
@@ -299,10 +304,14 @@ def test_unreadable_file_is_an_image_error(tmp_path: Path, monkeypatch: pytest.M
     locked = tmp_path / "locked.png"
     locked.write_bytes(b"x")
 
-    def denied(*args: object, **kwargs: object) -> object:
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr("lstm_export.infer.images.open", denied, raising=False)
+    def denied(path: object, *args: object, **kwargs: object) -> object:
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("lstm_export.fileio.os.open", denied)
     with pytest.raises(ImageError, match="cannot read: Permission denied"):
         load_digit(locked)
 
@@ -332,3 +341,90 @@ def test_preprocessing_description_is_recorded_for_checkpoints() -> None:
     desc = describe()
     assert desc["scale"] == "uint8 / 255"
     assert "image_files" in desc and "polarity" in desc["image_files"]
+
+
+# -- hostile files (issue 9) -----------------------------------------------------------------------
+def test_exif_orientation_of_a_png_is_applied() -> None:
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 12:15] = 255  # a vertical bar with a foot: not symmetric under rotation
+    digit[21:24, 12:22] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored = Image.fromarray(np.rot90(digit, k=1))  # stored turned a quarter counter-clockwise
+    data = _encode(stored, "PNG", exif=exif.tobytes())
+    assert np.array_equal(load_digit(data), digit)
+    assert np.array_equal(load_digit(png_bytes(digit)), digit)  # no EXIF: as it is
+
+
+def test_read_bytes_refuses_fifos_devices_and_sockets_without_blocking(tmp_path: Path) -> None:
+    """Each is refused after a stat, never opened for a blocking read (SIGALRM guards a hang)."""
+    import signal
+    import socket
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    cases = [
+        (fifo, r"a FIFO \(named pipe\)"),
+        (zero, "a character device"),
+        (Path("/dev/null"), "a character device"),
+    ]
+    sock = socket.socket(socket.AF_UNIX)
+    if len(str(tmp_path / "s.png")) < 100:  # AF_UNIX path length limit
+        sock.bind(str(tmp_path / "s.png"))
+        cases.append((tmp_path / "s.png", "a socket"))
+
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError("read_bytes blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        for path, kind in cases:
+            with pytest.raises(ImageError, match=f"^is {kind}, not a regular file$"):
+                read_bytes(path, max_bytes=1 << 20)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        sock.close()
+
+
+def test_no_file_is_read_past_the_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 5000)
+    with pytest.raises(ImageError, match=r"file too large: 5,008 bytes \(limit 4,096\)"):
+        read_bytes(path, max_bytes=4096)
+    assert len(read_bytes(path, max_bytes=5008)) == 5008
+    assert max_file_bytes() == MAX_FILE_BYTES
+    monkeypatch.setenv("LSTM_EXPORT_MAX_IMAGE_BYTES", "4096")
+    assert max_file_bytes() == 4096
+    _, errors = decode_files([str(path)])
+    assert "file too large" in (errors[0] or "") and "LSTM_EXPORT_MAX_IMAGE_BYTES" in errors[0]
+    monkeypatch.setenv("LSTM_EXPORT_MAX_IMAGE_BYTES", "lots")
+    with pytest.raises(InputError, match="LSTM_EXPORT_MAX_IMAGE_BYTES must be a positive"):
+        max_file_bytes()
+
+
+def test_a_file_that_grows_while_read_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone still writing the file: its size at open and what was read differ."""
+    path = tmp_path / "growing.png"
+    path.write_bytes(b"x" * 100)
+    real_fstat = os.fstat
+    size_at_open = 60
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], size_at_open, *st[7:10]))
+
+    monkeypatch.setattr("lstm_export.fileio.os.fstat", fstat)
+    with pytest.raises(ImageError, match=r"changed size while being read \(60 bytes"):
+        read_bytes(path, max_bytes=1000)
+    size_at_open = 0  # a size the file system does not know (like /proc): read up to the limit
+    with pytest.raises(ImageError, match="file too large: over 80 bytes"):
+        read_bytes(path, max_bytes=80)
+    assert len(read_bytes(path, max_bytes=100)) == 100

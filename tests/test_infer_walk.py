@@ -120,3 +120,31 @@ def test_a_single_image_file_and_missing_folders(tmp_path: Path) -> None:
 def test_empty_folder_finds_nothing(tmp_path: Path) -> None:
     walk = walk_images(tmp_path)
     assert walk.files == [] and walk.skipped == 0
+
+
+def test_folder_must_be_a_folder_or_a_regular_file(tmp_path: Path) -> None:
+    """A FIFO, device or socket as FOLDER: one error naming what it is, no warning first."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"pipe.png is a FIFO \(named pipe\), not a folder"):
+        walk_images(fifo)
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(InputError, match=r"zero\.png is a character device, not a folder"):
+        walk_images(zero)
+
+
+def test_fifos_devices_and_odd_names_inside_the_folder_are_listed(tmp_path: Path) -> None:
+    """They get rows (with their error from decoding); any bytes in a name are kept."""
+    _touch(tmp_path, "ok.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    odd = [b"caf\xe9.png", b"cr\rname.png", b"=1+1.png", b"n" * 251 + b".png"]
+    for name in odd:
+        with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
+            f.write(b"x")
+    walk = walk_images(tmp_path)
+    assert sorted(os.fsencode(n) for n in walk.names) == sorted(
+        [b"ok.png", b"fifo.png", b"zero.png", *odd]
+    )
+    assert walk.skipped == 0 and walk.unreadable == []

@@ -2,7 +2,10 @@
 
 The steps, in order (recorded in checkpoints through :func:`lstm_export.data.preprocess.describe`):
 
-1. decode with Pillow (PNG, JPEG, BMP, GIF first frame, TIFF, WebP, PNM), EXIF orientation applied;
+0. read: regular files only (a FIFO, device or socket gets an error, never a blocking open), of at
+   most :data:`MAX_FILE_BYTES` (``$LSTM_EXPORT_MAX_IMAGE_BYTES`` or ``max_bytes`` to change it);
+1. decode with Pillow (PNG, JPEG, BMP, GIF first frame, TIFF, WebP, PNM), EXIF orientation applied
+   (JPEG, TIFF, WebP, and PNG with an ``eXIf`` chunk); images over :data:`MAX_PIXELS` refused;
 2. alpha composited onto the background the ink does not have (dark ink on white, light on black);
 3. grayscale (ITU-R 601-2 luma), 16-bit and float images scaled to 0..255;
 4. polarity: the model wants a light digit on a dark background, so a light border (paper) is
@@ -21,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
+import warnings
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -30,6 +35,12 @@ import numpy as np
 
 from lstm_export.data.preprocess import IMAGE_SIZE, to_model_input
 from lstm_export.errors import InputError
+from lstm_export.fileio import (
+    FileChangedError,
+    FileTooLargeError,
+    NotRegularFileError,
+    read_regular_file,
+)
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -62,6 +73,10 @@ FIT_BOX = 20
 FIT_CENTRE = (14.0, 14.0)  # measured on MNIST test: (13.99, 14.01) in (row, column) pixel indices
 #: Pillow refuses images above this many pixels (decompression bombs) with a clear error
 MAX_PIXELS = 64_000_000
+#: no image file is read past this many bytes, so memory stays bounded whatever a folder holds
+MAX_FILE_BYTES = 64 * 2**20
+#: environment variable that overrides :data:`MAX_FILE_BYTES` (a number of bytes)
+MAX_FILE_BYTES_ENV = "LSTM_EXPORT_MAX_IMAGE_BYTES"
 
 
 class Invert(str, Enum):
@@ -82,17 +97,43 @@ def is_image_name(name: str) -> bool:
 
 
 # -- decoding ------------------------------------------------------------------------------------
-def read_bytes(path: Path | str) -> bytes:
-    """The file's bytes; ImageError for empty, missing or unreadable files and broken links."""
+def max_file_bytes() -> int:
+    """The size limit of image files: ``$LSTM_EXPORT_MAX_IMAGE_BYTES`` or :data:`MAX_FILE_BYTES`."""
+    raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_FILE_BYTES
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"${MAX_FILE_BYTES_ENV} must be a positive number of bytes, not {raw!r}")
+    return value
+
+
+def read_bytes(path: Path | str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes; ImageError for anything that is not a readable regular image file.
+
+    Only regular files are read (symbolic links followed): a FIFO, device or socket is refused
+    without blocking, and nothing is read past ``max_bytes`` (default :func:`max_file_bytes`).
+    Empty, missing or unreadable files, broken links, and files that change size while read get
+    an ImageError saying so.
+    """
+    limit = max_file_bytes() if max_bytes is None else max_bytes
+    try:
+        data = read_regular_file(path, limit)
     except FileNotFoundError as exc:
         if os.path.islink(path):
             raise ImageError("broken symbolic link") from exc
         raise ImageError("file not found (removed during the run?)") from exc
-    except IsADirectoryError as exc:
-        raise ImageError("is a folder, not a file") from exc
+    except NotRegularFileError as exc:
+        if "folder" in str(exc):
+            raise ImageError("is a folder, not a file") from exc
+        raise ImageError(str(exc)) from exc
+    except FileTooLargeError as exc:
+        raise ImageError(f"{exc}; raise it with ${MAX_FILE_BYTES_ENV}") from exc
+    except FileChangedError as exc:
+        raise ImageError(str(exc)) from exc
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
     if not data:
@@ -100,10 +141,48 @@ def read_bytes(path: Path | str) -> bytes:
     return data
 
 
+_quiet_lock = threading.Lock()
+_quiet = False
+
+
+def _quiet_bomb_warning() -> None:
+    """Silence Pillow's DecompressionBombWarning (once per process).
+
+    Pillow warns, in :func:`PIL.Image.open`, about images of over about 89M pixels; this module
+    refuses everything over :data:`MAX_PIXELS` (64M) itself, with the reason in the file's row, so
+    the warning would only be noise on stderr. A process-wide filter for that one warning raised by
+    Pillow (``warnings.catch_warnings`` is not safe in decode threads).
+    """
+    global _quiet
+    if _quiet:
+        return
+    from PIL import Image
+
+    with _quiet_lock:
+        if not _quiet:
+            warnings.filterwarnings(
+                "ignore", category=Image.DecompressionBombWarning, module=r"PIL\."
+            )
+            _quiet = True
+
+
+#: formats whose EXIF orientation is applied (PNG only when it carries EXIF: see _has_exif)
+_EXIF_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP"})
+
+
+def _has_exif(img: PILImage.Image) -> bool:
+    """Whether a decoded image may carry an EXIF orientation (cheap: no EXIF parsed here)."""
+    if img.format in _EXIF_FORMATS:
+        return True
+    info = img.info
+    return "exif" in info or "Raw profile type exif" in info or "XML:com.adobe.xmp" in info
+
+
 def open_image(data: bytes) -> PILImage.Image:
     """Decode encoded bytes into a loaded Pillow image (first frame, EXIF orientation applied)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _quiet_bomb_warning()
     try:
         # Pillow itself refuses (DecompressionBombError) images of over about 179M pixels;
         # the header is read first, so anything over MAX_PIXELS stops before decoding.
@@ -132,7 +211,7 @@ def open_image(data: bytes) -> PILImage.Image:
             raise ImageError(f"truncated {sniff_format(data) or 'image'} file{suffix}") from exc
         raise ImageError(f"cannot decode image: {message}") from exc
     out: PILImage.Image = img
-    if img.format in ("JPEG", "MPO", "TIFF", "WEBP"):
+    if _has_exif(img):
         with contextlib.suppress(Exception):  # a broken EXIF block is no reason to drop pixels
             out = ImageOps.exif_transpose(img)
     if out.width < 1 or out.height < 1:
@@ -350,10 +429,17 @@ def preprocess_image(
 
 
 def load_digit(
-    source: Path | str | bytes, *, invert: Invert | str = Invert.auto, fit: bool = False
+    source: Path | str | bytes,
+    *,
+    invert: Invert | str = Invert.auto,
+    fit: bool = False,
+    max_bytes: int | None = None,
 ) -> np.ndarray:
-    """An image file (path or its bytes) -> uint8 digit ``(28, 28)``; ImageError when unusable."""
-    data = source if isinstance(source, bytes) else read_bytes(source)
+    """An image file (path or its bytes) -> uint8 digit ``(28, 28)``; ImageError when unusable.
+
+    ``max_bytes``: the file size limit (see :func:`read_bytes`).
+    """
+    data = source if isinstance(source, bytes) else read_bytes(source, max_bytes)
     if not data:
         raise ImageError("empty file (0 bytes)")
     return preprocess_image(open_image(data), invert=invert, fit=fit)
@@ -380,19 +466,24 @@ def _first_line(exc: BaseException) -> str:
 
 
 def decode_files(
-    paths: Sequence[str], invert: str = Invert.auto.value, fit: bool = False
+    paths: Sequence[str],
+    invert: str = Invert.auto.value,
+    fit: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Decode a chunk of files (runs in a decode thread or process; arguments are picklable).
 
     Returns uint8 digits ``(N, 28, 28)`` (zeros where a file failed) and, per file, None or the
-    reason it failed. Never raises for a bad file.
+    reason it failed. Never raises for a bad file. ``max_bytes``: the file size limit (default
+    :func:`max_file_bytes`).
     """
     digits = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     errors: list[str | None] = [None] * len(paths)
     mode = Invert(invert)
+    limit = max_file_bytes() if max_bytes is None else max_bytes
     for i, path in enumerate(paths):
         try:
-            digits[i] = load_digit(path, invert=mode, fit=fit)
+            digits[i] = load_digit(path, invert=mode, fit=fit, max_bytes=limit)
         except ImageError as exc:
             errors[i] = str(exc)
         except Exception as exc:  # a decoder bug must not stop the run either

@@ -1,14 +1,21 @@
-"""Find the image files under a folder: stable order, hidden entries skipped, symlink loops safe."""
+"""Find the image files under a folder: stable order, hidden entries skipped, symlink loops safe.
+
+Every entry with an image extension is listed, whatever it is: a FIFO, device or socket named
+``x.png`` gets its row, whose error :func:`lstm_export.infer.images.read_bytes` gives without ever
+opening it for a blocking read. FOLDER itself must be a folder or a regular image file.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lstm_export.errors import InputError
+from lstm_export.fileio import file_kind
 from lstm_export.infer.images import is_image_name
 
 log = logging.getLogger(__name__)
@@ -47,13 +54,20 @@ def walk_images(folder: Path, *, recursive: bool = True) -> Walk:
 
     Symbolic links are followed, each real folder is entered once (so loops end), and broken
     links with an image extension are kept (their row reports the broken link). Raises
-    InputError when ``folder`` does not exist.
+    InputError when ``folder`` does not exist, or is neither a folder nor a regular file (a FIFO,
+    a device, a socket).
     """
     root = Path(folder)
-    if not root.exists():
-        raise InputError(f"folder {root} does not exist")
+    try:
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        raise InputError(f"folder {root} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {root}: {exc.strerror or exc}") from exc
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise InputError(f"{root} is {file_kind(mode)}, not a folder nor an image file")
     result = Walk(root=root)
-    if root.is_file():
+    if stat.S_ISREG(mode):
         if is_image_name(root.name):
             result.paths.append(str(root))
             result.names.append(root.name)

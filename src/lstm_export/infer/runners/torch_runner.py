@@ -31,10 +31,14 @@ class TorchOptions:
 
     threads: int | None = None
     tf32: bool = False
+    #: ``"bf16"``: run under ``torch.autocast`` in bfloat16 (what a PyTorch user tries first)
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.autocast not in (None, "bf16"):
+            raise ConfigError(f"autocast must be None or 'bf16', got {self.autocast!r}")
 
 
 class TorchRunner(Runner):
@@ -69,7 +73,11 @@ class TorchRunner(Runner):
     def run_prepared(self, prepared: Any) -> Any:
         torch = self._torch
         with torch.inference_mode():
-            out = self.module(prepared)
+            if self.options.autocast == "bf16":
+                with torch.autocast(self.device or "cpu", dtype=torch.bfloat16):
+                    out = self.module(prepared)
+            else:
+                out = self.module(prepared)
         if self.device == "cuda":
             torch.cuda.synchronize()
         return out

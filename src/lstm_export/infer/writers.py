@@ -1,17 +1,39 @@
-"""Prediction rows to CSV or JSON Lines, streamed into a temporary file renamed on success."""
+r"""Prediction rows to CSV or JSON Lines, streamed into a temporary file renamed on success.
+
+Every row survives any bytes in any file name, in both formats, and reads back to the exact name.
+How text cells (``path``, ``label``, ``prediction``, ``error``) are written:
+
+- **Text is UTF-8**, always: the outputs are valid UTF-8 whatever the names hold.
+- **Bytes that are not UTF-8** (Linux file names are bytes: ``caf\xe9.png`` in Latin-1) are
+  written as ``\xHH`` (two lower-case hex digits), and a backslash in a name as ``\\``, so that
+  the escape is unambiguous. Python sees such a byte as a ``surrogateescape`` character
+  (``"caf\udce9.png"``, what :func:`os.listdir` returns); :func:`unescape_text` turns the cell back
+  into that string and ``os.fsencode`` into the exact bytes. A name that is valid UTF-8 and has no
+  backslash (nearly all) is written as it is. Any other lone surrogate is written ``\uXXXX``.
+- **Control characters** stay as they are: CSV quotes every cell holding a line break (``\r``
+  included, which the csv module leaves unquoted with ``\n`` line ends), and JSON escapes them.
+- **Spreadsheet formulas** (CSV only): a cell starting with ``=``, ``+``, ``-``, ``@``, a tab, a
+  carriage return or a line feed would be run as a formula by Excel or LibreOffice, so it gets a
+  leading ``'``; so does a cell that really starts with ``'``, which keeps this reversible: drop one
+  leading ``'`` when present (:func:`decode_cell` does both steps). JSONL is not prefixed.
+
+So ``os.fsencode(decode_cell(cell, "csv"))`` (or ``"jsonl"`` for a JSON string value) gives back
+the file name's bytes. Numbers (``confidence``, ``p_*``) are written as plain numbers.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from lstm_export.errors import OutputError
-from lstm_export.fileio import atomic_path
+from lstm_export.fileio import atomic_open
 
 if TYPE_CHECKING:
     from lstm_export.infer.classify import Prediction
@@ -43,6 +65,69 @@ def resolve_format(path: Path | None, fmt: OutputFormat | str = OutputFormat.aut
         ) from None
 
 
+#: a CSV cell starting with one of these is neutralised with a leading ``'`` (see the docstring)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def escape_text(text: str) -> str:
+    """Text as written in a cell: backslashes doubled, non-UTF-8 bytes as ``\\xHH``.
+
+    ``text`` is a Python string as :func:`os.fsdecode` gives it (a byte that is not UTF-8 is a
+    ``surrogateescape`` character ``U+DC80..U+DCFF``). The inverse is :func:`unescape_text`.
+    """
+    if "\\" not in text:
+        try:
+            text.encode("utf-8")
+            return text  # the common case: nothing to escape
+        except UnicodeEncodeError:
+            pass
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_text(text: str) -> str:
+    """The inverse of :func:`escape_text` (``\\xHH`` back to the ``surrogateescape`` character)."""
+    if "\\" not in text:
+        return text
+
+    def one(match: re.Match[str]) -> str:
+        what = match.group(1)
+        if what == "\\":
+            return "\\"
+        if what[0] == "x":
+            byte = int(what[1:], 16)
+            return chr(0xDC00 + byte) if byte >= 0x80 else chr(byte)
+        return chr(int(what[1:], 16))
+
+    return _ESCAPE.sub(one, text)
+
+
+def encode_cell(text: str, fmt: OutputFormat | str) -> str:
+    """A text value as written in ``fmt``: escaped, and in CSV neutralised against formulas."""
+    text = escape_text(text)
+    if OutputFormat(fmt) == OutputFormat.csv and text.startswith(FORMULA_START):
+        return "'" + text
+    return text
+
+
+def decode_cell(cell: str, fmt: OutputFormat | str) -> str:
+    """A text cell read back from ``fmt`` -> the original value (``os.fsencode`` it for bytes)."""
+    if OutputFormat(fmt) == OutputFormat.csv and cell.startswith("'"):
+        cell = cell[1:]
+    return unescape_text(cell)
+
+
 def columns(*, labelled: bool, class_names: Sequence[str] | None = None) -> list[str]:
     """Column names: ``path, [label,] prediction, confidence, error[, p_<class>...]``."""
     cols = ["path"]
@@ -55,7 +140,10 @@ def columns(*, labelled: bool, class_names: Sequence[str] | None = None) -> list
 
 
 class RowWriter:
-    """Writes :class:`Prediction` rows in one format to an open text stream."""
+    """Writes :class:`Prediction` rows in one format to an open text stream.
+
+    Text cells are written as the module docstring says (:func:`encode_cell`).
+    """
 
     def __init__(
         self,
@@ -71,27 +159,39 @@ class RowWriter:
         self.class_names = list(class_names) if class_names else None
         self.count = 0
         self._csv: Any = None
+        self._csv_quoted: Any = None
         if fmt == OutputFormat.csv:
             self._csv = csv.writer(stream, lineterminator="\n")
-            self._csv.writerow(columns(labelled=labelled, class_names=self.class_names))
+            # With "\n" line ends the csv module leaves a lone "\r" unquoted, and readers then
+            # split the row there: rows with a "\r" anywhere are written fully quoted.
+            self._csv_quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            header = columns(labelled=labelled, class_names=self.class_names)
+            self._write_csv([encode_cell(c, OutputFormat.csv) for c in header])
 
     def write(self, rows: Iterable[Prediction]) -> None:
         """Append rows (in the order given)."""
         for row in rows:
             if self._csv is not None:
-                self._csv.writerow(self._csv_cells(row))
+                self._write_csv(self._csv_cells(row))
             else:
                 self.stream.write(json.dumps(self._record(row), ensure_ascii=False) + "\n")
             self.count += 1
 
+    def _write_csv(self, cells: list[str]) -> None:
+        quoted = any("\r" in cell for cell in cells)
+        (self._csv_quoted if quoted else self._csv).writerow(cells)
+
     def _csv_cells(self, row: Prediction) -> list[str]:
-        cells = [row.path]
+        def text(value: str | None) -> str:
+            return "" if value is None else encode_cell(value, OutputFormat.csv)
+
+        cells = [text(row.path)]
         if self.labelled:
-            cells.append(row.label or "")
+            cells.append(text(row.label))
         cells += [
-            row.prediction or "",
+            text(row.prediction),
             "" if row.confidence is None else f"{row.confidence:.6f}",
-            row.error or "",
+            text(row.error),
         ]
         if self.class_names:
             probs = row.probabilities
@@ -99,16 +199,25 @@ class RowWriter:
         return cells
 
     def _record(self, row: Prediction) -> dict[str, Any]:
-        record: dict[str, Any] = {"path": row.path}
+        def text(value: str | None) -> str | None:
+            return None if value is None else escape_text(value)
+
+        record: dict[str, Any] = {"path": text(row.path)}
         if self.labelled:
-            record["label"] = row.label
-        record["prediction"] = row.prediction
+            record["label"] = text(row.label)
+        record["prediction"] = text(row.prediction)
         record["confidence"] = None if row.confidence is None else round(row.confidence, 6)
-        record["error"] = row.error
+        record["error"] = text(row.error)
         if self.class_names:
             probs = row.probabilities
             record["probabilities"] = (
-                dict(zip(self.class_names, (round(p, 6) for p in probs), strict=True))
+                dict(
+                    zip(
+                        (escape_text(n) for n in self.class_names),
+                        (round(p, 6) for p in probs),
+                        strict=True,
+                    )
+                )
                 if probs
                 else None
             )
@@ -126,8 +235,10 @@ def open_rows(
 ) -> Iterator[RowWriter]:
     """A :class:`RowWriter` on ``path`` (atomic: renamed into place only on success).
 
-    With ``path=None`` the rows go to ``stream`` (the CLI passes stdout). ``class_names`` adds
-    one probability column per class.
+    Whatever ends the run early (an exception, Ctrl-C, SIGTERM, SIGHUP, and where Linux's
+    ``O_TMPFILE`` works even SIGKILL) leaves ``path`` as it was and no temporary file: see
+    :func:`lstm_export.fileio.atomic_open`. With ``path=None`` the rows go to ``stream`` (the CLI
+    passes stdout). ``class_names`` adds one probability column per class.
     """
     concrete = resolve_format(path, fmt)
     if path is None:
@@ -136,10 +247,5 @@ def open_rows(
         yield RowWriter(stream, concrete, labelled=labelled, class_names=class_names)
         stream.flush()
         return
-    with atomic_path(Path(path)) as tmp:
-        try:
-            stream = open(tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        with stream:
-            yield RowWriter(stream, concrete, labelled=labelled, class_names=class_names)
+    with atomic_open(Path(path), "w", encoding="utf-8", newline="") as out:
+        yield RowWriter(out, concrete, labelled=labelled, class_names=class_names)

@@ -245,6 +245,17 @@ def test_every_name_round_trips_through_both_formats() -> None:
     assert encode_cell("'x", "csv") == "''x" and decode_cell("''x", "csv") == "'x"
 
 
+def test_names_printed_on_a_terminal_cannot_drive_it() -> None:
+    """A neighbour of cases 5-7: escape sequences, CR and bidi overrides in a name, on stderr."""
+    from lstm_export.infer.writers import printable_text
+
+    for name in ["a\x1b]0;pwned\x07b", "cr\rx", "caf\udce9", "rlo\u202egnp.exe", "c1\x85", "ok ü"]:
+        shown = printable_text(name)
+        assert shown.isprintable() and "\u202e" not in shown, shown
+        assert unescape_text(shown) == name
+    assert printable_text("a\x1b[31mb") == "a\\x1b[31mb" and printable_text("ok ü") == "ok ü"
+
+
 def test_rows_with_odd_names_survive_csv_and_jsonl(tmp_path: Path) -> None:
     """Cases 5, 6, 7 at the writer: non-UTF-8, \\r, formulas; the temp file never lingers."""
     from lstm_export.infer.classify import Prediction

@@ -113,6 +113,31 @@ def unescape_text(text: str) -> str:
     return _ESCAPE.sub(one, text)
 
 
+#: bidirectional overrides and isolates: they reorder what a terminal shows after them
+_BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def printable_text(text: str) -> str:
+    """``text`` for a terminal: :func:`escape_text`, and control characters escaped too.
+
+    A file name can hold ANSI escape sequences (``\\x1b]0;...``) that would retitle, recolour or
+    rewrite the user's terminal when printed, a carriage return that hides what precedes it, or
+    bidirectional overrides that reorder it. Those are written ``\\xHH`` (below 0x80) or
+    ``\\uXXXX``; :func:`unescape_text` still gives the original back.
+    """
+    text = escape_text(text)
+    if text.isprintable() and not _BIDI.intersection(text):
+        return text
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _BIDI or (not ch.isprintable() and ch != " "):
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def encode_cell(text: str, fmt: OutputFormat | str) -> str:
     """A text value as written in ``fmt``: escaped, and in CSV neutralised against formulas."""
     text = escape_text(text)

@@ -33,7 +33,7 @@ demo: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy src/
+	$(BIN)/mypy src/ benchmarks/
 	@if [ -z "$$LSTM_EXPORT_DATA_DIR" ] && [ -d "$(SHARED_MNIST)" ]; then \
 		export LSTM_EXPORT_DATA_DIR="$(SHARED_MNIST)"; fi; \
 	$(BIN)/python -m pytest -q
@@ -41,7 +41,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy src/
+	$(BIN)/mypy src/ benchmarks/
 
 bench: venv
 	$(BIN)/python benchmarks/reproduce.py

@@ -12,13 +12,14 @@ Variants (each a folder under OUT):
   extensions, plus broken files (empty, truncated, not an image), a hidden file and a text file.
 
     python benchmarks/make_folders.py OUT [--count 10000] [--variants mnist,photo,...]
+
+MNIST comes from --data-dir, $LSTM_EXPORT_DATA_DIR or the cache (fetched into when missing).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lstm_export.data.mnist import load_mnist
+from lstm_export.data.cli import require_mnist
+from lstm_export.data.mnist import load_split
+from lstm_export.errors import LstmExportError
 
 VARIANTS = ("mnist", "inverted", "rgb", "jpeg", "bmp", "large", "photo", "messy")
 
@@ -99,6 +102,9 @@ def write_variant(
         return _messy(folder, images[:100], labels[:100])
     for c in range(10):
         (folder / str(c)).mkdir(parents=True, exist_ok=True)
+    pil: Image.Image
+    ext: str
+    kw: dict[str, object]
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         if variant == "photo":
             pil, ext, kw = Image.fromarray(photo_like(img, rng)), "jpg", {"quality": 85}
@@ -119,6 +125,7 @@ def _messy(folder: Path, images: np.ndarray, labels: np.ndarray) -> int:
         Image.fromarray(img).save(sub / f"digit {i:03d}{ext}", format="PNG")
         count += 1
     bad = folder / "3"
+    bad.mkdir(parents=True, exist_ok=True)  # with fewer than 19 digits no 3 is among them
     buf = io.BytesIO()
     Image.fromarray(images[0]).save(buf, format="PNG")
     (bad / "empty.png").write_bytes(b"")
@@ -130,21 +137,26 @@ def _messy(folder: Path, images: np.ndarray, labels: np.ndarray) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=10000, help="first N test digits")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    split = load_mnist("test", args.data_dir or os.environ.get("LSTM_EXPORT_DATA_DIR"))
-    images, labels = split.images[: args.count], split.labels[: args.count]
-    for variant in args.variants.split(","):
+    variants = args.variants.split(",")
+    for variant in variants:
         if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    split = load_split(require_mnist(args.data_dir), "test")
+    images, labels = split.images[: args.count], split.labels[: args.count]
+    for variant in variants:
         n = write_variant(args.out, images, labels, variant)
         print(f"{args.out / variant}: {n} image files", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except LstmExportError as exc:  # one line, as the lstm-export commands print it
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,228 @@
+"""Every script in benchmarks/ starts with today's API and runs on a tiny input.
+
+Each script runs as a user runs it: a subprocess of this interpreter (the venv's python) from the
+repository root. The models are small (hidden size 16, one layer, untrained), the inputs a few
+hundred MNIST test digits, the time budgets a few hundredths of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py"))
+
+
+def run_script(name: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/<name> args...`` from the repository root; stdout and stderr kept."""
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout of a run that must have exited 0 (else fail with everything it printed)."""
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small untrained checkpoint and its ONNX file (legacy exporter: the quick one)."""
+    import torch
+
+    from lstm_export.checkpoint import make_checkpoint, save_checkpoint
+    from lstm_export.config import ModelConfig
+    from lstm_export.export.to_onnx import export_onnx
+    from lstm_export.model import build_model
+
+    folder = tmp_path_factory.mktemp("bench_model")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=16, num_layers=1)).eval()
+    checkpoint = folder / "model.pt"
+    save_checkpoint(make_checkpoint(model, metrics={"test_accuracy": 0.0}), checkpoint)
+    onnx_path = export_onnx(checkpoint, folder / "model.onnx", legacy=True, validate=False).path
+    return checkpoint, onnx_path
+
+
+def test_every_script_is_tested_here() -> None:
+    """A new script in benchmarks/ gets a run of its own in this file."""
+    ran = set(re.findall(r'run_script\(\s*"([^"]+)"', Path(__file__).read_text()))
+    untested = sorted(set(SCRIPTS) - ran)
+    assert SCRIPTS and not untested, f"no test runs {untested} beyond -h"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script: str) -> None:
+    """Every script starts (its module-level imports exist) and describes itself on -h."""
+    out = ok(run_script(script, "-h"))
+    assert out.startswith("usage:") and script in out
+
+
+def test_make_folders(mnist_dir: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "folders"
+    result = run_script(
+        "make_folders.py",
+        out_dir,
+        "--count",
+        25,
+        "--variants",
+        "mnist,jpeg,large,photo,messy",
+        "--data-dir",
+        mnist_dir,
+    )
+    ok(result)
+    for variant, count in (("mnist", 25), ("jpeg", 25), ("large", 25), ("photo", 25)):
+        assert f"{out_dir / variant}: {count} image files" in result.stderr
+        files = [p for p in (out_dir / variant).rglob("*") if p.is_file()]
+        assert len(files) == count
+    assert len(list((out_dir / "mnist").glob("*/*.png"))) == 25
+    from PIL import Image
+
+    with Image.open(next((out_dir / "large").rglob("*.png"))) as img:
+        assert img.size == (112, 112)
+    # 25 digits + empty, truncated and not-an-image files (one row each); hidden and .txt left out
+    assert f"{out_dir / 'messy'}: 28 image files" in result.stderr
+    assert (out_dir / "messy" / "3" / ".hidden.png").is_file()
+
+
+def test_make_folders_unknown_variant(tmp_path: Path) -> None:
+    result = run_script("make_folders.py", tmp_path, "--variants", "mnist,nope")
+    assert result.returncode == 2 and "unknown variant 'nope'" in result.stderr
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_independent_timing(small_model: tuple[Path, Path]) -> None:
+    _, onnx_path = small_model
+    out = ok(
+        run_script(
+            "independent_timing.py",
+            onnx_path,
+            "--batch-sizes",
+            "1,4",
+            "--threads",
+            1,
+            "--seconds",
+            0.02,
+            "--repeats",
+            1,
+        )
+    )
+    lines = out.splitlines()
+    assert lines[0].split() == ["batch", "bench", "p50", "ms", "plain", "p50", "ms", "ratio"]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["1", "4"]
+    for row in rows:
+        bench, plain, ratio = map(float, row[1:])
+        assert bench > 0 and plain > 0
+        assert ratio == pytest.approx(bench / plain, rel=0.15)  # printed values are rounded
+
+
+def test_reproduce_without_mnist(tmp_path: Path) -> None:
+    """reproduce.py gets MNIST the way a command does: a missing folder is one error line."""
+    result = run_script(
+        "reproduce.py", "--out", tmp_path / "out", "--data-dir", tmp_path / "no-mnist"
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "no-mnist" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_infer_throughput(small_model: tuple[Path, Path], mnist_dir: Path, tmp_path: Path) -> None:
+    checkpoint, onnx_path = small_model
+    figures = tmp_path / "throughput.json"
+    result = run_script(
+        "infer_throughput.py",
+        "--checkpoint",
+        checkpoint,
+        "--onnx",
+        onnx_path,
+        "--count",
+        200,
+        "--repeat",
+        1,
+        "--naive",
+        20,
+        "--data-dir",
+        mnist_dir,
+        "--json",
+        figures,
+        "--no-targets",
+    )
+    out = ok(result)
+    assert "200 images in" in result.stderr
+    for line in (
+        "decode only (1 worker",
+        "inference only, ORT fp32 (best: ",
+        "end to end, ORT fp32 (",
+        "naive loop (PIL + eager, one image at a time, 20 images)",
+        "(target >= 70 %)",
+        "(target >= 5x)",
+        "end-to-end accuracy (fp32): ",
+    ):
+        assert line in out
+    data = json.loads(figures.read_text())
+    assert data["images"] == 200
+    for key in ("decode_only", "inference_only_fp32", "end_to_end_fp32", "naive"):
+        assert data[key] > 0
+    assert 0 <= data["accuracy_fp32"] <= 1
+    assert data["ratio_vs_naive"] == pytest.approx(data["end_to_end_fp32"] / data["naive"])
+
+
+@pytest.mark.slow
+def test_export_parity(small_model: tuple[Path, Path], mnist_dir: Path, tmp_path: Path) -> None:
+    checkpoint, _ = small_model
+    out_dir, figures = tmp_path / "exports", tmp_path / "parity.json"
+    result = run_script(
+        "export_parity.py",
+        checkpoint,
+        "--images",
+        300,
+        "--out-dir",
+        out_dir,
+        "--data-dir",
+        mnist_dir,
+        "--json",
+        figures,
+        # an untrained model's int8 accuracy is noise around 10 %: only a smoke check here
+        "--int8-max-drop",
+        0.5,
+    )
+    out = ok(result)
+    assert "300 test images" in out
+    backends = [
+        "eager",
+        "onnxruntime (dynamo)",
+        "onnxruntime (legacy)",
+        "torchscript",
+        "onnx.reference",
+    ]
+    for backend in [*backends, "onnxruntime int8"]:
+        assert re.search(rf"^  {re.escape(backend)} +\d+\.\d\d %", out, re.MULTILINE), backend
+    pairs = re.findall(r"^  .+ vs .+ max \|diff\| .+ argmax 300/300  ok$", out, re.MULTILINE)
+    assert len(pairs) == 10
+    assert out.rstrip().endswith("result: PASS")
+    for name in ("model.onnx", "model.legacy.onnx", "model.ts", "model.int8.onnx"):
+        assert (out_dir / name).is_file()
+    data = json.loads(figures.read_text())
+    assert data["pass"] is True and data["images"] == 300
+    assert list(data["accuracy"]) == backends
+    assert set(data["int8"]) == {"fp32", "int8", "drop"}
+    assert all(p["ok"] and p["max_abs_diff"] <= 1e-4 for p in data["pairs"])

@@ -312,11 +312,6 @@ def test_an_output_may_not_be_an_input(tmp_path: Path, model: Path) -> None:
     assert (folder / "3" / "a.png").read_bytes() == _digit()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wiring (issue 9): infer/cli.py must call fileio.check_outputs_against_inputs "
-    "before any work; remove this marker when it does",
-)
 def test_infer_refuses_to_write_over_an_input(tmp_path: Path, model: Path) -> None:
     """Case 4 through the CLI: -o on an input image or on the model is refused, both intact."""
     folder = tmp_path / "digits"

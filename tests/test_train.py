@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lstm_export.checkpoint import resolve_checkpoint
 from lstm_export.errors import ConfigError
 from lstm_export.train.loop import random_affine, train
 from lstm_export.train.presets import PRESETS, Preset, TrainConfig
-from lstm_export.checkpoint import resolve_checkpoint
 from lstm_export.train.run_dir import save_run
 
 QUICK = TrainConfig(epochs=2, subset=4000, test_subset=1000, hidden_size=64, seed=1)

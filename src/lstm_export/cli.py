@@ -10,6 +10,7 @@ typer) is a ``typer.TyperException``, and an interrupted prompt is a ``typer.Abo
 from __future__ import annotations
 
 import sys
+from signal import Signals
 from typing import Any
 
 import typer
@@ -18,6 +19,7 @@ from typer.core import TyperGroup
 from lstm_export import __version__
 from lstm_export.console import err_console, setup_logging
 from lstm_export.errors import DeviceError, LstmExportError
+from lstm_export.fileio import terminated_by
 
 #: what the command line adds to a library error: the option that changes the outcome
 _HINTS: dict[type[LstmExportError], str] = {DeviceError: "--device cpu runs without it"}
@@ -47,6 +49,11 @@ class _OneLineErrors(TyperGroup):
                 standalone_mode=False,
                 **extra,
             )
+            if code == 130:  # typer turns Ctrl-C (and our SIGTERM/SIGHUP) into a silent 130
+                signum = terminated_by()
+                name = "interrupted" if signum is None else f"terminated by {Signals(signum).name}"
+                err_console.print(f"[red]error:[/] {name}")
+                code = 128 + signum if signum else 130
         except typer.TyperException as exc:  # usage errors: bad flag, value, command
             _fail(exc.format_message())
         except LstmExportError as exc:

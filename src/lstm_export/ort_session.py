@@ -108,7 +108,7 @@ def cuda_pairing_problem() -> str | None:
         torch_cuda = torch.version.cuda
     except ImportError:
         pass
-    have = f"; torch {torch_cuda and 'brings CUDA ' + torch_cuda or 'has no CUDA'}"
+    have = f"; torch {(torch_cuda and 'brings CUDA ' + torch_cuda) or 'has no CUDA'}"
     return (
         f"onnxruntime-gpu {ort.__version__} is built for CUDA {major}, but libcudart.so.{major} "
         f"does not load{have}: install a torch (or nvidia-cuda-runtime) of CUDA {major}"

@@ -6,11 +6,10 @@ import this module; neither imports the other at module level.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from lstm_export.data.idx import read_idx_bytes
+from lstm_export.data.idx import idx_md5
 from lstm_export.errors import DataError
 
 # md5 of each file's uncompressed bytes (the values torchvision and the original site publish).
@@ -89,6 +88,6 @@ def check_dir(directory: Path) -> list[FileCheck]:
     """Size and md5 of each of the four files; DataError if one is missing or unreadable."""
     checks = []
     for name, path in _paths(Path(directory)).items():
-        digest = hashlib.md5(read_idx_bytes(path)).hexdigest()
+        digest = idx_md5(path)
         checks.append(FileCheck(name, path, path.stat().st_size, digest, MD5[name]))
     return checks

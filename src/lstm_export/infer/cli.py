@@ -15,7 +15,7 @@ from lstm_export.console import console, err_console, make_progress
 from lstm_export.devices import Device
 from lstm_export.infer.images import Invert
 from lstm_export.infer.registry import Backend
-from lstm_export.infer.writers import OutputFormat
+from lstm_export.infer.writers import OutputFormat, printable_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -114,6 +114,7 @@ def infer(
     The summary goes to stdout with -o, to stderr when the rows go to stdout. Exit code 1 when no image could be classified, or with --strict on any error.
     """
     from lstm_export.errors import InputError, OutputError
+    from lstm_export.fileio import check_outputs_against_inputs
     from lstm_export.infer.classify import FolderRun
     from lstm_export.infer.writers import open_rows, resolve_format
 
@@ -134,6 +135,7 @@ def infer(
         fit=fit,
         probabilities=probabilities,
     ).require_images()
+    check_outputs_against_inputs([output, summary_json, confusion_png], [model, *run.walk.paths])
     with err_console.status(f"loading {escape(str(model))}"):
         run.load()
     report = console if output is not None else err_console  # stdout is free with -o
@@ -226,7 +228,7 @@ def _print_summary(summary: Summary, errors: list[Prediction], report: Console) 
     )
     for row in errors[:SHOWN_ERRORS]:
         err_console.print(
-            f"  [red]error[/] {escape(row.path)}: {escape(row.error or '')}",
+            f"  [red]error[/] {escape(printable_text(row.path))}: {escape(row.error or '')}",
             highlight=False,
             soft_wrap=True,
         )

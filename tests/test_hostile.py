@@ -477,13 +477,17 @@ def test_infer_killed_mid_run_leaves_the_old_output_and_no_temporary_file(
         time.sleep(1.0)
         still_running = proc.poll() is None
         proc.send_signal(getattr(signal, sig))
-        proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert still_running, "the run ended before the signal: make the folder bigger"
-    assert proc.returncode != 0
+    if sig == "SIGTERM":  # as a shell expects: 128 + 15, and one line saying why
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert stderr.decode().strip().splitlines()[-1] == "error: terminated by SIGTERM"
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert out.read_text() == "previous run\n"
     assert [p.name for p in outputs.iterdir()] == ["rows.csv"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -314,15 +315,43 @@ def test_recorded_preprocessing_is_checked_against_ours() -> None:
     assert len(problems) == 2 and any("polarity" in p for p in problems)
 
 
-def test_class_names_come_from_the_model_metadata() -> None:
-    from types import SimpleNamespace
+class _Scores:
+    """A stand-in runner that scores ``outputs`` classes and records ``class_names``."""
 
+    def __init__(self, raw: str, outputs: int) -> None:
+        self.metadata = {"class_names": raw} if raw else {}
+        self.outputs = outputs
+        self.path = Path("m.onnx")
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros((len(x), self.outputs), np.float32)
+
+
+def test_class_names_come_from_the_model_metadata() -> None:
     from lstm_export.infer.classify import class_names_of
 
-    def names(raw: str, outputs: int | None = None) -> list[str]:
-        return class_names_of(SimpleNamespace(metadata={"class_names": raw}), outputs)  # type: ignore[arg-type]
+    def names(raw: str, outputs: int) -> list[str]:
+        return class_names_of(_Scores(raw, outputs))  # type: ignore[arg-type]
 
-    assert names("zero,one,two") == ["zero", "one", "two"]
-    assert names('["a", "b"]') == ["a", "b"]
-    assert names("") == [str(d) for d in range(10)]
-    assert names("a,b", outputs=3) == ["0", "1", "2"]  # metadata that does not fit is ignored
+    assert names("zero,one,two", 3) == ["zero", "one", "two"]
+    assert names('["a", "b"]', 2) == ["a", "b"]
+    assert names("", 10) == [str(d) for d in range(10)]
+    assert names("", 5) == [str(d) for d in range(5)]  # no names: indices, as many as scores
+
+
+def test_a_model_scoring_other_classes_than_it_names_is_refused(
+    make_checkpoint: Any, tmp_path: Path
+) -> None:
+    """A 5-output model whose metadata names the 10 digits: no rows, one clear error."""
+    from lstm_export.errors import ModelLoadError
+    from lstm_export.export.to_onnx import export_onnx
+    from lstm_export.infer.classify import class_names_of, classify_folder
+
+    with pytest.raises(ModelLoadError, match=r"scores 3 classes but its metadata names 2 \(a,b\)"):
+        class_names_of(_Scores("a,b", 3))  # type: ignore[arg-type]
+    onnx_path = export_onnx(make_checkpoint(num_classes=5), validate=False).path
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png_bytes(np.zeros((28, 28), np.uint8)))
+    with pytest.raises(ModelLoadError, match="scores 5 classes but its metadata names 10"):
+        classify_folder(onnx_path, folder, device="cpu")

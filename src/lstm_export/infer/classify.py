@@ -154,8 +154,15 @@ def imagefolder_labels(walk: Walk, class_names: Sequence[str]) -> tuple[list[int
     return labels, f"labelled: ImageFolder layout, {found} of {len(class_names)} class folders"
 
 
-def class_names_of(runner: Runner, num_outputs: int | None = None) -> list[str]:
-    """The class names a model records (comma-separated or a JSON list), else ``0..C-1``."""
+def class_names_of(runner: Runner) -> list[str]:
+    """The model's class names, one per output column of its logits.
+
+    Its metadata names them (comma-separated or a JSON list); without names they are ``0..C-1``.
+    A model whose metadata names another number of classes than it scores is refused
+    (ModelLoadError): which name goes with which score would be a guess. Runs the (loaded)
+    runner once on a blank digit to count its outputs.
+    """
+
     raw = runner.metadata.get("class_names", "")
     names: list[str] = []
     if raw.startswith("["):
@@ -165,9 +172,15 @@ def class_names_of(runner: Runner, num_outputs: int | None = None) -> list[str]:
             names = []
     elif raw:
         names = [n.strip() for n in raw.split(",")]
-    count = num_outputs or (len(names) if names else 10)
+    count = int(runner.infer(np.zeros((1, 28, 28), np.float32)).shape[1])
+    if not names:
+        return [str(i) for i in range(count)]
     if len(names) != count:
-        names = [str(i) for i in range(count)]
+        shown = ",".join(names) if len(names) <= 12 else ",".join(names[:12]) + ",..."
+        raise ModelLoadError(
+            f"{runner.path} scores {count} classes but its metadata names {len(names)} "
+            f"({shown}); refusing to guess which name goes with which score"
+        )
     return names
 
 
@@ -351,8 +364,6 @@ class FolderRun:
         self, summary: Summary, start: int, errors: list[str | None], probs: np.ndarray
     ) -> list[Prediction]:
         """One batch's rows (main thread: plain Python lists, no per-row numpy)."""
-        if len(probs) and probs.shape[1] != len(self.class_names):
-            self.class_names = class_names_of(self.runner, probs.shape[1])
         names = self.class_names
         predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
         classes = predicted.tolist()

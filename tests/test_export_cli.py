@@ -86,7 +86,10 @@ def test_torchscript_command(tmp_path: Path, small_run: Path, mnist_dir: Path) -
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["path"] == str(out) and out.is_file()
-    assert [c["batch"] for c in report["validation"]["checks"]] == [1, 7, 512]
+    checks = report["validation"]["checks"]
+    assert [(c["seq_len"], c["batch"]) for c in checks] == [
+        (t, n) for t in (1, 7, 28, 100) for n in ((1, 7, 512) if t == 28 else (1, 7, 64))
+    ]
 
 
 def test_inspect_commands(onnx_json: dict[str, Any], small_run: Path) -> None:
@@ -112,6 +115,61 @@ def test_inspect_torchscript(tmp_path: Path, small_run: Path) -> None:
     info = json.loads(run("inspect", out, "--json").stdout)
     assert info["format"] == "torchscript" and info["ops"]["aten::lstm"] == 1
     assert info["metadata"]["format"] == "torchscript" and info["details"]["frozen"] is True
+
+
+def test_with_state_export_and_inspect(tmp_path: Path, small_run: Path, mnist_dir: Path) -> None:
+    """--with-state: state inputs/outputs, a symbolic time axis into the LSTM, validated at
+    every length and in chunks; inspect shows all of it."""
+    out = tmp_path / "stream.onnx"
+    result = run(
+        "onnx", small_run, "-o", out, "--with-state", "--legacy", "--opset", "17",
+        "--data-dir", mnist_dir,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for line in (
+        "input     pixels: float32 [batch, time, 28]",
+        "input     h_0: float32 [1, batch, 16]",
+        "output    c_n: float32 [1, batch, 16]",
+        "LSTM forward hidden 16, time axis time",
+        "batch 64 x 100",
+        "stream    1 digit(s) in chunks 7+7+14 with the state carried vs all at once",
+        "stream    64 digit(s) in chunks 7+7+14",
+    ):
+        assert line in text, text
+    shown = run("inspect", out).stdout
+    for line in (
+        "input     pixels: float32 [batch, time, 28]",
+        "input     c_0: float32 [1, batch, 16]",
+        "output    h_n: float32 [1, batch, 16]",
+        "1 native node(s): LSTM forward hidden 16, time axis time",
+        "seq_len: any",
+        "state_inputs: h_0: float32 [1, batch, 16], c_0: float32 [1, batch, 16]",
+    ):
+        assert line in shown, shown
+    ts = tmp_path / "stream.ts"
+    result = run("torchscript", small_run, "-o", ts, "--with-state", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.output
+    assert "forward   (x, h_0=None, c_0=None) -> (logits, h_n, c_n)" in result.stdout
+    info = json.loads(run("inspect", ts, "--json").stdout)
+    assert [(t["name"], t["dims"]) for t in info["inputs"]] == [
+        ("x", ["batch", "time", 28]),
+        ("h_0", [1, "batch", 16]),
+        ("c_0", [1, "batch", 16]),
+    ]
+    assert [t["name"] for t in info["outputs"]] == ["logits", "h_n", "c_n"]
+
+
+def test_dynamic_flags_refusals(tmp_path: Path) -> None:
+    bi = save_ckpt(tmp_path / "bi", hidden_size=4, bidirectional=True)
+    assert_one_line_error(
+        run("onnx", bi, "--with-state", "--no-validate"), "bidirectional LSTM cannot do"
+    )
+    proj = save_ckpt(tmp_path / "proj", hidden_size=4, proj_size=2)
+    assert_one_line_error(
+        run("onnx", proj, "--dynamic-seq", "--no-validate"), "ONNX LSTM operator has no projection"
+    )
+    assert sorted(p.name for p in proj.parent.iterdir()) == ["model.pt"]
 
 
 @pytest.mark.skipif("__import__('torch').cuda.is_available()")

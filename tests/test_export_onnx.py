@@ -193,6 +193,48 @@ def test_validation_catches_argmax_disagreement(exported: dict[str, Any], tmp_pa
         validate_onnx(bad, ckpt, batches, tolerance=1e3)
 
 
+def test_a_fixed_time_axis_is_refused_where_a_dynamic_one_is_wanted(
+    exported: dict[str, Any],
+) -> None:
+    """The check that catches an exporter specialising the time axis to the example's 28."""
+    from lstm_export.export.audit import check_io
+
+    _, report = exported["one_layer"]
+    assert [n.time_axis for n in report.audit.lstm_nodes] == [28]
+    with pytest.raises(ExportError) as info:
+        check_io(
+            report.audit, ModelConfig(**CONFIGS["one_layer"]), "pixels", "logits", dynamic_seq=True
+        )
+    assert "expected pixels: float32 [batch, <symbolic>, 28]" in str(info.value)
+    assert "the time axis does not reach the LSTM" in str(info.value)
+    assert "runs 28 fixed steps" in str(info.value)
+    with pytest.raises(ExportError, match="expected inputs pixels, h_0, c_0, got pixels"):
+        check_io(
+            report.audit, ModelConfig(**CONFIGS["one_layer"]), "pixels", "logits", with_state=True
+        )
+
+
+def test_dynamic_seq_seed_model(exported: dict[str, Any], tmp_path: Path, mnist_dir: Path) -> None:
+    """--dynamic-seq on the seed architecture: symbolic time axis into both LSTM nodes, and
+    validated at 1, 7, 28 and 100 rows; the batch-only file stays as it was.
+
+    Also a regression test: it runs after the module's batch-only dynamo exports, which used to
+    leave caches that made torch specialise the time axis to 28 (to_onnx._fresh_trace_state).
+    """
+    from lstm_export.export.to_onnx import export_onnx
+
+    ckpt, fixed = exported["default"]
+    report = export_onnx(ckpt, tmp_path / "dyn.onnx", dynamic_seq=True, data_dir=mnist_dir)
+    assert report.dynamic_seq and not report.with_state and not fixed.dynamic_seq
+    assert [str(t) for t in report.audit.inputs] == ["pixels: float32 [batch, time, 28]"]
+    assert [n.time_axis for n in report.audit.lstm_nodes] == ["time", "time"]
+    assert sorted({c.seq_len for c in report.validation.checks}) == [1, 7, 28, 100]
+    assert report.validation.max_abs_diff <= 1e-4
+    assert report.metadata["seq_len"] == "any" and fixed.metadata["seq_len"] == "28"
+    x = np.random.default_rng(4).random((2, 300, 28), dtype=np.float32)
+    np.testing.assert_allclose(ort_logits(report.path, x), eager_logits(ckpt, x), atol=1e-4, rtol=0)
+
+
 def test_native_lstm_check_rejects_other_graphs() -> None:
     """An unrolled or Loop-based recurrence is refused with a message naming what was found."""
     from onnx import TensorProto, helper

@@ -61,9 +61,13 @@ def test_round_trip(exported: dict[str, Any], name: str) -> None:
     assert report.path == ckpt.with_suffix(".ts") and report.path.is_file()
     assert report.method.startswith("torch.jit.script + freeze")
     v = report.validation
-    assert [c.batch for c in v.checks] == [1, 7, 512]
+    # every batch size at every length: a scripted LSTM takes any number of rows
+    assert [(c.seq_len, c.batch) for c in v.checks] == [
+        (t, n) for t in (1, 7, 28, 100) for n in ((1, 7, 512) if t == 28 else (1, 7, 64))
+    ]
     assert all(c.max_abs_diff <= 1e-4 and c.agree == c.batch for c in v.checks)
     assert report.op_counts.get("aten::lstm") == 1
+    assert not v.streams and not report.with_state
 
 
 @pytest.mark.parametrize("name", ["default", "bidirectional"])
@@ -79,8 +83,8 @@ def test_dynamic_batch_and_portable_graph(exported: dict[str, Any], name: str) -
     assert "prim::device" in graph, "initial LSTM state must follow the input's device"
     assert "Device = prim::Constant" not in graph, "a device is hard-coded in the graph"
     rng = np.random.default_rng(0)
-    for batch in (1, 5, 300):
-        x = torch.from_numpy(rng.random((batch, 28, 28), dtype=np.float32))
+    for batch, rows in ((1, 28), (5, 28), (300, 28), (2, 1), (3, 45)):
+        x = torch.from_numpy(rng.random((batch, rows, 28), dtype=np.float32))
         with torch.inference_mode():
             torch.testing.assert_close(module(x), model(x), atol=1e-4, rtol=0)
 

@@ -21,19 +21,55 @@ from lstm_export.model import build_model
         ModelConfig(bidirectional=True),
         ModelConfig(num_layers=1, hidden_size=32),
         ModelConfig(input_mean=0.1307, input_std=0.3081, dropout=0.2),
+        ModelConfig(hidden_size=8, num_layers=3, bias=False),
+        ModelConfig(hidden_size=8, bidirectional=True, batch_first=False),
+        ModelConfig(hidden_size=8, proj_size=3, bidirectional=True),
     ],
-    ids=["default", "bidirectional", "one-layer", "normalised"],
+    ids=["default", "bidirectional", "one-layer", "normalised", "no-bias", "time-major", "proj"],
 )
 def test_output_shape(config: ModelConfig) -> None:
     model = build_model(config).eval()
-    for n in (1, 7):
-        assert model(torch.rand(n, 28, 28)).shape == (n, 10)
+    for n, rows in ((1, 28), (7, 28), (2, 1), (3, 60)):
+        assert model(torch.rand(n, rows, 28)).shape == (n, 10)
+    logits, h_n, c_n = model.forward_with_state(torch.rand(2, 5, 28))
+    assert logits.shape == (2, 10)
+    assert h_n.shape == (config.state_layers, 2, config.output_size)
+    assert c_n.shape == (config.state_layers, 2, config.hidden_size)
+
+
+def test_state_zeros_and_chunks() -> None:
+    """No state is zeros; chunks with the state carried give the whole sequence's answer."""
+    model = build_model(ModelConfig(hidden_size=8, num_layers=2)).eval()
+    x = torch.rand(4, 28, 28)
+    with torch.inference_mode():
+        logits, h, c = model.forward_with_state(x)
+        torch.testing.assert_close(logits, model(x), rtol=0, atol=0)
+        _, h1, c1 = model.forward_with_state(x[:, :10])
+        end, h2, c2 = model.forward_with_state(x[:, 10:], h1, c1)
+    for got, want in ((end, logits), (h2, h), (c2, c)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_checkpoint_without_the_newer_config_fields_loads(tmp_path: Path) -> None:
+    """A checkpoint written before bias / batch_first / proj_size existed loads with defaults."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(hidden_size=8)).eval()
+    ckpt = make_checkpoint(model)
+    for key in ("bias", "batch_first", "proj_size"):
+        del ckpt["model_config"][key]
+    path = tmp_path / "old.pt"
+    save_checkpoint(ckpt, path)
+    rebuilt, _ = load_model(path)
+    assert rebuilt.config == ModelConfig(hidden_size=8)
+    x = torch.rand(2, 28, 28)
+    torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
 
 
 def test_default_is_the_seed_architecture() -> None:
     model = build_model(ModelConfig())
     assert model.lstm.input_size == 28 and model.lstm.hidden_size == 128
     assert model.lstm.num_layers == 2 and model.lstm.batch_first
+    assert model.lstm.bias and model.lstm.proj_size == 0 and not model.lstm.bidirectional
     assert model.fc.in_features == 128 and model.fc.out_features == 10
 
 
@@ -42,6 +78,10 @@ def test_bad_config_is_rejected() -> None:
         ModelConfig(hidden_size=0)
     with pytest.raises(ConfigError):
         ModelConfig.from_dict({"hidden_size": 8, "colour": "blue"})
+    with pytest.raises(ConfigError, match="proj_size must be 0"):
+        ModelConfig(hidden_size=8, proj_size=8)
+    with pytest.raises(ConfigError, match="proj_size must be 0"):
+        ModelConfig(proj_size=-1)
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:

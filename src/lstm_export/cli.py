@@ -111,6 +111,7 @@ def _register() -> None:
     app.command("onnx")(export_cli.onnx)
     app.command("torchscript")(export_cli.torchscript)
     app.command("inspect")(export_cli.inspect)
+    app.command("shapes")(export_cli.shapes)
     app.command("infer")(infer_cli.infer)
     app.command("bench")(bench_cli.bench)
     app.command("demo")(demo_cli.demo)

@@ -1,15 +1,28 @@
-"""The model: an LSTM that reads a 28x28 digit row by row, and a linear head on the last step."""
+"""The model: an LSTM that reads a 28x28 digit row by row, and a linear head on the last step.
+
+Shapes, with ``D`` = 2 if bidirectional else 1, ``L`` = num_layers, ``H`` = hidden_size and
+``H_out`` = proj_size or hidden_size (see :class:`lstm_export.config.ModelConfig`):
+
+* pixels ``x`` (N, T, input_size): one image row per step; any T >= 1 (28 for an MNIST digit);
+* the LSTM's input: ``x`` itself with ``batch_first``, else ``x.transpose(0, 1)`` (T, N, F);
+* ``h_0``/``h_n`` (D*L, N, H_out) and ``c_0``/``c_n`` (D*L, N, H); zeros are the default start;
+* the LSTM's output (N, T, D*H_out) with ``batch_first``, else (T, N, D*H_out);
+* logits (N, num_classes): the linear head on the output's last step.
+"""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 
 from lstm_export.config import ModelConfig
+from lstm_export.errors import ConfigError
 
 
 class LSTMClassifier(nn.Module):
-    """``x`` (N, T=28, F=28) float32 in [0, 1] -> logits (N, num_classes)."""
+    """``x`` (N, T, F=28) float32 in [0, 1] -> logits (N, num_classes), for any T >= 1."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -22,23 +35,92 @@ class LSTMClassifier(nn.Module):
             config.input_size,
             config.hidden_size,
             num_layers=config.num_layers,
-            batch_first=True,
+            bias=config.bias,
+            batch_first=config.batch_first,
             bidirectional=config.bidirectional,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
+            proj_size=config.proj_size,
         )
         self.bidirectional: bool = config.bidirectional
-        directions = 2 if config.bidirectional else 1
-        self.fc = nn.Linear(config.hidden_size * directions, config.num_classes)
+        self.batch_first: bool = config.batch_first
+        self.state_layers: int = config.state_layers
+        self.output_size: int = config.output_size
+        self.cell_size: int = config.hidden_size
+        self.fc = nn.Linear(config.output_size * config.directions, config.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _lstm_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             x = (x - self.input_mean) / self.input_std
-        out, (h_n, _) = self.lstm(x)  # out (N, T, H * directions), h_n (layers * directions, N, H)
-        # Unidirectional: h_n[-1] holds the same numbers as out[:, -1, :], and exported it reads
-        # the LSTM's final-state output directly instead of reshaping and slicing the sequence.
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def _last_step(self, out: torch.Tensor, h_n: torch.Tensor) -> torch.Tensor:
+        # Unidirectional: h_n[-1] holds the same numbers as the output's last step, and exported
+        # it reads the LSTM's final-state output directly instead of slicing the sequence.
         # Bidirectional: forward state after the last row, backward state after one row.
-        last = out[:, -1, :] if self.bidirectional else h_n[-1]  # (N, H * directions)
-        return self.fc(last)  # (N, num_classes)
+        if not self.bidirectional:
+            return h_n[-1]  # (N, H_out)
+        return out[:, -1, :] if self.batch_first else out[-1]  # (N, 2 * H_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, (h_n, _) = self.lstm(self._lstm_input(x))
+        return self.fc(self._last_step(out, h_n))  # (N, num_classes)
+
+    def forward_with_state(
+        self,
+        x: torch.Tensor,
+        h_0: Optional[torch.Tensor] = None,  # noqa: UP045 - TorchScript needs Optional
+        c_0: Optional[torch.Tensor] = None,  # noqa: UP045
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, h_n, c_n)`` after the rows ``x``, starting from ``(h_0, c_0)``.
+
+        A missing state is zeros, which gives :meth:`forward`'s answer. Feeding a sequence in
+        chunks, each from the state the previous one returned, gives the same logits and state
+        as feeding it at once (unidirectional LSTMs; a bidirectional one reads from both ends).
+        """
+        if h_0 is None:
+            h_0 = torch.zeros(
+                self.state_layers, x.size(0), self.output_size, dtype=x.dtype, device=x.device
+            )
+        if c_0 is None:
+            c_0 = torch.zeros(
+                self.state_layers, x.size(0), self.cell_size, dtype=x.dtype, device=x.device
+            )
+        out, (h_n, c_n) = self.lstm(self._lstm_input(x), (h_0, c_0))
+        return self.fc(self._last_step(out, h_n)), h_n, c_n
+
+
+class StatefulClassifier(nn.Module):
+    """The graph ``--with-state`` exports: ``(x, h_0, c_0) -> (logits, h_n, c_n)``.
+
+    It shares its parameters with ``model``. In TorchScript ``h_0`` and ``c_0`` may be left out
+    (zeros); in ONNX they are inputs that a caller feeds zeros for the stateless answer.
+    """
+
+    def __init__(self, model: LSTMClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        h_0: Optional[torch.Tensor] = None,  # noqa: UP045 - TorchScript needs Optional
+        c_0: Optional[torch.Tensor] = None,  # noqa: UP045
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_state(x, h_0, c_0)
+
+
+def check_streamable(config: ModelConfig) -> None:
+    """ConfigError unless a model of ``config`` can be fed a sequence in chunks (unidirectional).
+
+    A bidirectional LSTM's backward direction reads the rows from the last one: a chunk's answer
+    depends on rows not fed yet, so no carried state makes chunks give the whole's answer.
+    """
+    if config.bidirectional:
+        raise ConfigError(
+            "--with-state feeds a sequence in chunks, which a bidirectional LSTM cannot do: its "
+            "backward direction reads the rows from the last one, so a chunk's answer depends on "
+            "rows not fed yet; export it with --dynamic-seq (any length, fed at once) instead"
+        )
 
 
 def build_model(config: ModelConfig) -> LSTMClassifier:

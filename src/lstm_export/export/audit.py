@@ -2,7 +2,10 @@
 
 The audit also enforces the export contract: every LSTM layer is one native ONNX ``LSTM`` node
 (no ``Loop``/``Scan`` and no unrolled cell), and the graph maps ``pixels`` float32
-``[batch, 28, 28]`` to ``logits`` float32 ``[batch, classes]`` with a symbolic batch axis.
+``[batch, 28, 28]`` to ``logits`` float32 ``[batch, classes]`` with a symbolic batch axis; with
+``--dynamic-seq`` the time axis is symbolic too (``[batch, time, 28]``) and reaches every LSTM
+node's input (shape inference with data propagation finds no fixed length there); with
+``--with-state`` the graph also takes ``h_0``, ``c_0`` and returns ``h_n``, ``c_n``.
 """
 
 from __future__ import annotations
@@ -37,13 +40,18 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class LstmNode:
-    """One LSTM node: which layer it is by order, its attributes and where its weights live."""
+    """One LSTM node: which layer it is by order, its attributes and where its weights live.
+
+    ``time_axis``: the sequence dim of its input ``X`` after shape inference (an int when the
+    graph fixes the length, a name when symbolic, ``"?"`` when shape inference cannot tell).
+    """
 
     name: str
     op_type: str
     hidden_size: int | None
     direction: str
     weights_are_initializers: bool
+    time_axis: int | str = "?"
 
 
 @dataclass
@@ -68,18 +76,39 @@ class OnnxAudit:
         return {op: n for op, n in self.op_counts.items() if op in CONTROL_FLOW_OPS}
 
 
+def _dims(value: Any) -> list[int | str]:
+    dims: list[int | str] = []
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            # unk__N: a name shape inference made up for a dim it could not relate to any input
+            dims.append("?" if not d.dim_param or d.dim_param.startswith("unk__") else d.dim_param)
+    return dims
+
+
 def _tensor_info(value: Any) -> TensorInfo:
     import onnx
 
     ttype = value.type.tensor_type
     dtype = str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)) if ttype.elem_type else "?"
-    dims: list[int | str] = []
-    for d in ttype.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(d.dim_param or "?")
-    return TensorInfo(name=value.name, dtype=dtype, dims=dims)
+    return TensorInfo(name=value.name, dtype=dtype, dims=_dims(value))
+
+
+def _inferred_dims(model: Any) -> dict[str, list[int | str]]:
+    """Dims of every value shape inference (with data propagation) can tell; {} if it fails."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # contrib ops, malformed graphs: the audit still describes the rest
+        return {}
+    graph = inferred.graph
+    return {
+        v.name: _dims(v)
+        for v in (*graph.input, *graph.value_info, *graph.output)
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+    }
 
 
 def _all_nodes(graph: Any) -> list[Any]:
@@ -109,12 +138,15 @@ def audit_onnx(model: onnx.ModelProto, file_size: int | None = None) -> OnnxAudi
     constants = {i.name for i in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     lstm_nodes = []
+    shapes = _inferred_dims(model) if any(n.op_type in LSTM_OPS for n in nodes) else {}
     for node in nodes:
         if node.op_type not in LSTM_OPS:
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         direction = attrs.get("direction", b"forward")
         weights = [name for name in list(node.input)[1:4] if name]
+        x_dims = shapes.get(node.input[0], [])
+        seq_axis = 1 if attrs.get("layout", 0) == 1 else 0  # layout 1: [batch, seq, input]
         lstm_nodes.append(
             LstmNode(
                 name=node.name,
@@ -122,6 +154,7 @@ def audit_onnx(model: onnx.ModelProto, file_size: int | None = None) -> OnnxAudi
                 hidden_size=int(attrs["hidden_size"]) if "hidden_size" in attrs else None,
                 direction=direction.decode() if isinstance(direction, bytes) else str(direction),
                 weights_are_initializers=all(w in constants for w in weights),
+                time_axis=x_dims[seq_axis] if len(x_dims) == 3 else "?",
             )
         )
     imports = {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}
@@ -165,27 +198,63 @@ def check_native_lstm(audit: OnnxAudit, config: ModelConfig) -> None:
         )
 
 
-def check_io(audit: OnnxAudit, config: ModelConfig, input_name: str, output_name: str) -> None:
-    """One float32 input ``[batch, 28, F]`` and one float32 output ``[batch, classes]``."""
-    want_in = (input_name, "float32", 28, config.input_size)
-    want_out = (output_name, "float32", config.num_classes)
+def check_io(
+    audit: OnnxAudit,
+    config: ModelConfig,
+    input_name: str,
+    output_name: str,
+    *,
+    dynamic_seq: bool = False,
+    with_state: bool = False,
+) -> None:
+    """The graph's interface: float32 ``pixels [batch, T, F]`` -> ``logits [batch, classes]``.
+
+    ``T`` is 28, or with ``dynamic_seq`` a symbolic axis that also reaches every LSTM node's
+    input (no node may see a fixed length). ``with_state`` adds inputs ``h_0``, ``c_0`` and
+    outputs ``h_n``, ``c_n`` (``[D * num_layers, batch, H_out]`` / ``[..., H]``). The batch axis
+    is symbolic everywhere. Raises ExportError listing every difference.
+    """
+    from lstm_export.export.metadata import STATE_INPUTS, STATE_OUTPUTS, state_shapes
+
+    time = "time" if dynamic_seq else 28
+    h_dims, c_dims = state_shapes(config)
+    want_in: list[tuple[str, list[int | str]]] = [(input_name, ["batch", time, config.input_size])]
+    want_out: list[tuple[str, list[int | str]]] = [(output_name, ["batch", config.num_classes])]
+    if with_state:
+        want_in += [(STATE_INPUTS[0], h_dims), (STATE_INPUTS[1], c_dims)]
+        want_out += [(STATE_OUTPUTS[0], h_dims), (STATE_OUTPUTS[1], c_dims)]
     problems = []
-    if len(audit.inputs) != 1 or len(audit.outputs) != 1:
-        problems.append(
-            f"expected 1 input and 1 output, got {len(audit.inputs)} and {len(audit.outputs)}"
-        )
-    else:
-        i, o = audit.inputs[0], audit.outputs[0]
-        if (i.name, i.dtype, *i.dims[1:]) != want_in or len(i.dims) != 3:
+    for kind, got, want in (("input", audit.inputs, want_in), ("output", audit.outputs, want_out)):
+        if [t.name for t in got] != [name for name, _ in want]:
             problems.append(
-                f"input is {i}, expected {input_name}: float32 [batch, 28, {config.input_size}]"
+                f"expected {kind}s {', '.join(n for n, _ in want)}, "
+                f"got {', '.join(t.name for t in got) or 'none'}"
             )
-        if (o.name, o.dtype, *o.dims[1:]) != want_out or len(o.dims) != 2:
+            continue
+        for t, (name, dims) in zip(got, want, strict=True):
+            if t.dtype != "float32" or not _dims_match(t.dims, dims):
+                shown = ", ".join("<symbolic>" if d == "time" else str(d) for d in dims)
+                problems.append(f"{kind} is {t}, expected {name}: float32 [{shown}]")
+            batch_axis = 0 if name in (input_name, output_name) else 1
+            if len(t.dims) > batch_axis and not isinstance(t.dims[batch_axis], str):
+                problems.append(
+                    f"the batch axis of {t.name} is fixed to {t.dims[batch_axis]}, not symbolic"
+                )
+    if dynamic_seq:
+        fixed = [n for n in audit.lstm_nodes if isinstance(n.time_axis, int)]
+        if fixed:
             problems.append(
-                f"output is {o}, expected {output_name}: float32 [batch, {config.num_classes}]"
+                "the time axis does not reach the LSTM: "
+                + ", ".join(f"node {n.name!r} runs {n.time_axis} fixed steps" for n in fixed)
             )
-        for t in (i, o):
-            if t.dims and not isinstance(t.dims[0], str):
-                problems.append(f"the batch axis of {t.name} is fixed to {t.dims[0]}, not symbolic")
     if problems:
         raise ExportError("exported graph has the wrong interface: " + "; ".join(problems))
+
+
+def _dims_match(got: list[int | str], want: list[int | str]) -> bool:
+    """Ints must be equal; ``"batch"``/``"time"`` in ``want`` need any symbolic dim."""
+    if len(got) != len(want):
+        return False
+    return all(
+        isinstance(g, str) if isinstance(w, str) else g == w for g, w in zip(got, want, strict=True)
+    )

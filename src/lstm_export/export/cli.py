@@ -1,4 +1,4 @@
-"""``lstm-export onnx``, ``lstm-export torchscript`` and ``lstm-export inspect``.
+"""``lstm-export onnx``, ``torchscript``, ``inspect`` and ``shapes``.
 
 The only module of the export stage that prints: results on stdout (or JSON with ``--json``),
 progress spinners and caveats on stderr. Heavy imports stay inside the commands.
@@ -34,7 +34,15 @@ class InspectDevice(str, Enum):
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        for name in ("by_provider", "max_abs_diff", "agreement", "control_flow"):
+        for name in (
+            "by_provider",
+            "max_abs_diff",
+            "agreement",
+            "control_flow",
+            "ok",
+            "holds",
+            "problems",
+        ):
             attr = getattr(type(value), name, None)
             if isinstance(attr, property):
                 out[name] = _jsonable(getattr(value, name))
@@ -117,10 +125,20 @@ def _print_validation(validation: Any) -> None:
     )
     if validation.structural:
         _line("checks", ", ".join(validation.structural))
+    lengths = sorted({c.seq_len for c in validation.checks})
     for c in validation.checks:
+        rows = f" x {c.seq_len}" if lengths != [28] else ""
         _line(
-            f"batch {c.batch}",
+            f"batch {c.batch}{rows}",
             f"max |logit diff| {c.max_abs_diff:.2e}, argmax agreement {c.agree}/{c.batch}",
+        )
+    for st in getattr(validation, "streams", []):
+        _line(
+            "stream",
+            f"{st.batch} digit(s) in chunks {'+'.join(str(n) for n in st.chunks)} with the state "
+            f"carried vs all at once: max |diff| (logits, h_n, c_n) {st.chunked:.2e}; "
+            f"eager PyTorch the same {st.eager_chunked:.2e}; vs eager {st.vs_eager:.2e}; "
+            f"stateless vs zero state {st.zero_state:.2e}",
         )
 
 
@@ -129,6 +147,7 @@ def _print_lstm(nodes: list[Any]) -> str:
         return "none"
     parts = [
         f"{n.op_type} {n.direction} hidden {n.hidden_size}"
+        + (f", time axis {n.time_axis}" if n.time_axis != "?" else "")
         + ("" if n.weights_are_initializers else " (weights computed in-graph)")
         for n in nodes
     ]
@@ -164,10 +183,25 @@ def onnx(
     fp16: bool = typer.Option(
         False, "--fp16", help="Also write <out>.fp16.onnx (float16 weights, float32 I/O; for GPUs)."
     ),
+    dynamic_seq: bool = typer.Option(
+        False,
+        "--dynamic-seq",
+        help="Symbolic time axis: the file takes any number of rows (validated at 1, 7, 28, 100).",
+    ),
+    with_state: bool = typer.Option(
+        False,
+        "--with-state",
+        help="Also take h_0, c_0 and return h_n, c_n, to feed rows in chunks (implies "
+        "--dynamic-seq; unidirectional models).",
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON on stdout."),
 ) -> None:
-    """Export a checkpoint to ONNX, prove it matches eager PyTorch, optionally int8 / fp16 too."""
+    """Export a checkpoint to ONNX, prove it matches eager PyTorch, optionally int8 / fp16 too.
+
+    `infer` feeds every file 28 rows (it resizes images to 28x28); --dynamic-seq files take
+    other lengths through the Python API.
+    """
     from lstm_export.errors import ConfigError
     from lstm_export.export.to_onnx import export_onnx
 
@@ -186,6 +220,8 @@ def onnx(
             tolerance=tolerance,
             data_dir=data_dir,
             progress=progress,
+            dynamic_seq=dynamic_seq,
+            with_state=with_state,
         )
     reports["onnx"] = report
     if not as_json:
@@ -297,10 +333,19 @@ def torchscript(
     tolerance: float = typer.Option(
         1e-4, "--tolerance", help="Largest allowed absolute logit difference in validation."
     ),
+    with_state: bool = typer.Option(
+        False,
+        "--with-state",
+        help="forward(x, h_0=None, c_0=None) -> (logits, h_n, c_n), to feed rows in chunks "
+        "(unidirectional models).",
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Export a checkpoint to TorchScript (scripted, frozen, optimised) and prove it."""
+    """Export a checkpoint to TorchScript (scripted, frozen, optimised) and prove it.
+
+    The file takes any number of rows; validation runs 1, 7, 28 and 100.
+    """
     from lstm_export.errors import ConfigError
     from lstm_export.export.to_torchscript import export_torchscript
 
@@ -316,6 +361,7 @@ def torchscript(
             tolerance=tolerance,
             data_dir=data_dir,
             progress=progress,
+            with_state=with_state,
         )
     if as_json:
         _print_json(report)
@@ -326,7 +372,12 @@ def torchscript(
         highlight=False,
         soft_wrap=True,
     )
-    _line("load", "torch.jit.load(path) -- no lstm_export import needed; any batch size")
+    _line(
+        "load",
+        "torch.jit.load(path) -- no lstm_export import needed; any batch size and number of rows",
+    )
+    if report.with_state:
+        _line("forward", "(x, h_0=None, c_0=None) -> (logits, h_n, c_n); None is zeros")
     _line("ops", _ops(report.op_counts))
     for note in report.notes:
         _line("note", note)
@@ -393,3 +444,71 @@ def inspect(
                 soft_wrap=True,
                 markup=False,
             )
+
+
+def shapes(
+    model: Path = typer.Argument(
+        ..., help="A checkpoint or run folder (everything measured), or a .onnx / .ts file."
+    ),
+    batch: int = typer.Option(3, "--batch", "-n", min=1, help="N: images in the batch run."),
+    seq_len: int = typer.Option(28, "--seq-len", "-t", min=1, help="T: rows (steps) fed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """nn.LSTM's arguments, every tensor's shape (formula and measured) and their identities.
+
+    A shape that differs from its formula, or an identity that fails, is an error (exit 1).
+    """
+    from lstm_export.export.shapes import check_shapes, measure_shapes
+
+    with _progress() as progress:
+        progress(f"running {model}", 0, 0)
+        report = measure_shapes(model, batch, seq_len)
+    if as_json:
+        _print_json(report)
+    else:
+        _print_shapes(report)
+    check_shapes(report)
+
+
+def _print_shapes(report: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    sym = report.symbols
+    console.print(
+        f"[bold]{escape(str(report.path))}[/]  {report.kind}; N={sym['N']} images of T={sym['T']} "
+        f"rows",
+        highlight=False,
+        soft_wrap=True,
+    )
+    args = Table(title="nn.LSTM arguments", title_justify="left", box=None, pad_edge=False)
+    for column in ("argument", "value", "meaning"):
+        args.add_column(column, overflow="fold")
+    for a in report.arguments:
+        args.add_row(a.name, escape(str(a.value)), escape(a.meaning))
+    console.print(args)
+    names = ("N", "T", "H_in", "H_cell", "H_out", "L", "D", "C")
+    console.print("  " + ", ".join(f"{k}={sym[k]}" for k in names), highlight=False, soft_wrap=True)
+    tensors = Table(title="tensors", title_justify="left", box=None, pad_edge=False)
+    for column in ("tensor", "formula", "expected", "measured", ""):
+        tensors.add_column(column, overflow="fold")
+
+    def shape(dims: Any) -> str:
+        return "-" if dims is None else "(" + ", ".join(str(d) for d in dims) + ")"
+
+    for t in report.tensors:
+        mark = "" if t.measured is None else ("[green]ok[/]" if t.ok else "[red]DIFFERS[/]")
+        note = f"  {escape(t.note)}" if t.note else ""
+        tensors.add_row(t.name, t.formula, shape(t.expected), shape(t.measured), mark + note)
+    console.print(tensors)
+    if report.identities:
+        console.print("[bold]identities[/] (on the run's numbers)")
+        for i in report.identities:
+            mark = "[green]holds[/]" if i.holds else "[red]FAILS[/]"
+            console.print(
+                f"  {mark}  {escape(i.statement)}  (max |diff| {i.max_abs_diff:.1e})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    for note in report.notes:
+        console.print(f"  [dim]{escape(note)}[/]", highlight=False, soft_wrap=True)

@@ -1,8 +1,11 @@
 """``lstm-export inspect``: what a ``.onnx``, ``.ts`` or ``.pt`` file holds.
 
-ONNX: opset(s), op counts, inputs and outputs with dims, LSTM nodes, metadata, and which
-execution provider each node runs on for the requested device. TorchScript: graph ops, forward
-signature, ``metadata.json``. Checkpoint: architecture, parameters, class names, metrics.
+ONNX: opset(s), op counts, inputs and outputs with dims (a symbolic time axis shows as
+``time``; a ``--with-state`` file adds ``h_0``, ``c_0`` and ``h_n``, ``c_n``), LSTM nodes with the
+time axis their input has after shape inference, metadata, and which execution provider each
+node runs on for the requested device. TorchScript: graph ops, forward signature (any number of
+rows; optional ``h_0``, ``c_0`` when stateful), ``metadata.json``. Checkpoint: architecture,
+parameters, class names, metrics.
 """
 
 from __future__ import annotations
@@ -123,16 +126,31 @@ def _inspect_onnx(path: Path, device: str) -> ModelInfo:
     )
 
 
-def _io_from_config(meta: dict[str, str]) -> tuple[list[TensorInfo], list[TensorInfo]]:
+def _io_from_config(
+    meta: dict[str, str], input_name: str = "x"
+) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """A TorchScript file's interface from its metadata: any number of rows, and the state
+    inputs and outputs of a ``--with-state`` file."""
+    from lstm_export.config import ModelConfig
+    from lstm_export.export.metadata import STATE_INPUTS, STATE_OUTPUTS, TIME_DIM, state_shapes
+
     try:
-        config = json.loads(meta["model_config"])
-        features, classes = int(config["input_size"]), int(config["num_classes"])
-    except (KeyError, ValueError, TypeError):
+        config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+    except Exception:  # no or an unreadable model_config: nothing to say
         return [], []
-    return (
-        [TensorInfo("x", "float32", ["batch", 28, features])],
-        [TensorInfo("logits", "float32", ["batch", classes])],
-    )
+    inputs = [TensorInfo(input_name, "float32", ["batch", TIME_DIM, config.input_size])]
+    outputs = [TensorInfo("logits", "float32", ["batch", config.num_classes])]
+    if "state_inputs" in meta:
+        h, c = state_shapes(config)
+        inputs += [
+            TensorInfo(STATE_INPUTS[0], "float32", h),
+            TensorInfo(STATE_INPUTS[1], "float32", c),
+        ]
+        outputs += [
+            TensorInfo(STATE_OUTPUTS[0], "float32", h),
+            TensorInfo(STATE_OUTPUTS[1], "float32", c),
+        ]
+    return inputs, outputs
 
 
 def _inspect_torchscript(path: Path) -> ModelInfo:
@@ -170,6 +188,7 @@ def _inspect_torchscript(path: Path) -> ModelInfo:
         parameters=sum(p.numel() for p in module.parameters()) or None,
         details={
             "forward": f"({', '.join(signature)}) -> {next(iter(graph.outputs())).type()}",
+            "seq_len": "any (scripted LSTM)",
             "frozen": not any(True for _ in module.parameters()),
         },
     )
@@ -198,7 +217,7 @@ def _inspect_checkpoint(path: Path) -> ModelInfo:
         file_size=path.stat().st_size,
         sha256=source.sha256,
         ops=dict(modules.most_common()),
-        inputs=[TensorInfo("x", "float32", ["batch", 28, config.input_size])],
+        inputs=[TensorInfo("x", "float32", ["batch", "time", config.input_size])],
         outputs=[TensorInfo("logits", "float32", ["batch", config.num_classes])],
         metadata=meta,
         parameters=sum(p.numel() for p in model.parameters()),

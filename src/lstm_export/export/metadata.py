@@ -5,7 +5,9 @@ Every value is a string. Keys read by the runners and other stages:
 ``class_names`` (comma-separated), ``preprocessing`` (JSON), ``source_checkpoint_sha256``,
 ``test_accuracy`` (0..1, when the checkpoint recorded it), ``lstm_export_version``; plus
 ``model_config`` (JSON), ``torch_version``, ``exporter``, ``format``, ``input``, ``output``,
-``created`` and, for derived files, ``precision`` and ``source_onnx_sha256``.
+``seq_len`` (``28``, or ``any`` when the time axis is symbolic), ``created`` and, for derived
+files, ``precision`` and ``source_onnx_sha256``. A file exported with ``--with-state`` also has
+``state_inputs`` and ``state_outputs`` (their presence is how the runners know it streams).
 """
 
 from __future__ import annotations
@@ -17,21 +19,46 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import onnx
 
+    from lstm_export.config import ModelConfig
     from lstm_export.export.source import Source
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
+#: the symbolic time axis (rows, LSTM steps) of a ``--dynamic-seq`` / ``--with-state`` graph
+TIME_DIM = "time"
+#: initial state inputs and final state outputs of a ``--with-state`` graph
+STATE_INPUTS = ("h_0", "c_0")
+STATE_OUTPUTS = ("h_n", "c_n")
 
 
-def source_metadata(source: Source, *, exporter: str, fmt: str) -> dict[str, str]:
-    """The metadata every file exported from ``source`` carries."""
+def state_shapes(config: ModelConfig) -> tuple[list[int | str], list[int | str]]:
+    """Dims of ``h`` and of ``c``: ``[D * num_layers, batch, H_out]`` and ``[..., H]``."""
+    return (
+        [config.state_layers, BATCH_DIM, config.output_size],
+        [config.state_layers, BATCH_DIM, config.hidden_size],
+    )
+
+
+def _dims(dims: list[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def source_metadata(
+    source: Source, *, exporter: str, fmt: str, dynamic_seq: bool = False, with_state: bool = False
+) -> dict[str, str]:
+    """The metadata every file exported from ``source`` carries.
+
+    ``dynamic_seq``: the time axis is symbolic (any number of rows); ``with_state``: the graph
+    also takes ``h_0``, ``c_0`` and returns ``h_n``, ``c_n``.
+    """
     import torch
 
     from lstm_export import __version__
 
     ckpt = source.checkpoint
     config = source.config
+    time = TIME_DIM if dynamic_seq or with_state else 28
     meta: dict[str, str] = {
         "format": fmt,
         "class_names": ",".join(str(c) for c in ckpt["class_names"]),
@@ -41,11 +68,23 @@ def source_metadata(source: Source, *, exporter: str, fmt: str) -> dict[str, str
         "torch_version": str(torch.__version__),
         "exporter": exporter,
         "model_config": json.dumps(config.to_dict(), sort_keys=True),
-        "input": f"{INPUT_NAME}: float32 [{BATCH_DIM}, 28, {config.input_size}], raw pixels in [0, 1]",
+        "input": f"{INPUT_NAME}: float32 [{BATCH_DIM}, {time}, {config.input_size}], "
+        "raw pixels in [0, 1], one image row per step",
         "output": f"{OUTPUT_NAME}: float32 [{BATCH_DIM}, {config.num_classes}]",
+        "seq_len": "any" if time == TIME_DIM else "28",
         "precision": "fp32",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if with_state:
+        h, c = state_shapes(config)
+        meta["state_inputs"] = (
+            f"{STATE_INPUTS[0]}: float32 {_dims(h)}, {STATE_INPUTS[1]}: float32 {_dims(c)}; "
+            "zeros give the stateless answer"
+        )
+        meta["state_outputs"] = (
+            f"{STATE_OUTPUTS[0]}: float32 {_dims(h)}, {STATE_OUTPUTS[1]}: float32 {_dims(c)}; "
+            "feed them as the next chunk's h_0, c_0"
+        )
     metrics: dict[str, Any] = ckpt.get("metrics") or {}
     if isinstance(metrics.get("test_accuracy"), (int, float)):
         meta["test_accuracy"] = f"{float(metrics['test_accuracy']):.6g}"

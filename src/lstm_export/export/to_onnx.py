@@ -2,6 +2,22 @@
 
 The graph takes ``pixels`` float32 ``[batch, 28, 28]`` (raw pixels in [0, 1]) and returns
 ``logits`` float32 ``[batch, classes]``; the batch axis is symbolic (named ``batch``).
+
+``dynamic_seq`` (``--dynamic-seq``): the time axis is symbolic too, ``[batch, time, 28]``, and
+reaches every LSTM node (checked on the graph), so the file takes any number of rows T >= 1:
+a prefix of a digit's rows, or a taller image. It is validated against eager PyTorch at 1, 7,
+28 and 100 rows. ``lstm-export infer`` still feeds 28 rows: it resizes every image to 28x28
+before the model sees it (pad to a square, resize; or ``--fit``), whatever the file takes;
+other lengths go through the Python API (``runner.infer(x)`` with x (N, T, 28)).
+
+``with_state`` (``--with-state``, implies ``dynamic_seq``): the graph also takes ``h_0``
+``[D*num_layers, batch, H_out]`` and ``c_0`` ``[..., H]`` and returns ``h_n``, ``c_n`` beside the
+logits, so a stream of rows can be fed in chunks (``Runner.step`` / ``Runner.stream``). Zeros
+for ``h_0``, ``c_0`` give the stateless answer; the runners feed zeros in ``infer``. Validation
+also feeds 28 rows in chunks of 7+7+14 and requires the logits and states of all 28 at once.
+Bidirectional models cannot stream (see :func:`lstm_export.model.check_streamable`).
+
+``proj_size`` models are refused: ONNX's LSTM has no projection of the hidden state.
 """
 
 from __future__ import annotations
@@ -21,6 +37,9 @@ from lstm_export.export.metadata import (
     BATCH_DIM,
     INPUT_NAME,
     OUTPUT_NAME,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    TIME_DIM,
     set_onnx_metadata,
     source_metadata,
 )
@@ -29,7 +48,10 @@ from lstm_export.export.quiet import quiet_exporters
 from lstm_export.export.source import load_source
 from lstm_export.export.validate import (
     DEFAULT_TOLERANCE,
+    STREAM_BATCHES,
     ValidationReport,
+    describe_checks,
+    length_batches,
     load_test_set,
     make_batches,
     validate_onnx,
@@ -39,6 +61,7 @@ from lstm_export.fileio import atomic_path, check_writable_file
 if TYPE_CHECKING:
     import onnx
 
+    from lstm_export.config import ModelConfig
     from lstm_export.model import LSTMClassifier
 
 log = logging.getLogger(__name__)
@@ -71,6 +94,8 @@ class OnnxExportReport:
     export_seconds: float
     validate_seconds: float
     constants_folded: bool
+    dynamic_seq: bool = False
+    with_state: bool = False
 
 
 def opset_range(exporter: Exporter) -> tuple[int, int]:
@@ -98,23 +123,93 @@ def resolve_opset(opset: int | None, exporter: Exporter) -> int:
     return wanted
 
 
-def _example_input(model: LSTMClassifier) -> Any:
+@dataclass(frozen=True)
+class Interface:
+    """What the exported graph takes and returns."""
+
+    dynamic_seq: bool = False
+    with_state: bool = False
+
+    @property
+    def input_names(self) -> list[str]:
+        return [INPUT_NAME, *STATE_INPUTS] if self.with_state else [INPUT_NAME]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [OUTPUT_NAME, *STATE_OUTPUTS] if self.with_state else [OUTPUT_NAME]
+
+
+def check_onnx_exportable(config: ModelConfig, interface: Interface) -> None:
+    """Refuse, before exporting, what ONNX cannot express (ExportError, ConfigError)."""
+    if config.proj_size:
+        raise ExportError(
+            f"this model has proj_size={config.proj_size}, which ONNX cannot express: the ONNX "
+            "LSTM operator has no projection of the hidden state (PyTorch multiplies h by a "
+            f"learned {config.proj_size}x{config.hidden_size} matrix inside the recurrence). "
+            "Export it with `lstm-export torchscript` instead"
+        )
+    if interface.with_state:
+        from lstm_export.model import check_streamable
+
+        check_streamable(config)
+
+
+def _module_and_args(model: LSTMClassifier, interface: Interface) -> tuple[Any, tuple[Any, ...]]:
+    """The module to export and its example inputs (3 images of 28 rows)."""
     import torch
 
-    return torch.rand(3, 28, model.config.input_size, generator=torch.Generator().manual_seed(0))
+    from lstm_export.model import StatefulClassifier
+
+    x = torch.rand(3, 28, model.config.input_size, generator=torch.Generator().manual_seed(0))
+    if not interface.with_state:
+        return model, (x,)
+    config = model.config
+    h_0 = torch.zeros(config.state_layers, 3, config.output_size)
+    c_0 = torch.zeros(config.state_layers, 3, config.hidden_size)
+    return StatefulClassifier(model).eval(), (x, h_0, c_0)
 
 
-def _export_dynamo(model: LSTMClassifier, opset: int) -> onnx.ModelProto:
+def _fresh_trace_state() -> None:
+    """Forget what earlier traces in this process cached about aten::lstm.
+
+    For a dynamic time axis the dynamo exporter swaps in a while-loop LSTM decomposition while it
+    traces (torch 2.14). Two caches outlive a trace and make every later export in the process
+    silently specialise the time axis to the example's 28 rows: aten::lstm's dispatch cache,
+    which keeps the unrolled decomposition (the while loop is then never called), and dynamo's
+    compiled frames of the while loop's body, which keep the static shapes of an earlier
+    batch-only export. :func:`lstm_export.export.audit.check_io` refuses such a graph; clearing
+    both caches before each export keeps the axis symbolic. (``torch._dynamo.reset`` also drops
+    anything else this process compiled with ``torch.compile``; it recompiles on next use.)
+    """
+    import torch
+
+    packet = torch.ops.aten.lstm
+    for name in packet.overloads():
+        cache = getattr(getattr(packet, name), "_dispatch_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+    torch._dynamo.reset()
+
+
+def _export_dynamo(model: LSTMClassifier, opset: int, interface: Interface) -> onnx.ModelProto:
     import torch
 
     batch = torch.export.Dim(BATCH_DIM)
+    pixels: dict[int, Any] = {0: batch}
+    if interface.dynamic_seq:
+        pixels[1] = torch.export.Dim(TIME_DIM)
+    dynamic_shapes: tuple[Any, ...] = (pixels,)
+    if interface.with_state:
+        dynamic_shapes += ({1: batch}, {1: batch})
+    module, args = _module_and_args(model, interface)
+    _fresh_trace_state()
     program = torch.onnx.export(
-        model,
-        (_example_input(model),),
+        module,
+        args,
         dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},),
+        input_names=interface.input_names,
+        output_names=interface.output_names,
+        dynamic_shapes=dynamic_shapes,
         opset_version=opset,
         optimize=True,
         verbose=False,
@@ -125,20 +220,26 @@ def _export_dynamo(model: LSTMClassifier, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def _export_legacy(model: LSTMClassifier, opset: int) -> onnx.ModelProto:
+def _export_legacy(model: LSTMClassifier, opset: int, interface: Interface) -> onnx.ModelProto:
     import onnx
     import torch
 
+    axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}}
+    if interface.dynamic_seq:
+        axes[INPUT_NAME][1] = TIME_DIM
+    if interface.with_state:
+        axes.update({name: {1: BATCH_DIM} for name in (*STATE_INPUTS, *STATE_OUTPUTS)})
+    module, args = _module_and_args(model, interface)
     with tempfile.TemporaryDirectory(prefix="lstm-export-legacy-") as work:
         path = Path(work) / "model.onnx"
         torch.onnx.export(
-            model,
-            (_example_input(model),),
+            module,
+            args,
             str(path),
             dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+            input_names=interface.input_names,
+            output_names=interface.output_names,
+            dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=True,
         )
@@ -174,33 +275,43 @@ def export_onnx(
     tolerance: float = DEFAULT_TOLERANCE,
     data_dir: Path | None = None,
     progress: ProgressFn | None = None,
+    dynamic_seq: bool = False,
+    with_state: bool = False,
 ) -> OnnxExportReport:
     """Export a checkpoint (run folder or ``.pt``) to ONNX; default output ``model.onnx`` beside it.
 
     The file is written under a temporary name, checked (native LSTM ops, interface, metadata,
     ``onnx.checker``, shape inference, ONNX Runtime CPU vs eager PyTorch at batch 1, 7 and 512
     within ``tolerance`` with every argmax equal) and only then renamed onto ``out``.
+    ``dynamic_seq``: symbolic time axis, validated at 1, 7, 28 and 100 rows; ``with_state``:
+    ``h_0``/``c_0`` in, ``h_n``/``c_n`` out, validated fed in chunks too (module docstring).
     Raises CheckpointError, ConfigError, OutputError, DataError, ExportError or ValidationError.
     """
     import onnx
 
     if not tolerance > 0:
         raise ConfigError(f"tolerance must be > 0, got {tolerance}")
+    interface = Interface(dynamic_seq=dynamic_seq or with_state, with_state=with_state)
     exporter = Exporter.legacy if legacy else Exporter.dynamo
     wanted_opset = resolve_opset(opset, exporter)
     status(progress, "loading checkpoint")
     source = load_source(checkpoint)
+    check_onnx_exportable(source.config, interface)
     target = check_writable_file(
         Path(out) if out is not None else Artifact.onnx.beside(source.path)
     )
-    batches = make_batches(load_test_set(data_dir)[0]) if validate else None
+    batches = streams = None
+    if validate:
+        images = load_test_set(data_dir)[0]
+        batches = length_batches(images) if interface.dynamic_seq else make_batches(images)
+        streams = make_batches(images, STREAM_BATCHES) if interface.with_state else []
 
     status(progress, f"exporting with the {exporter.value} exporter (opset {wanted_opset})")
     t0 = time.perf_counter()
     try:
         with quiet_exporters():
             export = _export_legacy if legacy else _export_dynamo
-            proto = export(source.model, wanted_opset)
+            proto = export(source.model, wanted_opset, interface)
             proto, folded = fold_constants(proto)
     except ExportError:
         raise
@@ -217,15 +328,34 @@ def export_onnx(
             f"it produced opset {got_opset}{hint}"
         )
     exporter_name = f"torch.onnx {'legacy TorchScript-based' if legacy else 'dynamo'} exporter"
-    meta = source_metadata(source, exporter=exporter_name, fmt="onnx")
+    meta = source_metadata(
+        source,
+        exporter=exporter_name,
+        fmt="onnx",
+        dynamic_seq=interface.dynamic_seq,
+        with_state=interface.with_state,
+    )
     set_onnx_metadata(proto, meta)
+    rows = TIME_DIM if interface.dynamic_seq else "28"
+    state = (
+        "; h_0, c_0 in and h_n, c_n out (zeros: the stateless answer)"
+        if interface.with_state
+        else ""
+    )
     proto.doc_string = (
-        "MNIST row-by-row LSTM classifier: pixels float32 [batch, 28, 28] in [0, 1] -> "
-        "logits float32 [batch, classes]. Exported by lstm-export."
+        f"MNIST row-by-row LSTM classifier: pixels float32 [batch, {rows}, 28] in [0, 1] -> "
+        f"logits float32 [batch, classes]{state}. Exported by lstm-export."
     )
     audit = audit_onnx(proto)
     check_native_lstm(audit, source.config)
-    check_io(audit, source.config, INPUT_NAME, OUTPUT_NAME)
+    check_io(
+        audit,
+        source.config,
+        INPUT_NAME,
+        OUTPUT_NAME,
+        dynamic_seq=interface.dynamic_seq,
+        with_state=interface.with_state,
+    )
     export_seconds = time.perf_counter() - t0
 
     validation = None
@@ -233,8 +363,10 @@ def export_onnx(
     with atomic_path(target) as tmp:
         onnx.save_model(proto, str(tmp))
         if batches is not None:
-            status(progress, "validating against eager PyTorch (batch 1, 7, 512)")
-            validation = validate_onnx(tmp, source.path, batches, tolerance)
+            status(
+                progress, f"validating against eager PyTorch ({describe_checks(batches, streams)})"
+            )
+            validation = validate_onnx(tmp, source.path, batches, tolerance, streams=streams or ())
         else:
             log.warning("validation skipped: %s is unchecked", target)
     size = target.stat().st_size
@@ -252,4 +384,6 @@ def export_onnx(
         export_seconds=export_seconds,
         validate_seconds=time.perf_counter() - t1,
         constants_folded=folded,
+        dynamic_seq=interface.dynamic_seq,
+        with_state=interface.with_state,
     )

@@ -4,6 +4,14 @@ The module is scripted (not traced) so that nothing device-specific is baked in:
 initial state is created on the input's device, and ``torch.jit.load(path, map_location="cuda")``
 works. It loads with plain ``torch.jit.load`` in a process that never imports ``lstm_export``,
 and carries its metadata as ``_extra_files={"metadata.json": ...}`` (a JSON object of strings).
+
+A scripted LSTM takes any number of rows: ``module(x)`` with x (N, T, 28) for any T >= 1, which
+validation proves at 1, 7, 28 and 100 rows (a prefix of each digit's rows, or digits stacked
+into a taller image). ``lstm-export infer`` still feeds 28 rows (it resizes every image to 28x28).
+
+``with_state`` (``--with-state``): ``module(x, h_0=None, c_0=None) -> (logits, h_n, c_n)``, where
+a missing state is zeros (the stateless answer), so a stream of rows can be fed in chunks;
+validation feeds 28 rows in chunks of 7+7+14 and requires the logits and states of all at once.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from lstm_export.export.quiet import quiet_exporters
 from lstm_export.export.source import load_source
 from lstm_export.export.validate import (
     DEFAULT_TOLERANCE,
+    STREAM_BATCHES,
     ValidationReport,
+    describe_checks,
+    length_batches,
     load_test_set,
     make_batches,
     validate_export,
@@ -56,6 +67,7 @@ class TorchScriptExportReport:
     export_seconds: float
     validate_seconds: float
     notes: list[str] = field(default_factory=list)
+    with_state: bool = False
 
 
 def graph_op_counts(graph: Any) -> dict[str, int]:
@@ -81,7 +93,7 @@ def _is_portable(module: Any) -> bool:
     )
 
 
-def build_scripted(model: LSTMClassifier) -> tuple[Any, bool, list[str]]:
+def build_scripted(model: LSTMClassifier | Any) -> tuple[Any, bool, list[str]]:
     """Script, freeze and optimise ``model``: ``(module, optimized, notes)``.
 
     ``torch.jit.optimize_for_inference`` may bake in machine-specific (MKLDNN) ops; when it does,
@@ -111,34 +123,47 @@ def export_torchscript(
     tolerance: float = DEFAULT_TOLERANCE,
     data_dir: Path | None = None,
     progress: ProgressFn | None = None,
+    with_state: bool = False,
 ) -> TorchScriptExportReport:
     """Export a checkpoint (run folder or ``.pt``) to TorchScript; default ``model.ts`` beside it.
 
     The saved file is reloaded with ``torch.jit.load`` and compared with eager PyTorch on MNIST
-    test images at batch 1, 7 and 512 (``tolerance`` on logits, every argmax equal) before it is
-    renamed onto ``out``.
+    test images at batch 1, 7 and 512 of 28 rows and 1, 7 and 64 of 1, 7 and 100 rows (``tolerance`` on logits,
+    every argmax equal), and with ``with_state`` fed in chunks too, before it is renamed onto
+    ``out``.
     """
     import torch
+
+    from lstm_export.model import StatefulClassifier, check_streamable
 
     if not tolerance > 0:
         raise ConfigError(f"tolerance must be > 0, got {tolerance}")
     status(progress, "loading checkpoint")
     source = load_source(checkpoint)
+    if with_state:
+        check_streamable(source.config)
     target = check_writable_file(
         Path(out) if out is not None else Artifact.torchscript.beside(source.path)
     )
-    batches = make_batches(load_test_set(data_dir)[0]) if validate else None
+    batches = streams = None
+    if validate:
+        images = load_test_set(data_dir)[0]
+        batches = length_batches(images)
+        streams = make_batches(images, STREAM_BATCHES) if with_state else []
 
     status(progress, "scripting, freezing and optimising")
     t0 = time.perf_counter()
     try:
         with quiet_exporters():
-            module, optimized, notes = build_scripted(source.model)
+            model = StatefulClassifier(source.model).eval() if with_state else source.model
+            module, optimized, notes = build_scripted(model)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"TorchScript export failed: {first[:300]}") from exc
     method = "torch.jit.script + freeze" + (" + optimize_for_inference" if optimized else "")
-    meta = source_metadata(source, exporter=method, fmt="torchscript")
+    meta = source_metadata(
+        source, exporter=method, fmt="torchscript", dynamic_seq=True, with_state=with_state
+    )
     op_counts = graph_op_counts(module.graph)
     export_seconds = time.perf_counter() - t0
 
@@ -148,7 +173,9 @@ def export_torchscript(
         with quiet_exporters():
             torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
         if batches is not None:
-            status(progress, "validating against eager PyTorch (batch 1, 7, 512)")
+            status(
+                progress, f"validating against eager PyTorch ({describe_checks(batches, streams)})"
+            )
             with quiet_exporters():
                 validation = validate_export(
                     tmp,
@@ -157,6 +184,7 @@ def export_torchscript(
                     batches,
                     tolerance,
                     candidate_name="TorchScript",
+                    streams=streams or (),
                 )
             validation.structural = ["reloaded with torch.jit.load"]
         else:
@@ -176,4 +204,5 @@ def export_torchscript(
         export_seconds=export_seconds,
         validate_seconds=time.perf_counter() - t1,
         notes=notes,
+        with_state=with_state,
     )

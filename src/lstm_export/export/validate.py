@@ -5,15 +5,25 @@ run), on real MNIST test images at several batch sizes (default 1, an odd 7 and 
 disjoint slices of the test set). The largest absolute logit difference must stay within a
 tolerance and every argmax must agree (:mod:`lstm_export.parity`); otherwise
 :class:`ValidationError` says what differed.
+
+A file that takes any number of rows (TorchScript, ONNX with ``--dynamic-seq``) is checked at
+each of :data:`DEFAULT_LENGTHS` rows, at batch 1, 7 and 512 for 28 rows and 1, 7 and 64 for the
+other lengths (:func:`length_batches`): a prefix of each digit's rows for
+fewer than 28, digits stacked one above the next (a taller image) for more. A file exported with
+``--with-state`` is also fed 28 rows in chunks (:data:`STREAM_CHUNKS`), carrying the state
+from chunk to chunk, and must end with the logits and state of all rows fed at once, as eager
+PyTorch does the same (:class:`StreamCheck`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,32 +33,79 @@ from lstm_export.errors import DataError, ModelLoadError, ValidationError
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCHES: tuple[int, ...] = (1, 7, 512)
+#: sequence lengths (rows) a file with a symbolic time axis is checked at
+DEFAULT_LENGTHS: tuple[int, ...] = (1, 7, 28, 100)
+#: batch sizes at the lengths other than 28 (28 rows use DEFAULT_BATCHES)
+LENGTH_BATCHES: tuple[int, ...] = (1, 7, 64)
+#: how the 28 rows of a digit are split to check that a stateful file carries its state
+STREAM_CHUNKS: tuple[int, ...] = (7, 7, 14)
+#: batch sizes of that check
+STREAM_BATCHES: tuple[int, ...] = (1, 64)
 DEFAULT_TOLERANCE = 1e-4
+IMAGE_ROWS = 28
 
 
 @dataclass(frozen=True)
 class Batch:
-    """``images`` float32 (N, 28, 28) taken from test-set position ``offset`` onwards."""
+    """``images`` float32 (N, T, 28) made from test images ``offset`` onwards.
+
+    Each item is ``digits`` consecutive test images stacked vertically and cut to T rows
+    (one image for T <= 28: its first T rows).
+    """
 
     offset: int
     images: np.ndarray
+    digits: int = 1
 
     @property
     def size(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def seq_len(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def label(self) -> str:
+        """``batch 7``, or ``batch 7 x 100 rows`` when not 28 rows."""
+        rows = "" if self.seq_len == IMAGE_ROWS else f" x {self.seq_len} rows"
+        return f"batch {self.size}{rows}"
+
 
 @dataclass(frozen=True)
 class BatchCheck:
-    """Candidate vs reference on one batch."""
+    """Candidate vs reference on one batch of ``batch`` images of ``seq_len`` rows."""
 
     batch: int
     max_abs_diff: float
     agree: int
+    seq_len: int = IMAGE_ROWS
 
     @property
     def agreement(self) -> float:
         return self.agree / self.batch
+
+
+@dataclass(frozen=True)
+class StreamCheck:
+    """A stateful file fed ``batch`` digits in ``chunks`` of rows, the state carried over.
+
+    Each figure is the largest absolute difference over logits, ``h_n`` and ``c_n``:
+    ``chunked``: the file chunked vs the file all at once; ``eager_chunked``: the same for eager
+    PyTorch; ``vs_eager``: the file vs eager PyTorch, all at once; ``zero_state``: the file's
+    stateless answer (``infer``) vs starting from a zero state.
+    """
+
+    batch: int
+    chunks: tuple[int, ...]
+    chunked: float
+    eager_chunked: float
+    vs_eager: float
+    zero_state: float
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(self.chunked, self.eager_chunked, self.vs_eager, self.zero_state)
 
 
 @dataclass
@@ -61,10 +118,16 @@ class ValidationReport:
     checks: list[BatchCheck]
     structural: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    streams: list[StreamCheck] = field(default_factory=list)
 
     @property
     def max_abs_diff(self) -> float:
         return max((c.max_abs_diff for c in self.checks), default=0.0)
+
+    @property
+    def seq_lens(self) -> list[int]:
+        """The sequence lengths checked, in order."""
+        return sorted({c.seq_len for c in self.checks})
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -85,14 +148,48 @@ def load_test_set(
     return to_model_input(split.images), split.labels
 
 
-def make_batches(images: np.ndarray, sizes: Sequence[int] = DEFAULT_BATCHES) -> list[Batch]:
-    """Disjoint consecutive slices of ``images``, one per requested size."""
-    if sum(sizes) > len(images):
-        raise ValidationError(f"batches {list(sizes)} need {sum(sizes)} images, have {len(images)}")
+def make_batches(
+    images: np.ndarray,
+    sizes: Sequence[int] = DEFAULT_BATCHES,
+    lengths: Sequence[int] = (IMAGE_ROWS,),
+) -> list[Batch]:
+    """One batch per length and size (lengths outer), from disjoint consecutive test images.
+
+    ``images`` (N, 28, 28). A length T <= 28 takes each digit's first T rows; a longer one
+    stacks ceil(T / 28) consecutive digits one above the next and keeps the first T rows.
+    """
+    return _batches(images, [(t, n) for t in lengths for n in sizes])
+
+
+def length_batches(
+    images: np.ndarray,
+    lengths: Sequence[int] = DEFAULT_LENGTHS,
+    sizes: Sequence[int] = DEFAULT_BATCHES,
+    other_sizes: Sequence[int] = LENGTH_BATCHES,
+) -> list[Batch]:
+    """Batches for a file that takes any number of rows: ``sizes`` at 28 rows and
+    ``other_sizes`` at each other length of ``lengths`` (in the order of ``lengths``)."""
+    return _batches(
+        images, [(t, n) for t in lengths for n in (sizes if t == IMAGE_ROWS else other_sizes)]
+    )
+
+
+def _batches(images: np.ndarray, plan: Sequence[tuple[int, int]]) -> list[Batch]:
+    """A batch per ``(length, size)`` of ``plan``, from disjoint consecutive images."""
+    if any(t < 1 or n < 1 for t, n in plan):
+        raise ValidationError(f"batch sizes and lengths must be >= 1, got {list(plan)}")
+    rows = images.shape[1]
+    need = sum(n * -(-t // rows) for t, n in plan)
+    if need > len(images):
+        sizes = [n for _, n in plan]
+        raise ValidationError(f"batches {sizes} need {need} images, have {len(images)}")
     batches, offset = [], 0
-    for size in sizes:
-        batches.append(Batch(offset, np.ascontiguousarray(images[offset : offset + size])))
-        offset += size
+    for length, size in plan:
+        digits = -(-length // rows)
+        block = images[offset : offset + size * digits]
+        stacked = block.reshape(size, digits * rows, *images.shape[2:])[:, :length]
+        batches.append(Batch(offset, np.ascontiguousarray(stacked), digits))
+        offset += size * digits
     return batches
 
 
@@ -126,9 +223,14 @@ def validate_export(
     tolerance: float = DEFAULT_TOLERANCE,
     *,
     candidate_name: str,
+    streams: Sequence[Batch] = (),
+    chunks: Sequence[int] = STREAM_CHUNKS,
 ) -> ValidationReport:
     """Run ``path`` with the ``backend`` runner and the checkpoint with the eager runner (both on
-    the CPU) on every batch; ValidationError listing every batch that differs."""
+    the CPU) on every batch; ValidationError listing every batch that differs.
+
+    ``streams``: batches to feed a stateful file in ``chunks`` of rows (see :class:`StreamCheck`).
+    """
     from lstm_export.infer.registry import make_runner
 
     t0 = time.perf_counter()
@@ -149,10 +251,17 @@ def validate_export(
             ref_logits = reference.infer(batch.images)
             got = parity.compare(got_logits, ref_logits)
             agree = batch.size - got.disagreements
-            checks.append(BatchCheck(batch=batch.size, max_abs_diff=got.max_abs_diff, agree=agree))
+            checks.append(
+                BatchCheck(
+                    batch=batch.size,
+                    max_abs_diff=got.max_abs_diff,
+                    agree=agree,
+                    seq_len=batch.seq_len,
+                )
+            )
             log.info(
-                "batch %d: max |diff| %.3g, argmax %d/%d",
-                batch.size,
+                "%s: max |diff| %.3g, argmax %d/%d",
+                batch.label,
                 got.max_abs_diff,
                 agree,
                 batch.size,
@@ -161,11 +270,16 @@ def validate_export(
             if got.first_disagreement is not None:  # the argmax problem is the last one listed
                 first = got.first_disagreement
                 found[-1] += (
-                    f" (first: test image #{batch.offset + first}, eager PyTorch "
+                    f" (first: test image #{batch.offset + first * batch.digits}, eager PyTorch "
                     f"{int(ref_logits[first].argmax())}, {candidate_name} "
                     f"{int(got_logits[first].argmax())})"
                 )
-            failures += [f"batch {batch.size}: {problem}" for problem in found]
+            failures += [f"{batch.label}: {problem}" for problem in found]
+        stream_checks = []
+        for batch in streams:
+            check, found = _check_stream(candidate, reference, batch, chunks, tolerance)
+            stream_checks.append(check)
+            failures += [f"{batch.size} digit(s) in chunks {list(chunks)}: {p}" for p in found]
         description = candidate.description
     if failures:
         raise ValidationError(
@@ -177,7 +291,62 @@ def validate_export(
         tolerance=tolerance,
         checks=checks,
         seconds=time.perf_counter() - t0,
+        streams=stream_checks,
     )
+
+
+def _max_diff(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
+    if [a.shape for a in got] != [b.shape for b in want]:
+        raise ValidationError(
+            f"shapes {[tuple(a.shape) for a in got]} differ from {[tuple(b.shape) for b in want]}"
+        )
+    return max(
+        float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+        for a, b in zip(got, want, strict=True)
+    )
+
+
+def _run_stream(runner: Any, x: np.ndarray, chunks: Sequence[int]) -> tuple[list, list]:
+    """``([logits, h_n, c_n] all at once, [logits, h_n, c_n] after the chunks)``."""
+    logits, state = runner.step(x)
+    whole = [logits, state.h, state.c]
+    pieces = [x[:, a:b] for a, b in itertools.pairwise(np.cumsum([0, *chunks]))]
+    *_, (logits, state) = runner.stream(pieces)  # the state after the last chunk
+    return whole, [logits, state.h, state.c]
+
+
+def _check_stream(
+    candidate: Any, reference: Any, batch: Batch, chunks: Sequence[int], tolerance: float
+) -> tuple[StreamCheck, list[str]]:
+    """Feed ``batch`` in ``chunks`` and at once to both runners: the check and its problems."""
+    if sum(chunks) != batch.seq_len or any(n < 1 for n in chunks):
+        raise ValidationError(f"chunks {list(chunks)} do not split {batch.seq_len} rows")
+    whole, chunked = _run_stream(candidate, batch.images, chunks)
+    ref_whole, ref_chunked = _run_stream(reference, batch.images, chunks)
+    check = StreamCheck(
+        batch=batch.size,
+        chunks=tuple(chunks),
+        chunked=_max_diff(chunked, whole),
+        eager_chunked=_max_diff(ref_chunked, ref_whole),
+        vs_eager=max(_max_diff(whole, ref_whole), _max_diff(chunked, ref_chunked)),
+        zero_state=_max_diff([candidate.infer(batch.images)], whole[:1]),
+    )
+    log.info("stream of %d in chunks %s: max |diff| %.3g", batch.size, chunks, check.max_abs_diff)
+    names = {
+        "chunked": "chunked vs all at once",
+        "eager_chunked": "eager PyTorch chunked vs all at once",
+        "vs_eager": "vs eager PyTorch",
+        "zero_state": "stateless answer vs a zero state",
+    }
+    found = [
+        f"{label}: max |diff| (logits, h_n, c_n) {getattr(check, key):.3g} > tolerance "
+        f"{tolerance:.3g}"
+        for key, label in names.items()
+        if not getattr(check, key) <= tolerance
+    ]
+    if not np.array_equal(chunked[0].argmax(1), ref_whole[0].argmax(1)):
+        found.append("argmax after the last chunk differs from eager PyTorch all at once")
+    return check, found
 
 
 def validate_onnx(
@@ -185,13 +354,34 @@ def validate_onnx(
     checkpoint: Path,
     batches: Sequence[Batch],
     tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    streams: Sequence[Batch] = (),
 ) -> ValidationReport:
-    """Structural checks, then ONNX Runtime (CPU) vs eager PyTorch on ``batches``."""
+    """Structural checks, then ONNX Runtime (CPU) vs eager PyTorch on ``batches`` (and, for a
+    stateful file, fed in chunks: ``streams``)."""
     t0 = time.perf_counter()
     structural = check_onnx_file(path)
     report = validate_export(
-        path, "onnxruntime", checkpoint, batches, tolerance, candidate_name="ONNX Runtime (CPU)"
+        path,
+        "onnxruntime",
+        checkpoint,
+        batches,
+        tolerance,
+        candidate_name="ONNX Runtime (CPU)",
+        streams=streams,
     )
     report.structural = structural
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def describe_checks(batches: Sequence[Batch], streams: Sequence[Batch] | None = None) -> str:
+    """``batch 1, 7, 512 at 1, 7, 28, 100 rows; in chunks 7+7+14`` for progress lines."""
+    sizes = list(dict.fromkeys(b.size for b in batches))
+    lengths = list(dict.fromkeys(b.seq_len for b in batches))
+    text = "batch " + ", ".join(str(n) for n in sizes)
+    if lengths != [28]:
+        text += " at " + ", ".join(str(t) for t in lengths) + " rows"
+    if streams:
+        text += "; in chunks " + "+".join(str(n) for n in STREAM_CHUNKS)
+    return text

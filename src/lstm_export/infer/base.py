@@ -1,17 +1,27 @@
 """The Runner contract every backend implements (after Polygraphy's loader/runner split).
 
 A runner is built cheaply with typed options, loads its model in :meth:`Runner.load` (or on
-``with``), and maps float32 pixels ``(N, T=28, F=28)`` in [0, 1] to float32 logits ``(N, C)``.
+``with``), and maps float32 pixels ``(N, T, F=28)`` in [0, 1] to float32 logits ``(N, C)``.
 :meth:`Runner.infer` is three phases, each a backend's own: :meth:`Runner.prepare` places the
 input where the model runs, :meth:`Runner.run_prepared` runs it, :meth:`Runner.fetch` brings the
 logits back to the host. The bench times the phases apart; timing never lives here.
+
+``T`` is the number of rows (LSTM steps): 28 for an MNIST digit, and the only length a file
+exported with a fixed time axis accepts (its backend refuses another); checkpoints, TorchScript
+files and ONNX files exported with ``--dynamic-seq`` or ``--with-state`` take any ``T >= 1``.
+``lstm-export infer`` always feeds 28 rows: it resizes every image to 28x28 first.
+
+Streaming (:meth:`Runner.step`, :meth:`Runner.stream`): a model that takes its LSTM state as
+input (a checkpoint, or a file exported with ``--with-state``) can be fed a sequence in chunks,
+each chunk starting from the :class:`LstmState` the previous one returned; the logits after the
+last chunk are those of the whole sequence fed at once.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
@@ -27,7 +37,7 @@ from lstm_export.errors import (
     ModelLoadError,
 )
 
-__all__ = ["Device", "NoOptions", "Runner", "check_input"]
+__all__ = ["Device", "LstmState", "NoOptions", "Runner", "check_input"]
 
 #: progress(description, done, total)
 Progress = Callable[[str, int, int], None]
@@ -36,6 +46,23 @@ Progress = Callable[[str, int, int], None]
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
     """A runner without options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LstmState:
+    """An LSTM's state between two chunks of a sequence, float32 on the host.
+
+    ``h`` (D * num_layers, N, H_out) and ``c`` (D * num_layers, N, H): ``h_n``/``c_n`` returned
+    by one step and ``h_0``/``c_0`` of the next. Image ``i`` of the batch ``x`` goes with
+    ``[:, i]`` of the state.
+    """
+
+    h: np.ndarray
+    c: np.ndarray
+
+    @property
+    def batch(self) -> int:
+        return int(self.h.shape[1])
 
 
 class Runner(abc.ABC):
@@ -104,10 +131,11 @@ class Runner(abc.ABC):
 
     # -- inference -------------------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """``x`` float32 (N, 28, 28) in [0, 1] -> logits float32 (N, C).
+        """``x`` float32 (N, T, 28) in [0, 1] -> logits float32 (N, C); T is 28 for a digit.
 
-        InputError for a badly shaped ``x``; a backend's own exception becomes InferenceError
-        naming the backend and the shape.
+        InputError for a badly shaped ``x``; a backend's own exception (a file exported with a
+        fixed 28-step time axis refuses another T) becomes InferenceError naming the backend and
+        the shape. A file exported with ``--with-state`` starts from zeros (the stateless answer).
         """
         self.load()
         try:
@@ -115,11 +143,64 @@ class Runner(abc.ABC):
         except LstmExportError:
             raise
         except Exception as exc:  # onnxruntime Fail/InvalidArgument, torch RuntimeError, ...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            shape = getattr(x, "shape", "?")
+            raise self._failure(exc, x) from exc
+
+    def _failure(self, exc: Exception, x: Any) -> InferenceError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        shape = getattr(x, "shape", "?")
+        return InferenceError(f"{self.description} failed on input of shape {shape}: {first}")
+
+    # -- streaming -------------------------------------------------------------------------------
+    @property
+    def streams(self) -> bool:
+        """Whether the loaded model takes and returns its LSTM state (see :meth:`step`)."""
+        return False
+
+    def step(self, x: np.ndarray, state: LstmState | None = None) -> tuple[np.ndarray, LstmState]:
+        """Feed the rows ``x`` (N, T, 28) from ``state`` (None: zeros, the start of a sequence).
+
+        Returns the logits (N, C) after the last row and the state after it; pass that state
+        with the next rows to go on. ``step(x)`` gives :meth:`infer`'s logits. Raises
+        InferenceError when the model cannot take a state (an ONNX or TorchScript file exported
+        without ``--with-state``), InputError for a state that does not fit ``x``.
+        """
+        self.load()
+        x = check_input(x)
+        if not self.streams:
             raise InferenceError(
-                f"{self.description} failed on input of shape {shape}: {first}"
-            ) from exc
+                f"{self.path.name} does not take an LSTM state: export it with --with-state "
+                "to feed a sequence in chunks"
+            )
+        if state is not None:
+            state = check_state(state, x.shape[0])
+        try:
+            logits, h, c = self._step(x, state)
+        except LstmExportError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc, x) from exc
+        return (
+            np.asarray(logits, dtype=np.float32),
+            LstmState(np.asarray(h, dtype=np.float32), np.asarray(c, dtype=np.float32)),
+        )
+
+    def stream(
+        self, chunks: Iterable[np.ndarray], state: LstmState | None = None
+    ) -> Iterator[tuple[np.ndarray, LstmState]]:
+        """:meth:`step` over consecutive chunks of rows, carrying the state: yields the logits
+        and the state after each chunk (the last logits are those of the whole sequence)."""
+        for chunk in chunks:
+            logits, state = self.step(chunk, state)
+            yield logits, state
+
+    def _step(
+        self, x: np.ndarray, state: LstmState | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(logits, h_n, c_n)`` for a checked ``x`` from ``state`` (None: zeros), on the host.
+
+        Backends whose :attr:`streams` can be true implement it; it is only called then.
+        """
+        raise InferenceError(f"the {self.name} backend cannot feed an LSTM state")
 
     def infer_all(
         self,
@@ -129,7 +210,7 @@ class Runner(abc.ABC):
         progress: Progress | None = None,
         description: str = "predicting",
     ) -> np.ndarray:
-        """Logits ``(N, C)`` for all ``images`` ``(N, 28, 28)``, ``batch_size`` at a time."""
+        """Logits ``(N, C)`` for all ``images`` ``(N, T, 28)``, ``batch_size`` at a time."""
         n = len(images)
         if progress is not None:
             progress(description, 0, n)
@@ -168,9 +249,26 @@ class Runner(abc.ABC):
 
 
 def check_input(x: np.ndarray) -> np.ndarray:
-    """Validate and normalise a batch: float32, C-contiguous, shape (N, 28, 28), N >= 1."""
+    """Validate and normalise a batch: float32, C-contiguous, shape (N, T, 28), N >= 1, T >= 1.
+
+    T is the number of rows (LSTM steps), 28 for an MNIST digit; whether a model accepts
+    another T is the model's matter (see the module docstring).
+    """
     if not isinstance(x, np.ndarray):
         raise InputError(f"expected a numpy array, got {type(x).__name__}")
-    if x.ndim != 3 or x.shape[1:] != (28, 28) or x.shape[0] < 1:
-        raise InputError(f"expected input of shape (N, 28, 28), got {x.shape}")
+    if x.ndim != 3 or x.shape[2] != 28 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise InputError(f"expected input of shape (N, T, 28) with N, T >= 1, got {x.shape}")
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def check_state(state: LstmState, batch: int) -> LstmState:
+    """``state`` as float32 C-contiguous arrays; InputError unless it is 3-D and fits ``batch``."""
+    h, c = np.asarray(state.h), np.asarray(state.c)
+    if h.ndim != 3 or c.ndim != 3 or h.shape[1] != batch or c.shape[1] != batch:
+        raise InputError(
+            f"an LSTM state for {batch} image(s) must be h (layers, {batch}, H_out) and "
+            f"c (layers, {batch}, H), got h {h.shape} and c {c.shape}"
+        )
+    return LstmState(
+        np.ascontiguousarray(h, dtype=np.float32), np.ascontiguousarray(c, dtype=np.float32)
+    )

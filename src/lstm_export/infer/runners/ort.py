@@ -127,6 +127,13 @@ class OnnxRuntimeRunner(Runner):
         self.providers = got
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        # A file exported with --with-state: h_0, c_0 inputs (fed zeros by infer) and h_n, c_n
+        # outputs (left out by infer); (name, layers, width) of each state input.
+        self._state_inputs = [
+            (i.name, i.shape[0], i.shape[2])
+            for i in self.session.get_inputs()[1:]
+            if len(i.shape) == 3
+        ]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._graphs: dict[tuple[int, ...], _GraphSlot] = {}
         self._serial: Any = None
@@ -142,7 +149,27 @@ class OnnxRuntimeRunner(Runner):
 
     @property
     def _bound(self) -> bool:
-        return self.device == "cuda" and self.options.io_binding
+        # Stateful files run through host feeds, which also carry the zero state.
+        return self.device == "cuda" and self.options.io_binding and not self._state_inputs
+
+    @property
+    def streams(self) -> bool:
+        return len(getattr(self, "_state_inputs", ())) == 2
+
+    def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        """Zeros for each state input at ``batch`` images: the stateless start."""
+        return {
+            name: np.zeros((layers, batch, width), np.float32)
+            for name, layers, width in self._state_inputs
+        }
+
+    def _step(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feeds = {self.input_name: x, **self._zero_state(x.shape[0])}
+        if state is not None:
+            (h_name, *_), (c_name, *_) = self._state_inputs
+            feeds.update({h_name: state.h, c_name: state.c})
+        logits, h_n, c_n = self.session.run(None, feeds)[:3]
+        return logits, h_n, c_n
 
     def prepare(self, x: np.ndarray) -> Any:
         """On CUDA with IO binding: an OrtValue on the GPU; else the host array."""
@@ -198,7 +225,8 @@ class OnnxRuntimeRunner(Runner):
             return np.concatenate([self._run_host(x[i : i + step]) for i in range(0, len(x), step)])
         serial = self._serial is not None and x.shape[0] <= (self.options.serial_up_to or 0)
         session = self._serial if serial else self.session
-        return session.run([self.output_name], {self.input_name: x})[0]
+        feeds = {self.input_name: x, **self._zero_state(x.shape[0])}
+        return session.run([self.output_name], feeds)[0]
 
     def fetch(self, result: Any) -> np.ndarray:
         if isinstance(result, np.ndarray):

@@ -83,7 +83,24 @@ class TorchRunner(Runner):
         return out
 
     def fetch(self, result: Any) -> np.ndarray:
+        if isinstance(result, tuple):  # a file exported with --with-state: (logits, h_n, c_n)
+            result = result[0]
         return np.asarray(result.float().cpu().numpy(), dtype=np.float32)
+
+    def _step(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        torch = self._torch
+        h = c = None
+        if state is not None:
+            h = torch.from_numpy(state.h).to(self.device)
+            c = torch.from_numpy(state.c).to(self.device)
+        with torch.inference_mode():
+            out = self._forward_state(torch.from_numpy(x).to(self.device), h, c)
+        logits, h_n, c_n = (np.asarray(t.float().cpu().numpy(), dtype=np.float32) for t in out)
+        return logits, h_n, c_n
+
+    def _forward_state(self, x: Any, h_0: Any, c_0: Any) -> Any:
+        """``(logits, h_n, c_n)`` from the module; None states are zeros."""
+        return self.module(x, h_0, c_0)
 
     def _close(self) -> None:
         del self.module
@@ -99,6 +116,13 @@ class EagerRunner(TorchRunner):
 
     name = "eager"
     suffixes = (".pt", ".pth")
+
+    @property
+    def streams(self) -> bool:
+        return True
+
+    def _forward_state(self, x: Any, h_0: Any, c_0: Any) -> Any:
+        return self.module.forward_with_state(x, h_0, c_0)
 
     def _load_module(self) -> Any:
         from lstm_export.checkpoint import load_model
@@ -116,6 +140,12 @@ class TorchScriptRunner(TorchRunner):
 
     name = "torchscript"
     suffixes = (".ts", ".torchscript")
+
+    @property
+    def streams(self) -> bool:
+        """Exported with ``--with-state``: ``module(x, h_0=None, c_0=None) -> (logits, h, c)``."""
+        return "state_inputs" in self.metadata
+
     #: set on CUDA when cuDNN copies the LSTM weights into one chunk on every call
     weights_compacted_per_call = False
 

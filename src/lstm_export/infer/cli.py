@@ -14,6 +14,7 @@ from rich.progress import TextColumn
 from lstm_export.console import console, err_console, make_progress
 from lstm_export.devices import Device
 from lstm_export.infer.images import Invert
+from lstm_export.infer.ray_cli import Engine
 from lstm_export.infer.registry import Backend
 from lstm_export.infer.writers import OutputFormat, printable_text
 
@@ -104,6 +105,29 @@ def infer(
         None, "--summary-json", help="Also write counts, accuracy and timing as JSON here."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    engine: Engine = typer.Option(
+        Engine.in_process,
+        "--engine",
+        help="ray: on Ray Data actors, on this machine or a cluster (pip install 'lstm-export[ray]').",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="--engine ray: join this Ray cluster and leave it running. Default $RAY_ADDRESS, else a local Ray for the run.",
+        show_default=False,
+    ),
+    actors: int | None = typer.Option(
+        None,
+        "--actors",
+        min=1,
+        help="--engine ray: inference actors.",
+        show_default="one per free CPU",
+    ),
+    output_dir: Path | None = typer.Option(
+        None,
+        "--output-dir",
+        help="--engine ray: the workers write the rows as Parquet shards here (runs too big to gather with -o).",
+    ),
 ) -> None:
     r"""Classify every image under FOLDER with MODEL.
 
@@ -115,13 +139,14 @@ def infer(
     """
     from lstm_export.errors import InputError, OutputError
     from lstm_export.fileio import check_outputs_against_inputs
-    from lstm_export.infer.classify import FolderRun
-    from lstm_export.infer.writers import open_rows, resolve_format
+    from lstm_export.infer.ray_cli import folder_run, resolve_output_format, rows_opener
+    from lstm_export.infer.writers import open_rows
 
-    resolve_format(output, fmt)  # a bad -o suffix fails before any work
+    resolve_output_format(engine, output, fmt)  # a bad -o suffix fails before any work
     if confusion_png is not None and confusion_png.suffix.lower() != ".png":
         raise OutputError(f"--confusion-png {confusion_png} must end in .png")
-    run = FolderRun(
+    run = folder_run(
+        engine,
         model,
         folder,
         backend=backend.value,
@@ -134,7 +159,13 @@ def infer(
         invert=invert,
         fit=fit,
         probabilities=probabilities,
+        address=address,
+        actors=actors,
+        output=output,
+        output_dir=output_dir,
+        progress=progress,
     ).require_images()
+    open_rows = rows_opener(run, open_rows)  # Ray: also .parquet; --output-dir: workers write
     check_outputs_against_inputs([output, summary_json, confusion_png], [model, *run.walk.paths])
     with err_console.status(f"loading {escape(str(model))}"):
         run.load()
@@ -152,7 +183,7 @@ def infer(
         )
         _say(f"plan     {run.plan.describe()}")
         bar = make_progress(TextColumn("{task.fields[speed]:>8,.0f} img/s"))
-        bar.disable = not progress
+        bar.disable = not progress or engine == Engine.ray  # Ray Data reports its own
         started = time.perf_counter()
         with (
             open_rows(
@@ -177,6 +208,8 @@ def infer(
     _print_summary(summary, errors, report)
     if output is not None:
         console.print(f"predictions: {escape(str(output))}", highlight=False, soft_wrap=True)
+    if output_dir is not None:
+        console.print(f"predictions: {escape(str(output_dir))}/part-*.parquet", highlight=False)
     if summary_json is not None:
         import json
 

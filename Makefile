@@ -9,7 +9,7 @@ PYTHON := $(shell for p in $(PYTHON_CANDIDATES); do \
 endif
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch 2.14.1 / torchvision 0.29.1 install offline on the dev machines; any torch >= 2.6 works.
+# The torch the venv gets (pyproject asks torch >= 2.11; 2.11.0 and 2.14.1 are tested).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 SHARED_MNIST := $(abspath ../shared/data/mnist)
 

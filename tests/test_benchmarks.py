@@ -226,3 +226,29 @@ def test_export_parity(small_model: tuple[Path, Path], mnist_dir: Path, tmp_path
     assert list(data["accuracy"]) == backends
     assert set(data["int8"]) == {"fp32", "int8", "drop"}
     assert all(p["ok"] and p["max_abs_diff"] <= 1e-4 for p in data["pairs"])
+
+
+@pytest.mark.slow
+def test_ray_throughput(small_model: tuple[Path, Path], mnist_dir: Path, tmp_path: Path) -> None:
+    _, onnx_path = small_model
+    figures = tmp_path / "ray.json"
+    ok(
+        run_script(
+            "ray_throughput.py",
+            "--model",
+            onnx_path,
+            "--count",
+            50,
+            "--repeat",
+            1,
+            "--actors",
+            "1",
+            "--no-warm",
+            "--data-dir",
+            mnist_dir,
+            "--json",
+            figures,
+        )
+    )
+    report = json.loads(figures.read_text())
+    assert set(report["results"]) == {"in-process", "ray local, 1 actor"}

@@ -265,6 +265,28 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     return folded, True
 
 
+def reinfer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with its shape annotations inferred afresh by ONNX shape inference.
+
+    torch 2.11's dynamo exporter annotates the logits read from an LSTM's final state as
+    ``[1, batch, C]`` while they are ``[batch, C]`` at run time; ONNX Runtime then warns and
+    tools that read the declared interface are misled. Inference from the graph itself gives the
+    true shapes. On an inference failure the model is returned unchanged.
+    """
+    import onnx
+
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(model)
+    del fresh.graph.value_info[:]
+    for output in fresh.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    try:
+        return onnx.shape_inference.infer_shapes(fresh, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        log.warning("shape re-inference skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return model
+
+
 def export_onnx(
     checkpoint: Path,
     out: Path | None = None,
@@ -313,6 +335,7 @@ def export_onnx(
             export = _export_legacy if legacy else _export_dynamo
             proto = export(source.model, wanted_opset, interface)
             proto, folded = fold_constants(proto)
+            proto = reinfer_shapes(proto)
     except ExportError:
         raise
     except Exception as exc:
@@ -348,14 +371,24 @@ def export_onnx(
     )
     audit = audit_onnx(proto)
     check_native_lstm(audit, source.config)
-    check_io(
-        audit,
-        source.config,
-        INPUT_NAME,
-        OUTPUT_NAME,
-        dynamic_seq=interface.dynamic_seq,
-        with_state=interface.with_state,
-    )
+    try:
+        check_io(
+            audit,
+            source.config,
+            INPUT_NAME,
+            OUTPUT_NAME,
+            dynamic_seq=interface.dynamic_seq,
+            with_state=interface.with_state,
+        )
+    except ExportError as exc:
+        if interface.dynamic_seq and exporter == Exporter.dynamo and "fixed steps" in str(exc):
+            import torch
+
+            raise ExportError(
+                f"{exc} (the dynamo exporter of torch {torch.__version__} specialises the time "
+                "axis; torch 2.14's keeps it symbolic, and so does the legacy exporter)"
+            ) from exc
+        raise
     export_seconds = time.perf_counter() - t0
 
     validation = None

@@ -178,7 +178,9 @@ def test_ray_engine_refuses_what_it_cannot_honour(
     """Checked before Ray starts: in-process-only flags, -o with --output-dir, old shards."""
     base = ["infer", str(onnx_model), str(folder), "--engine", "ray"]
     result = CliRunner().invoke(app, [*base, "--workers", "2"])
-    assert "--workers and --streams are for the in-process engine" in one_line_error(result)
+    assert "decode workers and streams are settings of the in-process engine" in one_line_error(
+        result
+    )
     out = ["-o", str(tmp_path / "r.csv"), "--output-dir", str(tmp_path / "shards")]
     assert "choose one" in one_line_error(CliRunner().invoke(app, [*base, *out]))
     shards = tmp_path / "old"

@@ -220,7 +220,7 @@ def test_stateless_files(exported: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="takes 28 rows only"):
         measure_shapes(exported["fixed.onnx"], seq_len=9)
     result = run("shapes", exported["fixed.onnx"], "--seq-len", 9)
-    assert "exported without --dynamic-seq" in one_line_error(result)
+    assert "exported with a fixed sequence length" in one_line_error(result)
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

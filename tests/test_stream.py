@@ -114,7 +114,9 @@ def test_fixed_length_file_refuses_other_lengths(files: dict[str, Path]) -> None
         assert not runner.streams
         with pytest.raises(InferenceError, match=r"input of shape \(2, 7, 28\)"):
             runner.infer(np.zeros((2, 7, 28), np.float32))
-        with pytest.raises(InferenceError, match="export it with --with-state"):
+        with pytest.raises(
+            InferenceError, match="needs a file exported with state inputs and outputs"
+        ):
             runner.step(np.zeros((1, 28, 28), np.float32))
 
 

@@ -117,9 +117,10 @@ def check_streamable(config: ModelConfig) -> None:
     """
     if config.bidirectional:
         raise ConfigError(
-            "--with-state feeds a sequence in chunks, which a bidirectional LSTM cannot do: its "
-            "backward direction reads the rows from the last one, so a chunk's answer depends on "
-            "rows not fed yet; export it with --dynamic-seq (any length, fed at once) instead"
+            "a stateful export feeds a sequence in chunks, which a bidirectional LSTM cannot do: "
+            "its backward direction reads the rows from the last one, so a chunk's answer depends "
+            "on rows not fed yet; export it with a dynamic sequence length (any length, fed at "
+            "once) instead"
         )
 
 

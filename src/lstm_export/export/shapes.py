@@ -333,8 +333,8 @@ def _measure_file(path: Path, batch: int, seq_len: int) -> ShapesReport:
         fixed = runner.name == "onnxruntime" and meta.get("seq_len", "28") != "any"
         if fixed and seq_len != DEFAULT_SEQ_LEN:
             raise ConfigError(
-                f"{path.name} takes 28 rows only (exported without --dynamic-seq); "
-                f"--seq-len {seq_len} needs a file exported with --dynamic-seq or --with-state"
+                f"{path.name} takes 28 rows only (exported with a fixed sequence length); "
+                f"{seq_len} rows need a file exported with a dynamic sequence length or state"
             )
         symbols = _symbols(config, batch, seq_len)
         formulas = _formulas(config, symbols)

@@ -168,8 +168,8 @@ class Runner(abc.ABC):
         x = check_input(x)
         if not self.streams:
             raise InferenceError(
-                f"{self.path.name} does not take an LSTM state: export it with --with-state "
-                "to feed a sequence in chunks"
+                f"{self.path.name} does not take an LSTM state: feeding a sequence in chunks "
+                "needs a file exported with state inputs and outputs"
             )
         if state is not None:
             state = check_state(state, x.shape[0])

@@ -108,7 +108,7 @@ def infer(
     engine: Engine = typer.Option(
         Engine.in_process,
         "--engine",
-        help="ray: on Ray Data actors, on this machine or a cluster (pip install 'lstm-export[ray]').",
+        help="ray: on Ray Data actors, on this machine or a cluster (pip install 'lstm-export\\[ray]').",
     ),
     address: str | None = typer.Option(
         None,

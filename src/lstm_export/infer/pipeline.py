@@ -177,7 +177,7 @@ def decoded_batches(
             except BrokenProcessPool as exc:
                 raise InputError(
                     "a decode worker process died (out of memory, killed, or started from a"
-                    " script without an `if __name__ == '__main__':` guard); --workers 1"
+                    " script without an `if __name__ == '__main__':` guard); one decode worker"
                     " decodes in a thread instead"
                 ) from exc
             nxt = next(todo, None)

@@ -135,12 +135,12 @@ def import_ray(*, local: bool) -> Any:
         import ray.data
     except ImportError as exc:
         raise ConfigError(
-            "--engine ray needs Ray Data: pip install 'lstm-export[ray]' "
+            "the Ray engine needs Ray Data: pip install 'lstm-export[ray]' "
             f"(or 'ray[data]>={RAY_FLOOR[0]}.{RAY_FLOOR[1]}'); {exc}"
         ) from exc
     if ray_version_tuple(ray.__version__) < RAY_FLOOR:
         raise ConfigError(
-            f"ray {ray.__version__} is too old for --engine ray: "
+            f"ray {ray.__version__} is too old for the Ray engine: "
             f"need >= {RAY_FLOOR[0]}.{RAY_FLOOR[1]} (pip install 'lstm-export[ray]')"
         )
     return ray
@@ -313,8 +313,8 @@ class RayRun:
 
         if workers is not None or streams is not None:
             raise ConfigError(
-                "--workers and --streams are for the in-process engine; with --engine ray "
-                "each actor decodes in one thread (more actors: --actors)"
+                "decode workers and streams are settings of the in-process engine; on Ray each "
+                "actor decodes in one thread (ask for more actors instead)"
             )
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
@@ -324,8 +324,8 @@ class RayRun:
             raise InputError(f"actors must be >= 1, got {actors}")
         if output is not None and output_dir is not None:
             raise ConfigError(
-                "-o gathers every row on this machine, --output-dir has the workers write them: "
-                "choose one"
+                "an output file gathers every row on this machine, an output folder has the "
+                "workers write them: choose one"
             )
         self.model_path = Path(model)
         if not self.model_path.is_file():
@@ -494,10 +494,10 @@ class RayRun:
     @staticmethod
     def _check_output_dir(directory: Path) -> None:
         if directory.exists() and not directory.is_dir():
-            raise OutputError(f"--output-dir {directory} is not a folder")
+            raise OutputError(f"output folder {directory} is not a folder")
         if directory.is_dir() and any(directory.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}")):
             raise OutputError(
-                f"--output-dir {directory} already holds {SHARD_PREFIX}*{SHARD_SUFFIX} shards: "
+                f"output folder {directory} already holds {SHARD_PREFIX}*{SHARD_SUFFIX} shards: "
                 "remove them or choose another folder"
             )
         try:
@@ -734,7 +734,7 @@ def _probe(address: str, timeout_s: float = 10.0) -> None:
     except OSError as exc:
         raise ConfigError(
             f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
-            "(start one with `ray start --head`, or leave out --address and $RAY_ADDRESS for a "
+            "(start one with `ray start --head`, or give no address and unset $RAY_ADDRESS for a "
             "local Ray)"
         ) from None
 

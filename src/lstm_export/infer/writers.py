@@ -61,7 +61,7 @@ def resolve_format(path: Path | None, fmt: OutputFormat | str = OutputFormat.aut
         return _SUFFIXES[Path(path).suffix.lower()]
     except KeyError:
         raise OutputError(
-            f"cannot tell the format of {path}: use a .csv or .jsonl name, or --format"
+            f"cannot tell the format of {path}: use a .csv or .jsonl name, or name the format"
         ) from None
 
 

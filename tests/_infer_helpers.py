@@ -25,8 +25,17 @@ def exported_models(checkpoint: Path, factory: pytest.TempPathFactory) -> dict[s
             "eager": checkpoint,
             "torchscript": Path(ts_path),
             "onnxruntime": Path(onnx_path),
+            # OpenVINO reads the .onnx file as is; its own IR keeps the suffix test unambiguous
+            "openvino": _openvino_ir(Path(onnx_path)),
         }
     return _EXPORTS[checkpoint]
+
+
+def _openvino_ir(onnx_path: Path) -> Path:
+    """The exported ONNX file as OpenVINO IR (``.xml``), metadata kept; needs ``openvino``."""
+    from lstm_export.infer.runners.openvino_runner import save_ir
+
+    return save_ir(onnx_path, onnx_path.with_suffix(".xml"))
 
 
 def write_digits(

@@ -49,6 +49,12 @@ def bench(
     rounds: int = typer.Option(
         3, "--rounds", min=1, help="Measure the backends in turn N times; report the median round."
     ),
+    max_rounds: int | None = typer.Option(
+        None,
+        "--max-rounds",
+        min=1,
+        help="Measure unstable figures again, up to this many rounds (default: rounds + 4).",
+    ),
     threads: int | None = typer.Option(
         None,
         "--threads",
@@ -82,6 +88,7 @@ def bench(
         iterations=iterations,
         seconds=None if iterations else seconds,
         rounds=rounds,
+        max_rounds=max_rounds if max_rounds is not None else rounds + 4,
         threads=threads,
         parity_images=parity_images,
         reexport=reexport,
@@ -100,7 +107,10 @@ def bench(
         def on_progress(description: str, done: int, total: int) -> None:
             progress.update(task, description=description, completed=done, total=total or None)
 
-        result = run_bench(plan, on_progress=on_progress).to_dict()
+        def on_line(text: str) -> None:
+            progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+        result = run_bench(plan, on_progress=on_progress, on_line=on_line).to_dict()
 
     if output is not None:
         write_json(result, output)
@@ -118,7 +128,7 @@ def bench(
 
 
 def print_tables(result: dict[str, Any]) -> None:
-    """Rich tables: latency with ratios against eager, then parity."""
+    """Rich tables: latency with ratios against eager (all from the median), then parity."""
     from rich import box
     from rich.table import Table
 
@@ -126,28 +136,39 @@ def print_tables(result: dict[str, Any]) -> None:
     where = m.get("gpu") or f"{m['cpu']}, {m['cores']} cores"
     s = result["settings"]
     latency = Table(
-        title=f"Latency on {where} ({s['device']}, {s['threads']} threads)",
+        title=f"Latency on {where} ({s['device']}, {s['threads']} threads; medians)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
     )
     latency.add_column("backend", no_wrap=True)
-    for col in ("batch", "p50 ms", "p99 ms", "img/s", "lat/eager", "speedup"):
+    for col in ("batch", "p50 ms", "p90/p50", "img/s", "lat/eager", "speedup"):
         latency.add_column(col, justify="right", no_wrap=True)
+    flagged = False
     for r in result["latency"]:
         ratio, speedup = r["latency_ratio"], r["speedup"]
         shown = f"{speedup:.2f}x" if speedup is not None else "-"
         if speedup is not None and abs(speedup - 1) > 0.05:
             shown = f"[{'green' if speedup > 1 else 'red'}]{shown}[/]"
+        spread = f"{min(r['spread'], 99):.2f}"
+        if r["disturbed"]:
+            spread, flagged = f"[yellow]{spread}⚠[/]", True
+        if r.get("stable") is False:
+            shown, flagged = f"{shown}[yellow]*[/]", True
         latency.add_row(
             r["backend"],
             str(r["batch_size"]),
-            f"{r['p50_ms']:.3f}",
-            f"{r['p99_ms']:.3f}",
+            _ms(r["p50_ms"]),
+            spread,
             f"{r['throughput']:,.0f}",
             f"{ratio:.2f}x" if ratio is not None else "-",
             shown,
         )
+    if flagged:
+        latency.caption = (
+            "⚠ p90/p50 above the disturbed threshold; * its rounds still disagreed (unstable)"
+        )
+        latency.caption_justify = "left"
     images = result["parity"][0]["images"] if result["parity"] else 0
     parity = Table(
         title=f"Parity with eager PyTorch on {images} test images",
@@ -161,16 +182,29 @@ def print_tables(result: dict[str, Any]) -> None:
         parity.add_column(col, justify="right", no_wrap=True)
     for p in result["parity"]:
         agreement = f"{p['agreement'] * 100:.2f} %"
+        delta = f"{p['accuracy_delta'] * 100:+.2f} pt"
         if p["flagged"]:
-            agreement = f"[bold red]{agreement}[/]"
+            agreement, delta = f"[bold red]{agreement}[/]", f"[bold red]{delta}[/]"
         parity.add_row(
             p["backend"],
             p["precision"],
             f"{p['accuracy'] * 100:.2f} %",
-            f"{p['accuracy_delta'] * 100:+.2f} pt",
+            delta,
             agreement,
             f"{p['max_abs_diff']:.1e}",
             f"{p['mean_abs_diff']:.1e}",
         )
     console.print(latency)
     console.print(parity)
+    for p in result["parity"]:
+        for problem in p.get("problems", []):
+            console.print(f"⚠ {p['backend']}: {problem}", highlight=False, soft_wrap=True)
+    for skipped in result.get("skipped", []):
+        console.print(
+            f"skipped {skipped['backend']}: {skipped['reason']}", highlight=False, soft_wrap=True
+        )
+
+
+def _ms(value: float) -> str:
+    """Milliseconds with four significant figures at most: 0.113, 7.512, 65.64, 812.7."""
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,14 @@ def machine_info(device: str) -> dict[str, Any]:
         "device": device,
         "gpu": None,
     }
+    try:
+        info["openvino"] = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        info["openvino"] = None
+    try:
+        info["load_average"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        info["load_average"] = None
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

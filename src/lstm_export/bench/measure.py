@@ -1,7 +1,9 @@
 """Measure one backend in a process of its own, so no other backend's threads run or spin.
 
 The parent sends a :class:`MeasureJob`; the child loads the runner, computes logits on the parity
-images and times every batch size, posting progress and then the raw result on a queue.
+images and times every batch size, posting progress, each batch size's figures as soon as they
+are measured, and then the raw result on a queue. :func:`check_in_child` loads every runner
+once, briefly, before anything is measured.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lstm_export import errors
+from lstm_export.bench.stats import latency_stats
 from lstm_export.bench.timing import time_runner
 from lstm_export.bench.variants import Variant
 from lstm_export.errors import BenchError
@@ -49,8 +52,9 @@ class Measurement:
     copies: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def measure(job: MeasureJob, report: Any = None) -> Measurement:
-    """Measure ``job`` in this process; ``report(text)`` is told what is being measured."""
+def measure(job: MeasureJob, report: Any = None, measured: Any = None) -> Measurement:
+    """Measure ``job`` in this process; ``report(text)`` is told what is being measured and
+    ``measured(batch, stats_dict)`` gets each batch size's figures as they come."""
     import torch
 
     from lstm_export.data.mnist import load_split
@@ -80,14 +84,60 @@ def measure(job: MeasureJob, report: Any = None) -> Measurement:
                 seconds=None if job.iterations else job.seconds,
             )
             result.compute[batch], result.copies[batch] = timings.compute, timings.copies
+            if measured is not None:
+                measured(batch, latency_stats(timings.compute, batch).to_dict())
     return result
 
 
-def measure_in_child(job: MeasureJob, report: Any = None) -> Measurement:
+def measure_in_child(job: MeasureJob, report: Any = None, measured: Any = None) -> Measurement:
     """Run :func:`measure` in a fresh spawned process and return its result."""
+    result: Measurement = _in_child(_measure_main, job, job.variant.name, report, measured)
+    return result
+
+
+@dataclass(frozen=True)
+class CheckJob:
+    """Load every variant once before measuring: the first that cannot run fails the bench."""
+
+    variants: tuple[Variant, ...]
+    paths: tuple[Path, ...]
+    device: str
+    threads: int
+
+
+def check_in_child(job: CheckJob, report: Any = None) -> None:
+    """Load each runner of ``job`` and run one image through it, in one spawned process.
+
+    Raises the runner's typed error (or BenchError) as one line naming the backend that failed,
+    before any time is spent measuring the others.
+    """
+    _in_child(_check_main, job, "check", report, None)
+
+
+def check(job: CheckJob, report: Any = None) -> None:
+    """:func:`check_in_child`'s work, in this process."""
+    from lstm_export.infer.registry import make_runner
+
+    say = report or (lambda _text: None)
+    x = np.zeros((1, 28, 28), dtype=np.float32)
+    for variant, path in zip(job.variants, job.paths, strict=True):
+        say(f"checking {variant.name}")
+        try:
+            options = {"threads": job.threads, **variant.options}
+            with make_runner(path, variant.backend, job.device, **options) as runner:
+                runner.infer(x)
+        except errors.LstmExportError as exc:
+            raise type(exc)(f"backend {variant.name!r} cannot run: {exc}") from exc
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise BenchError(f"backend {variant.name!r} cannot run: {first}") from exc
+
+
+def _in_child(target: Any, job: Any, name: str, report: Any, measured: Any) -> Any:
+    """Run ``target(job, channel)`` in a spawned process; relay its messages; return its result."""
     ctx = mp.get_context("spawn")
     channel = ctx.Queue()
-    child = ctx.Process(target=_child_main, args=(job, channel), daemon=True)
+    child = ctx.Process(target=target, args=(job, channel), daemon=True)
     child.start()
     try:
         while True:
@@ -96,17 +146,18 @@ def measure_in_child(job: MeasureJob, report: Any = None) -> Measurement:
             except queue_module.Empty:
                 if not child.is_alive():
                     raise BenchError(
-                        f"{job.variant.name}: the measuring process died (exit code "
-                        f"{child.exitcode})"
+                        f"{name}: the measuring process died (exit code {child.exitcode})"
                     ) from None
                 continue
             if kind == "progress" and report is not None:
                 report(payload)
+            elif kind == "measured" and measured is not None:
+                measured(*payload)
             elif kind == "result":
                 return payload
             elif kind == "error":
-                name, message = payload
-                cls = getattr(errors, name, BenchError)
+                cls_name, message = payload
+                cls = getattr(errors, cls_name, BenchError)
                 raise cls(message)
     finally:
         child.join(timeout=10)
@@ -114,15 +165,31 @@ def measure_in_child(job: MeasureJob, report: Any = None) -> Measurement:
             child.kill()
 
 
-def _child_main(job: MeasureJob, channel: Any) -> None:
+def _measure_main(job: MeasureJob, channel: Any) -> None:
+    _guard(
+        job.variant.name,
+        channel,
+        lambda: measure(
+            job,
+            lambda text: channel.put(("progress", text)),
+            lambda batch, stats: channel.put(("measured", (batch, stats))),
+        ),
+    )
+
+
+def _check_main(job: CheckJob, channel: Any) -> None:
+    _guard("check", channel, lambda: check(job, lambda text: channel.put(("progress", text))))
+
+
+def _guard(name: str, channel: Any, work: Any) -> None:
+    """Post ``work()``'s result, or its error as one line (the detail in the last frame)."""
     try:
-        result = measure(job, lambda text: channel.put(("progress", text)))
-        channel.put(("result", result))
+        channel.put(("result", work()))
     except errors.LstmExportError as exc:
         channel.put(("error", (type(exc).__name__, str(exc))))
-    except BaseException as exc:  # report anything else as one line, with the detail logged
+    except BaseException as exc:
         detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        channel.put(("error", ("BenchError", f"{job.variant.name}: {detail or exc!r}")))
+        channel.put(("error", ("BenchError", f"{name}: {detail or exc!r}")))
 
 
 def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
@@ -142,4 +209,10 @@ def _describe(job: MeasureJob, runner: Runner) -> dict[str, Any]:
         "options": {k: getattr(v, "value", v) for k, v in vars(runner.options).items()},
         "providers": getattr(runner, "providers", None),
         "device": runner.device,
+        "description": runner.description,
+        "notes": {
+            k: getattr(runner, k)
+            for k in ("precision_used", "streams_used", "threads_used", "bf16_note")
+            if hasattr(runner, k)
+        },
     }

@@ -1,4 +1,10 @@
-"""Latency statistics: pure numpy, no timing here (parity lives in :mod:`lstm_export.parity`)."""
+"""Latency statistics: pure numpy, no timing here (parity lives in :mod:`lstm_export.parity`).
+
+Every figure the bench compares comes from one robust statistic, the median: ``p50_ms`` of a
+round, ``throughput = batch / p50``, the ratios against eager, the plot. The mean is kept for
+reference only, since one stalled call (a 492 ms outlier among 90 calls of 0.5 ms) moves it
+tenfold.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,12 @@ from typing import Any
 import numpy as np
 
 from lstm_export.errors import BenchError
+
+#: a round whose p90 is more than this multiple of its p50 was disturbed (another process ran)
+DISTURBED_SPREAD = 1.5
+#: a figure is stable when the interquartile range of its rounds is within this fraction of
+#: their median
+STABLE_SPREAD = 0.10
 
 
 @dataclass(frozen=True)
@@ -22,10 +34,20 @@ class LatencyStats:
     p99_ms: float
     min_ms: float
     max_ms: float
-    throughput: float  # images per second = batch_size / mean latency
+    iqr_ms: float
+    throughput: float  # images per second = batch_size / median latency
+
+    @property
+    def spread(self) -> float:
+        """p90 / p50: 1.0 for perfectly steady calls."""
+        return self.p90_ms / self.p50_ms if self.p50_ms > 0 else float("inf")
+
+    @property
+    def disturbed(self) -> bool:
+        return self.spread > DISTURBED_SPREAD
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "spread": self.spread, "disturbed": self.disturbed}
 
 
 def latency_stats(seconds: Sequence[float] | np.ndarray, batch_size: int) -> LatencyStats:
@@ -38,15 +60,33 @@ def latency_stats(seconds: Sequence[float] | np.ndarray, batch_size: int) -> Lat
         raise BenchError("no timings to summarise")
     if batch_size < 1:
         raise BenchError(f"batch size must be >= 1, got {batch_size}")
-    p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    mean = float(t.mean())
+    p25, p50, p75, p90, p99 = np.percentile(t, [25, 50, 75, 90, 99])
     return LatencyStats(
         iterations=int(t.size),
-        mean_ms=mean,
+        mean_ms=float(t.mean()),
         p50_ms=float(p50),
         p90_ms=float(p90),
         p99_ms=float(p99),
         min_ms=float(np.min(t)),
         max_ms=float(np.max(t)),
-        throughput=batch_size / (mean / 1e3) if mean > 0 else float("inf"),
+        iqr_ms=float(p75 - p25),
+        throughput=batch_size / (p50 / 1e3) if p50 > 0 else float("inf"),
     )
+
+
+def round_spread(values: Sequence[float]) -> float:
+    """Interquartile range / median of per-round figures: 0 when every round agrees.
+
+    With three rounds this is half their range; with more, one disturbed round moves the
+    quartiles little, so further rounds can still show the median to be stable.
+    """
+    m = np.asarray(values, dtype=np.float64)
+    if m.size == 0:
+        raise BenchError("no rounds to compare")
+    p25, mid, p75 = np.percentile(m, [25, 50, 75])
+    return float((p75 - p25) / mid) if mid > 0 else float("inf")
+
+
+def is_stable(medians: Sequence[float], *, min_rounds: int = 3) -> bool:
+    """Whether enough rounds agree closely enough (:data:`STABLE_SPREAD`) to report."""
+    return len(medians) >= min_rounds and round_spread(medians) <= STABLE_SPREAD

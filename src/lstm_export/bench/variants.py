@@ -1,11 +1,13 @@
 """What the bench measures: named backend variants over the exported artifacts.
 
-Adding a variant is one line in :data:`VARIANTS`.
+Adding a variant is one line in :data:`VARIANTS`. Our own exports (TorchScript, ONNX with ONNX
+Runtime) are measured beside the peers a user could ship instead: OpenVINO on the same ONNX
+file, and PyTorch's own bf16 autocast over the eager model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -21,6 +23,27 @@ class BenchDevice(str, Enum):
     cuda = "cuda"
 
 
+#: precisions held to an accuracy delta (at most :data:`MAX_ACCURACY_DROP`), not to agreement
+REDUCED_PRECISIONS = frozenset({"int8", "bf16", "fp16"})
+
+
+def _openvino_missing() -> str | None:
+    from lstm_export.infer.runners.openvino_runner import openvino_problem
+
+    return openvino_problem()
+
+
+def _bf16_emulated() -> str | None:
+    from lstm_export.infer.runners.openvino_runner import bf16_support
+
+    native, how = bf16_support()
+    return None if native else f"bf16 would be {how}, so its timing says nothing"
+
+
+def _openvino_bf16_problem() -> str | None:
+    return _openvino_missing() or _bf16_emulated()
+
+
 @dataclass(frozen=True)
 class Variant:
     """One row group of the bench: a runner over an artifact with fixed options."""
@@ -29,8 +52,17 @@ class Variant:
     artifact: Artifact
     backend: str  # registry name in lstm_export.infer.registry.RUNNERS
     devices: frozenset[BenchDevice]
-    precision: str  # fp32 | int8 | fp16
+    precision: str  # fp32 | int8 | fp16 | bf16
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: ``reference`` (eager), ``export`` (one of ours) or ``peer`` (a runtime a user could pick
+    #: instead of our exports)
+    role: str = "export"
+    #: why the variant cannot run here (a missing package, no native bf16), or None
+    unavailable: Callable[[], str | None] | None = field(default=None, compare=False)
+
+    def problem(self) -> str | None:
+        """One line saying why this variant cannot be measured here, or None."""
+        return self.unavailable() if self.unavailable is not None else None
 
 
 _CPU = frozenset({BenchDevice.cpu})
@@ -39,33 +71,89 @@ _BOTH = _CPU | _CUDA
 # ONNX Runtime CPU options that the README's measurements chose (the CUDA path ignores them):
 # 64-row micro-batches keep the LSTM state in cache at large batches.
 _CPU_TUNING: Mapping[str, Any] = {"micro_batch": 64}
+# OpenVINO as its CPU guide says: the throughput hint (one stream per core, each running a slice
+# of the batch) with static shapes; a batch of one runs as one request on one stream.
+_OV_TUNING: Mapping[str, Any] = {"hint": "throughput", "static_shapes": True}
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("eager", Artifact.checkpoint, "eager", _BOTH, "fp32"),
+    Variant("eager", Artifact.checkpoint, "eager", _BOTH, "fp32", role="reference"),
     Variant("torchscript", Artifact.torchscript, "torchscript", _BOTH, "fp32"),
     Variant("onnxruntime", Artifact.onnx, "onnxruntime", _BOTH, "fp32", _CPU_TUNING),
-    # DynamicQuantizeLSTM is a CPU kernel in ONNX Runtime.
+    # DynamicQuantizeLSTM is a CPU kernel in ONNX Runtime; 32-row micro-batches measured best
+    # for it (docs/cpu-runtimes.md: 184 against 160 GOP/s per core with 64 rows at batch 256).
     Variant(
         "onnxruntime-int8",
         Artifact.onnx_int8,
         "onnxruntime",
         _CPU,
         "int8",
-        {**_CPU_TUNING, "serial_up_to": 1},
+        {"micro_batch": 32, "serial_up_to": 1},
     ),
     Variant(
         "onnxruntime-cudagraph", Artifact.onnx, "onnxruntime", _CUDA, "fp32", {"cuda_graph": True}
     ),
     Variant("onnxruntime-fp16", Artifact.onnx_fp16, "onnxruntime", _CUDA, "fp16"),
+    # Peers: what a user could ship instead of our exports, on the same files.
+    Variant(
+        "openvino",
+        Artifact.onnx,
+        "openvino",
+        _CPU,
+        "fp32",
+        _OV_TUNING,
+        role="peer",
+        unavailable=_openvino_missing,
+    ),
+    Variant(
+        "openvino-bf16",
+        Artifact.onnx,
+        "openvino",
+        _CPU,
+        "bf16",
+        {**_OV_TUNING, "precision": "bf16"},
+        role="peer",
+        unavailable=_openvino_bf16_problem,
+    ),
+    Variant(
+        "eager-bf16",
+        Artifact.checkpoint,
+        "eager",
+        _CPU,
+        "bf16",
+        {"autocast": "bf16"},
+        role="peer",
+        unavailable=_bf16_emulated,
+    ),
 )
 REFERENCE = "eager"
 
 
-def select_variants(names: list[str] | None, device: BenchDevice) -> list[Variant]:
-    """The variants to run on ``device``: all available by default, else those named (eager first)."""
+@dataclass(frozen=True)
+class Selection:
+    """The variants to measure, and those of the default set left out here, with the reason."""
+
+    variants: list[Variant]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def select_variants(names: list[str] | None, device: BenchDevice) -> Selection:
+    """The variants to run on ``device``: all available by default, else those named (eager first).
+
+    By default a variant that cannot run here (its package is missing, bf16 would be emulated)
+    is skipped with its reason; one named explicitly is an error naming that reason.
+    """
     by_name = {v.name: v for v in VARIANTS}
+    skipped: dict[str, str] = {}
     if names is None:
-        chosen = [v for v in VARIANTS if device in v.devices]
+        chosen = []
+        for v in VARIANTS:
+            if device not in v.devices:
+                continue
+            problem = v.problem()
+            if problem is None:
+                chosen.append(v)
+            else:
+                skipped[v.name] = problem
     else:
         unknown = [n for n in names if n not in by_name]
         if unknown:
@@ -74,7 +162,11 @@ def select_variants(names: list[str] | None, device: BenchDevice) -> list[Varian
         wrong = [v.name for v in chosen if device not in v.devices]
         if wrong:
             raise BenchError(f"backend {wrong[0]!r} does not run on {device.value}")
+        for v in chosen:
+            problem = v.problem()
+            if problem is not None:
+                raise BenchError(f"backend {v.name!r} cannot run here: {problem}")
     if REFERENCE not in [v.name for v in chosen]:
         chosen.insert(0, by_name[REFERENCE])  # every ratio is against eager in the same run
     chosen.sort(key=lambda v: v.name != REFERENCE)
-    return chosen
+    return Selection(chosen, skipped)

@@ -13,6 +13,7 @@ from typing import Any
 from lstm_export.devices import Device
 from lstm_export.errors import ModelLoadError
 from lstm_export.infer.base import Runner
+from lstm_export.infer.runners.openvino_runner import OpenVinoRunner
 from lstm_export.infer.runners.ort import OnnxRuntimeRunner
 from lstm_export.infer.runners.torch_runner import EagerRunner, TorchScriptRunner
 
@@ -20,6 +21,7 @@ RUNNERS: dict[str, type[Runner]] = {
     EagerRunner.name: EagerRunner,
     TorchScriptRunner.name: TorchScriptRunner,
     OnnxRuntimeRunner.name: OnnxRuntimeRunner,
+    OpenVinoRunner.name: OpenVinoRunner,  # after onnxruntime: .onnx goes to onnxruntime
 }
 
 
@@ -30,6 +32,7 @@ class Backend(str, Enum):
     eager = "eager"
     torchscript = "torchscript"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 def backend_for(path: Path | str) -> str:

@@ -1,0 +1,331 @@
+"""OpenVINO runtime on the CPU: the exported ONNX file read directly (``.onnx``), or an OpenVINO
+IR (``.xml`` + ``.bin``, written by :func:`save_ir`).
+
+``openvino`` is an optional extra (``pip install 'lstm-export[openvino]'``), imported only when a
+runner loads, and without its usage telemetry (see :func:`import_openvino`). Tuned as OpenVINO's CPU documentation says: a performance hint (``latency``: one
+stream using every thread; ``throughput``: several streams, each running a slice of the batch as
+its own infer request), ``inference_num_threads`` and ``num_streams`` as the low-level overrides,
+inference precision ``fp32`` or ``bf16``, and one compiled model per input shape (static shapes
+spare the CPU plugin its shape inference on every call).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstm_export.devices import Device
+from lstm_export.errors import ConfigError, DeviceError, ModelLoadError
+from lstm_export.infer.base import Runner, check_input
+
+log = logging.getLogger(__name__)
+
+#: CPU flags that run bf16 dot products natively (AVX512-BF16, AMX); elsewhere bf16 is emulated
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: how :func:`save_ir` keeps the ONNX file's metadata (class names, preprocessing) in the IR
+_RT_INFO_KEY = "lstm_export"
+
+
+class Precision(str, Enum):
+    """Inference precision of OpenVINO's CPU plugin (its ``INFERENCE_PRECISION_HINT``)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class PerformanceHint(str, Enum):
+    """OpenVINO's high-level ``PERFORMANCE_HINT``."""
+
+    latency = "latency"
+    throughput = "throughput"
+
+
+_OV_PRECISION = {Precision.fp32: "f32", Precision.bf16: "bf16"}
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """Options of :class:`OpenVinoRunner`.
+
+    ``precision``: ``fp32`` or ``bf16`` (native with AVX512-BF16 or AMX, see
+    :func:`bf16_support`); ``hint``: ``latency`` or ``throughput``; ``threads``:
+    ``inference_num_threads`` (None: OpenVINO's choice); ``streams``: ``num_streams`` (None: the
+    hint decides); with more than one stream a batch is cut into one slice per infer request,
+    run in parallel. ``static_shapes`` compiles the model once per input shape (cached);
+    ``micro_batch`` runs larger inputs in slices of at most that many rows.
+    """
+
+    precision: Precision = Precision.fp32
+    hint: PerformanceHint = PerformanceHint.latency
+    threads: int | None = None
+    streams: int | None = None
+    static_shapes: bool = True
+    micro_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, kind in (("precision", Precision), ("hint", PerformanceHint)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                choices = ", ".join(k.value for k in kind)
+                raise ConfigError(f"unknown {name} {value!r} (choose {choices})") from None
+        for name in ("threads", "streams", "micro_batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_support() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 natively, and a phrase saying how it was told."""
+    found = [f for f in BF16_FLAGS if f in cpu_flags()]
+    if found:
+        return True, f"native ({', '.join(found)})"
+    return False, f"emulated (no {' or '.join(BF16_FLAGS)} in /proc/cpuinfo)"
+
+
+def openvino_problem() -> str | None:
+    """Why OpenVINO cannot be used here (one line), or None when it imports."""
+    try:
+        import_openvino()
+    except ImportError as exc:
+        return f"openvino is not installed ({exc}); pip install 'lstm-export[openvino]'"
+    return None
+
+
+def import_openvino() -> Any:
+    """``import openvino`` without its usage telemetry.
+
+    Importing ``openvino`` also imports its model converter, which sends a usage event through
+    ``openvino_telemetry`` (in a forked process, unsafe in a process that already runs threads)
+    unless ``CI=true``. Hiding ``openvino_telemetry`` for the import makes OpenVINO use its own
+    no-op stub; nothing else changes.
+    """
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    hidden = "openvino_telemetry" not in sys.modules
+    if hidden:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    try:
+        import openvino
+    finally:
+        if hidden and sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def _core() -> Any:
+    return import_openvino().Core()
+
+
+def _import_openvino() -> Any:
+    problem = openvino_problem()
+    if problem is not None:
+        raise ModelLoadError(f"the openvino backend needs the openvino package: {problem}")
+    return import_openvino()
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (class names, preprocessing), without its weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def save_ir(onnx_path: Path | str, xml_path: Path | str) -> Path:
+    """Convert an exported ONNX file to OpenVINO IR (``.xml`` + ``.bin``), keeping its metadata."""
+    ov = _import_openvino()
+    model = _core().read_model(str(onnx_path))
+    for key, value in onnx_metadata(Path(onnx_path)).items():
+        model.set_rt_info(value, [_RT_INFO_KEY, key])
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return Path(xml_path)
+
+
+class OpenVinoRunner(Runner):
+    """An exported ONNX file (or IR) compiled by OpenVINO for the CPU."""
+
+    name = "openvino"
+    suffixes = (".xml", ".onnx")  # .onnx files go to onnxruntime unless --backend openvino
+    Options = OpenVinoOptions
+    options: OpenVinoOptions
+
+    def _load(self) -> None:
+        ov = _import_openvino()
+        if self.requested_device == Device.cuda:
+            raise DeviceError(
+                "CUDA was asked for, but the openvino backend runs on the CPU only "
+                "(use --device cpu, or onnxruntime for CUDA)"
+            )
+        if self.requested_device == Device.auto:
+            self.device_note = "auto: CPU, since the openvino backend runs on the CPU only"
+        self._ov = ov
+        self._check_file()
+        try:
+            self.model = _core().read_model(str(self.path))
+        except Exception as exc:  # RuntimeError from the ONNX or IR frontend
+            raise ModelLoadError(
+                f"{self.path} is not a model OpenVINO can read: {_last_line(exc)}"
+            ) from exc
+        self.metadata = self._metadata()
+        self.device = "cpu"
+        native, how = bf16_support()
+        self.bf16_note = how
+        if self.options.precision == Precision.bf16 and not native:
+            log.warning("openvino bf16 on this CPU is %s: expect it slower than fp32", how)
+        o = self.options
+        self.config: dict[str, Any] = {
+            "PERFORMANCE_HINT": o.hint.value.upper(),
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[o.precision],
+        }
+        if o.threads:
+            self.config["INFERENCE_NUM_THREADS"] = o.threads
+        if o.streams:
+            self.config["NUM_STREAMS"] = o.streams
+        self._compiled: dict[tuple[int, ...] | None, _Compiled] = {}
+        first = self._compile(None)  # dynamic batch: checks the model compiles before any input
+        self.precision_used = first.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.streams_used = int(first.compiled.get_property("NUM_STREAMS"))
+        self.threads_used = int(first.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.input_name = self.model.inputs[0].get_any_name()
+        self._requests = int(first.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def _check_file(self) -> None:
+        """ModelLoadError for a file that is not ONNX or IR, before OpenVINO tries every frontend
+        on it (its TensorFlow frontend prints parse errors to stderr)."""
+        if self.path.suffix.lower() == ".onnx":
+            try:
+                onnx_metadata(self.path)
+            except Exception as exc:  # google.protobuf DecodeError and the like
+                raise ModelLoadError(
+                    f"{self.path} is not a loadable ONNX file: {_last_line(exc)}"
+                ) from exc
+        else:
+            with open(self.path, "rb") as f:
+                head = f.read(256).lstrip()
+            if not head.startswith((b"<?xml", b"<net")):
+                raise ModelLoadError(f"{self.path} is not an OpenVINO IR file (no <net> XML)")
+
+    def _metadata(self) -> dict[str, str]:
+        if self.path.suffix.lower() == ".onnx":
+            return onnx_metadata(self.path)
+        if not self.model.has_rt_info([_RT_INFO_KEY]):
+            return {}
+        keys = self.model.get_rt_info()[_RT_INFO_KEY].keys()
+        return {str(k): self.model.get_rt_info([_RT_INFO_KEY, k]).astype(str) for k in keys}
+
+    def _compile(self, shape: tuple[int, ...] | None) -> _Compiled:
+        slot = self._compiled.get(shape)
+        if slot is None:
+            model = self.model
+            if shape is not None:
+                model = self.model.clone()
+                model.reshape({0: list(shape)})
+            try:
+                compiled = _core().compile_model(model, "CPU", self.config)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"OpenVINO could not compile {self.path}: {_last_line(exc)}"
+                ) from exc
+            slot = _Compiled(compiled, self._ov)
+            self._compiled[shape] = slot
+        return slot
+
+    @property
+    def description(self) -> str:
+        if self.device is None:
+            return f"{self.name} (not loaded)"
+        return f"{self.name} (CPU, {self.options.precision.value}, {self.options.hint.value})"
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return check_input(x)
+
+    def run_prepared(self, prepared: np.ndarray) -> np.ndarray:
+        step = self.options.micro_batch or 0
+        if step and prepared.shape[0] > step:
+            parts = [prepared[i : i + step] for i in range(0, len(prepared), step)]
+            return np.concatenate([self._run(np.ascontiguousarray(p)) for p in parts])
+        return self._run(prepared)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """One input; with several infer requests, one slice per request on parallel streams."""
+        n = min(self._requests, x.shape[0])
+        if n <= 1:
+            return self._slot(x.shape).run_one(x)
+        bounds = np.linspace(0, x.shape[0], n + 1).astype(int)  # slices differ by <= 1 row
+        outputs: list[np.ndarray] = [np.empty(0, np.float32)] * n
+        started: dict[int, _Compiled] = {}
+        for i in range(n):
+            part = x[bounds[i] : bounds[i + 1]]
+            slot = self._slot(part.shape)
+            slot.start(part, outputs, i)
+            started[id(slot)] = slot
+        for slot in started.values():
+            slot.wait()
+        return np.concatenate(outputs)
+
+    def _slot(self, shape: tuple[int, ...]) -> _Compiled:
+        return self._compile(shape if self.options.static_shapes else None)
+
+    def fetch(self, result: np.ndarray) -> np.ndarray:
+        return np.asarray(result, dtype=np.float32)
+
+    def _close(self) -> None:
+        self._compiled.clear()
+        del self.model
+
+
+class _Compiled:
+    """One compiled model: a reused infer request, and a queue of them for sliced batches."""
+
+    def __init__(self, compiled: Any, ov: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self._queue: Any = None
+        self._ov = ov
+
+    def run_one(self, x: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: x}, share_inputs=True, share_outputs=False)
+        return np.asarray(result[0])
+
+    def start(self, part: np.ndarray, outputs: list[np.ndarray], index: int) -> None:
+        """Start ``part`` on a free infer request; its logits land in ``outputs[index]``."""
+        if self._queue is None:
+            self._queue = self._ov.AsyncInferQueue(self.compiled)
+            self._queue.set_callback(_store_output)
+        self._queue.start_async({0: np.ascontiguousarray(part)}, (outputs, index))
+
+    def wait(self) -> None:
+        if self._queue is not None:
+            self._queue.wait_all()
+
+
+def _last_line(exc: BaseException) -> str:
+    """The telling line of an OpenVINO error: its last non-empty one (the first names a file)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def _store_output(request: Any, userdata: tuple[list[np.ndarray], int]) -> None:
+    outputs, index = userdata
+    outputs[index] = np.array(request.get_output_tensor(0).data)  # a copy: the buffer is reused

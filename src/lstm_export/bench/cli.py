@@ -59,7 +59,7 @@ def bench(
         None,
         "--threads",
         min=1,
-        help="Intra-op threads for torch and ONNX Runtime (default: cores).",
+        help="Threads for each backend (torch, ONNX Runtime, OpenVINO; default: cores).",
     ),
     parity_images: int = typer.Option(
         0, "--parity-images", min=0, help="Test images for parity (0: all 10k)."

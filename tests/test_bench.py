@@ -370,6 +370,7 @@ def test_cli_eager_only_writes_schema(
         (["--batch-sizes", "one"], "integers"),
         (["--device", "tpu"], "--device"),
         (["--rounds", "0"], "--rounds"),
+        (["--rounds", "3", "--max-rounds", "2"], "max rounds (2) must be >= rounds (3)"),
         (["-b", "onnxruntime-fp16"], "does not run on cpu"),
     ],
 )

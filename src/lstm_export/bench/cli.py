@@ -88,7 +88,7 @@ def bench(
         iterations=iterations,
         seconds=None if iterations else seconds,
         rounds=rounds,
-        max_rounds=max_rounds if max_rounds is not None else rounds + 4,
+        max_rounds=max_rounds,
         threads=threads,
         parity_images=parity_images,
         reexport=reexport,

@@ -56,7 +56,8 @@ class BenchSettings:
     iterations: int | None = None  # fixed count per batch size, or ...
     seconds: float | None = 1.0  # ... a time budget per batch size
     rounds: int = 3  # backends measured in turn at least this many times; medians reported
-    max_rounds: int = 7  # ... and at most this many, while a figure is not yet stable
+    max_rounds: int | None = None  # ... and at most this many while a figure is unstable
+    #                                  (None: rounds + 4)
     threads: int | None = None  # intra-op threads for torch and ONNX Runtime; None: all cores
     parity_images: int = 0  # 0: the whole 10k test set
     reexport: bool = False
@@ -76,8 +77,13 @@ class BenchSettings:
             raise BenchError(f"seconds must be > 0, got {self.seconds}")
         if self.rounds < 1:
             raise BenchError(f"rounds must be >= 1, got {self.rounds}")
-        if self.max_rounds < self.rounds:
+        if self.max_rounds is not None and self.max_rounds < self.rounds:
             raise BenchError(f"max rounds ({self.max_rounds}) must be >= rounds ({self.rounds})")
+
+    @property
+    def round_cap(self) -> int:
+        """The most rounds a figure is measured in: ``max_rounds``, else ``rounds + 4``."""
+        return self.max_rounds if self.max_rounds is not None else self.rounds + 4
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"threads must be >= 1, got {self.threads}")
         if self.parity_images < 0:
@@ -202,6 +208,7 @@ def run_bench(
             **{k: v for k, v in asdict(settings).items() if k not in ("data_dir", "device")},
             "device": settings.device.value,
             "threads": threads,
+            "max_rounds": settings.round_cap,
             "batch_sizes": list(settings.batch_sizes),
             "isolation": "one process per backend",
             "statistic": "median (p50) of calls; the median round; throughput = batch / p50",
@@ -222,7 +229,7 @@ def run_bench(
     pending: dict[str, tuple[int, ...]] = {v.name: tuple(settings.batch_sizes) for v in variants}
     measured_once: set[str] = set()
     round_index, done = 0, 0
-    while pending and round_index < settings.max_rounds:
+    while pending and round_index < settings.round_cap:
         todo = [v for v in variants if v.name in pending]
         steps = done + len(todo)
         for variant in todo:

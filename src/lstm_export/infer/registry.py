@@ -41,7 +41,7 @@ def backend_for(path: Path | str) -> str:
     for name, cls in RUNNERS.items():
         if suffix in cls.suffixes:
             return name
-    known = ", ".join(s for cls in RUNNERS.values() for s in cls.suffixes)
+    known = ", ".join(dict.fromkeys(s for cls in RUNNERS.values() for s in cls.suffixes))
     raise ModelLoadError(f"cannot tell the backend of {path}: suffix is not one of {known}")
 
 

@@ -232,3 +232,15 @@ def test_infer_all_batches_and_reports_progress(model_files: dict[str, Path]) ->
         )
     np.testing.assert_allclose(parts, whole, atol=1e-6)
     assert seen == [(0, 25), (10, 25), (20, 25), (25, 25)]
+
+
+def test_onnxruntime_sliced_batches_keep_the_answers(model_files: dict[str, Path]) -> None:
+    """A batch split across single-threaded sessions gives the one-session logits, in order."""
+    x = np.random.default_rng(2).random((37, 28, 28), dtype=np.float32)
+    with load_runner(model_files["onnxruntime"], device="cpu", threads=2) as plain:
+        expected = plain.infer(x)
+    with load_runner(model_files["onnxruntime"], device="cpu", threads=2, sliced=True) as sliced:
+        assert len(sliced._slices) == 2  # type: ignore[attr-defined]
+        np.testing.assert_allclose(sliced.infer(x), expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(sliced.infer(x[:5]), expected[:5], rtol=0, atol=1e-5)
+    assert sliced._pool is None  # type: ignore[attr-defined]

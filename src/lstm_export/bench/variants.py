@@ -87,7 +87,7 @@ VARIANTS: tuple[Variant, ...] = (
         "onnxruntime",
         _CPU,
         "int8",
-        {"micro_batch": 32, "serial_up_to": 1},
+        {"micro_batch": 32, "serial_up_to": 1, "sliced": True},
     ),
     Variant(
         "onnxruntime-cudagraph", Artifact.onnx, "onnxruntime", _CUDA, "fp32", {"cuda_graph": True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import Enum
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,9 @@ class OrtOptions:
     CPU tuning (measured in ``benchmarks/``): ``micro_batch`` splits larger inputs into runs of
     at most that many rows, which keeps the LSTM's per-step state in cache; ``serial_up_to``
     runs inputs of at most that many rows on a second, single-threaded session, since waking a
-    thread pool costs more than it saves on a batch of one. ``profile_prefix``: write an ONNX
+    thread pool costs more than it saves on a batch of one; ``sliced`` runs a batch of at least
+    8 rows per thread as ``threads`` slices at once, each on a single-threaded session of its own
+    (no barrier between the threads on every LSTM step, as OpenVINO's streams do). ``profile_prefix``: write an ONNX
     Runtime profile trace with this file prefix (read it after ``session.end_profiling()``).
     """
 
@@ -56,6 +59,7 @@ class OrtOptions:
     tf32: bool = False
     micro_batch: int | None = None
     serial_up_to: int | None = None
+    sliced: bool = False
     profile_prefix: str | None = None
 
     def __post_init__(self) -> None:
@@ -70,6 +74,10 @@ class OrtOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+#: the fewest rows a parallel slice gets; smaller batches run whole
+MIN_SLICE_ROWS = 8
 
 
 @dataclass
@@ -137,10 +145,21 @@ class OnnxRuntimeRunner(Runner):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._graphs: dict[tuple[int, ...], _GraphSlot] = {}
         self._serial: Any = None
-        if o.serial_up_to and self.device == "cpu" and o.threads != 1:
+        self._slices: list[Any] = []
+        self._pool: Any = None
+        from lstm_export.infer.pipeline import usable_cores
+
+        slices = (o.threads or usable_cores()) if o.sliced else 0
+        if self.device == "cpu" and (o.serial_up_to or slices > 1):
             opts.intra_op_num_threads = 1
             opts.enable_profiling = False
-            self._serial = open_session(self.path, Device.cpu, opts)
+            if o.serial_up_to and o.threads != 1:
+                self._serial = open_session(self.path, Device.cpu, opts)
+            if slices > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._slices = [open_session(self.path, Device.cpu, opts) for _ in range(slices)]
+                self._pool = ThreadPoolExecutor(slices, "ort-slice")
 
     @property
     def description(self) -> str:
@@ -218,13 +237,26 @@ class OnnxRuntimeRunner(Runner):
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0]
 
-    def _run_host(self, x: np.ndarray) -> np.ndarray:
-        """CPU path: micro-batches of at most ``micro_batch`` rows; small ones run serially."""
+    def _run_host(self, x: np.ndarray, session: Any = None) -> np.ndarray:
+        """CPU path: a large batch in parallel slices, each in micro-batches of at most
+        ``micro_batch`` rows; small ones run serially."""
+        n = len(self._slices)
+        if session is None and n and x.shape[0] >= n * MIN_SLICE_ROWS:
+            bounds = np.linspace(0, x.shape[0], n + 1).astype(int)
+            parts = self._pool.map(
+                self._run_host,
+                [x[a:b] for a, b in pairwise(bounds)],
+                self._slices,
+            )
+            return np.concatenate(list(parts))
         step = self.options.micro_batch or 0
         if step and x.shape[0] > step:
-            return np.concatenate([self._run_host(x[i : i + step]) for i in range(0, len(x), step)])
-        serial = self._serial is not None and x.shape[0] <= (self.options.serial_up_to or 0)
-        session = self._serial if serial else self.session
+            return np.concatenate(
+                [self._run_host(x[i : i + step], session) for i in range(0, len(x), step)]
+            )
+        if session is None:
+            serial = self._serial is not None and x.shape[0] <= (self.options.serial_up_to or 0)
+            session = self._serial if serial else self.session
         feeds = {self.input_name: x, **self._zero_state(x.shape[0])}
         return session.run([self.output_name], feeds)[0]
 
@@ -236,4 +268,8 @@ class OnnxRuntimeRunner(Runner):
     def _close(self) -> None:
         self._graphs.clear()
         self._serial = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._slices = []
         del self.session

@@ -91,6 +91,7 @@ def _fake_graph_runner(tmp_path: Path) -> tuple[OnnxRuntimeRunner, _FakeSession]
     runner.session, runner._ort, runner.device = session, _FakeOrt, "cuda"
     runner.input_name, runner.output_name = "pixels", "logits"
     runner._graphs, runner._serial, runner._loaded = {}, None, True
+    runner._state_inputs, runner._slices, runner._pool = [], [], None
     return runner, session
 
 

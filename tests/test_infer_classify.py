@@ -286,7 +286,7 @@ def test_output_format_from_suffix_or_flag(tmp_path: Path) -> None:
     assert resolve_format(tmp_path / "x.jsonl") == OutputFormat.jsonl
     assert resolve_format(None) == OutputFormat.csv
     assert resolve_format(tmp_path / "x.txt", "jsonl") == OutputFormat.jsonl
-    with pytest.raises(OutputError, match="--format"):
+    with pytest.raises(OutputError, match="or name the format"):
         resolve_format(tmp_path / "x.txt")
 
 

@@ -142,7 +142,10 @@ def infer(
     from lstm_export.infer.ray_cli import folder_run, resolve_output_format, rows_opener
     from lstm_export.infer.writers import open_rows
 
-    resolve_output_format(engine, output, fmt)  # a bad -o suffix fails before any work
+    try:  # a bad -o suffix fails before any work
+        resolve_output_format(engine, output, fmt)
+    except OutputError as exc:
+        raise OutputError(f"{exc} (--format)") from exc
     if confusion_png is not None and confusion_png.suffix.lower() != ".png":
         raise OutputError(f"--confusion-png {confusion_png} must end in .png")
     run = folder_run(

@@ -632,3 +632,21 @@ def test_weights_that_do_not_fit_the_config_name_the_tensor(
         CheckpointError, match=r"fc\.bias is missing; extra\.weight is not a weight"
     ):
         model_from_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("command", ["onnx", "torchscript", "bench"])
+def test_export_and_bench_outputs_may_not_replace_their_inputs(command: str, model: Path) -> None:
+    """-o naming the checkpoint (or, for the bench, an exported file) is refused before any work."""
+    before = model.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-c", CLI, command, model, "-o", model, "--no-validate"][
+            : 7 if command == "bench" else 8
+        ],
+        capture_output=True,
+        timeout=180,
+        preexec_fn=_limits(MEMORY_LIMIT),
+    )
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr.decode()
+    assert lines[-1].startswith("error: ") and "input" in lines[-1]
+    assert model.read_bytes() == before

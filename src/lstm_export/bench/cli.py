@@ -74,11 +74,12 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON on stdout."),
 ) -> None:
     """Measure parity (full test set) and latency of every backend against eager PyTorch."""
+    from lstm_export.artifacts import Artifact
     from lstm_export.bench.report import markdown as to_markdown
     from lstm_export.bench.report import plot as write_plot
     from lstm_export.bench.report import write_json
     from lstm_export.bench.run import BenchSettings, plan_bench, run_bench
-    from lstm_export.fileio import ensure_writable_dir
+    from lstm_export.fileio import check_outputs_against_inputs, ensure_writable_dir
 
     settings = BenchSettings(
         device=device,
@@ -98,6 +99,9 @@ def bench(
         if path is not None:
             ensure_writable_dir(path.parent)  # fail before measuring, not after
     plan = plan_bench(target, settings)
+    check_outputs_against_inputs(
+        [output, plot], [plan.checkpoint, *(a.beside(plan.checkpoint) for a in Artifact)]
+    )
     plan.data_dir = require_mnist(settings.data_dir)
 
     progress = make_progress()

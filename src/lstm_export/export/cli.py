@@ -31,6 +31,14 @@ class InspectDevice(str, Enum):
 
 
 # -- output helpers --------------------------------------------------------------------------------
+def _refuse_overwriting_the_checkpoint(out: Path | None, checkpoint: Path) -> None:
+    """-o may not name the checkpoint (or any other input): checked before any work."""
+    from lstm_export.checkpoint import resolve_checkpoint
+    from lstm_export.fileio import check_outputs_against_inputs
+
+    check_outputs_against_inputs([out], [resolve_checkpoint(checkpoint)])
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -207,6 +215,7 @@ def onnx(
 
     if not tolerance > 0:
         raise ConfigError(f"--tolerance must be > 0, got {tolerance}")
+    _refuse_overwriting_the_checkpoint(out, checkpoint)
     if validate or int8:  # the int8 guard needs MNIST even with --no-validate
         data_dir = require_mnist(data_dir)
     reports: dict[str, Any] = {}
@@ -351,6 +360,7 @@ def torchscript(
 
     if not tolerance > 0:
         raise ConfigError(f"--tolerance must be > 0, got {tolerance}")
+    _refuse_overwriting_the_checkpoint(out, checkpoint)
     if validate:
         data_dir = require_mnist(data_dir)
     with _progress() as progress:

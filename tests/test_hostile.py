@@ -650,3 +650,22 @@ def test_export_and_bench_outputs_may_not_replace_their_inputs(command: str, mod
     assert result.returncode == 1 and "Traceback" not in result.stderr.decode()
     assert lines[-1].startswith("error: ") and "input" in lines[-1]
     assert model.read_bytes() == before
+
+
+def test_a_failed_train_leaves_no_empty_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "new-run"
+    result = subprocess.run(
+        [sys.executable, "-c", CLI, "train", "--out", out, "--data-dir", tmp_path / "no-mnist"],
+        capture_output=True,
+        timeout=180,
+    )
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
+    assert not out.exists()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    subprocess.run(
+        [sys.executable, "-c", CLI, "train", "--out", kept, "--data-dir", tmp_path / "no-mnist"],
+        capture_output=True,
+        timeout=180,
+    )
+    assert kept.is_dir()  # a folder the user made is never removed

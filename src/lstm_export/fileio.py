@@ -256,6 +256,21 @@ def ensure_writable_dir(directory: Path) -> Path:
     return directory
 
 
+@contextlib.contextmanager
+def new_output_dir(directory: Path) -> Iterator[Path]:
+    """:func:`ensure_writable_dir`, and if the block then fails, the folder is removed again when
+    this call created it and nothing was written into it (a failed run leaves no empty folder)."""
+    created = not os.path.lexists(directory)
+    ensure_writable_dir(directory)
+    try:
+        yield directory
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only succeeds while empty
+        raise
+
+
 def check_writable_file(target: Path) -> Path:
     """Fail early, before any slow step, if ``target`` cannot be written as a file.
 

@@ -43,7 +43,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
 ) -> None:
     """Train the LSTM on MNIST; write OUT/model.pt (checkpoint) and OUT/metrics.json."""
-    from lstm_export.fileio import ensure_writable_dir
+    from lstm_export.fileio import new_output_dir
 
     if lr is not None and lr <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--lr")
@@ -64,44 +64,46 @@ def train(
         subset=subset,
         test_subset=test_subset,
     )
-    ensure_writable_dir(out)  # fail before training, not after
+    with new_output_dir(out):  # fail before training, not after; no empty folder on failure
+        from lstm_export.data.cli import require_mnist
 
-    from lstm_export.data.cli import require_mnist
+        data_dir = require_mnist(data_dir)  # fetched or data errors before the progress bar starts
 
-    data_dir = require_mnist(data_dir)  # fetched or data errors before the progress bar starts
+        import torch
 
-    import torch
+        from lstm_export.train.loop import train as run_training
+        from lstm_export.train.run_dir import save_run
 
-    from lstm_export.train.loop import train as run_training
-    from lstm_export.train.run_dir import save_run
+        if threads:
+            torch.set_num_threads(threads)
+        progress = make_progress(
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[speed]:,.0f} img/s"),
+        )
+        state: dict[str, Any] = {"t0": time.perf_counter(), "seen": 0}
 
-    if threads:
-        torch.set_num_threads(threads)
-    progress = make_progress(
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:,.0f} img/s")
-    )
-    state: dict[str, Any] = {"t0": time.perf_counter(), "seen": 0}
+        with progress:
+            task = progress.add_task("training", total=None, loss=float("nan"), speed=0.0)
 
-    with progress:
-        task = progress.add_task("training", total=None, loss=float("nan"), speed=0.0)
+            def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+                if step == 0:
+                    state["t0"], state["seen"] = time.perf_counter(), 0
+                    progress.reset(
+                        task, total=steps, description=f"epoch {epoch + 1}/{config.epochs}"
+                    )
+                state["seen"] += config.batch_size
+                speed = state["seen"] / max(time.perf_counter() - state["t0"], 1e-9)
+                progress.update(task, advance=1, loss=loss, speed=speed)
 
-        def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
-            if step == 0:
-                state["t0"], state["seen"] = time.perf_counter(), 0
-                progress.reset(task, total=steps, description=f"epoch {epoch + 1}/{config.epochs}")
-            state["seen"] += config.batch_size
-            speed = state["seen"] / max(time.perf_counter() - state["t0"], 1e-9)
-            progress.update(task, advance=1, loss=loss, speed=speed)
+            def on_epoch(record: dict[str, Any]) -> None:
+                progress.console.print(
+                    f"epoch {record['epoch']}/{config.epochs}: train loss {record['train_loss']:.4f}"
+                    f"  test accuracy {record['test_accuracy'] * 100:.2f} %"
+                    f"  ({record['seconds']:.0f} s)"
+                )
 
-        def on_epoch(record: dict[str, Any]) -> None:
-            progress.console.print(
-                f"epoch {record['epoch']}/{config.epochs}: train loss {record['train_loss']:.4f}"
-                f"  test accuracy {record['test_accuracy'] * 100:.2f} %"
-                f"  ({record['seconds']:.0f} s)"
-            )
-
-        result = run_training(config, data_dir, on_step=on_step, on_epoch=on_epoch)
-    model_path = save_run(result, out)
+            result = run_training(config, data_dir, on_step=on_step, on_epoch=on_epoch)
+        model_path = save_run(result, out)
     metrics = result.metrics
     if as_json:
         console.print_json(json.dumps({**metrics, "checkpoint": str(model_path)}))

@@ -36,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from lstm_export.bench.machine import cpu_model
 from lstm_export.errors import LstmExportError
+from make_folders import mnist_folder  # a sibling script: benchmarks/ is sys.path[0]
 
 #: batch sizes tried for "inference only"
 BATCHES = (64, 128, 256)
@@ -50,28 +52,6 @@ def best_rate(count: int, fn: Callable[[], object], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return count / best
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def make_folder(root: Path, count: int, data_dir: Path | None) -> Path:
-    """``count`` test digits as 28x28 PNGs in ``root/mnist/<class>/``."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from lstm_export.data.cli import require_mnist
-    from lstm_export.data.mnist import load_split
-    from make_folders import write_variant
-
-    split = load_split(require_mnist(data_dir), "test")
-    write_variant(root, split.images[:count], split.labels[:count], "mnist")
-    return root / "mnist"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +94,7 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
     cores = usable_cores()
     load = os.getloadavg()[0]
     checkpoint = resolve_checkpoint(args.checkpoint)
-    folder = args.folder or make_folder(scratch, args.count, args.data_dir)
+    folder = args.folder or mnist_folder(scratch, args.count, args.data_dir)
     onnx_path = args.onnx
     if onnx_path is None:
         from lstm_export.export.to_onnx import export_onnx
@@ -135,7 +115,7 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
     for p in paths:  # warm file cache: every measurement reads the same cached files
         Path(p).read_bytes()
     print(
-        f"machine: {cores} CPU cores ({cpu_name()}), "
+        f"machine: {cores} CPU cores ({cpu_model()}), "
         f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}; Python {platform.python_version()},"
         f" onnxruntime {onnxruntime.__version__}, torch {torch.__version__}; "
         f"{n:,} images in {folder}; best of {args.repeat}",
@@ -144,7 +124,7 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
     if load > 0.5:
         print(f"note: load average {load:.1f} before starting: other work shares the CPUs")
 
-    results: dict[str, Any] = {"images": n, "cores": cores, "cpu": cpu_name(), "load": load}
+    results: dict[str, Any] = {"images": n, "cores": cores, "cpu": cpu_model(), "load": load}
     digits_holder: list[np.ndarray] = []
 
     def decode_only() -> None:

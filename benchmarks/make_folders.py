@@ -114,6 +114,13 @@ def write_variant(
     return len(images)
 
 
+def mnist_folder(root: Path, count: int, data_dir: Path | None) -> Path:
+    """``count`` test digits as 28x28 PNGs in ``root/mnist/<class>/`` (fetching MNIST if needed)."""
+    split = load_split(require_mnist(data_dir), "test")
+    write_variant(root, split.images[:count], split.labels[:count], "mnist")
+    return root / "mnist"
+
+
 def _messy(folder: Path, images: np.ndarray, labels: np.ndarray) -> int:
     """Digits in awkward places and names, and every kind of bad file."""
     names = ["plain", "with space", "ünïcödé", "deep/er/still"]

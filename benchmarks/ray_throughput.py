@@ -39,30 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lstm_export.bench.machine import cpu_model
+from make_folders import mnist_folder  # a sibling script: benchmarks/ is sys.path[0]
+
 # a Ray started here listens on the loopback address only
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def make_folder(root: Path, count: int, data_dir: Path | None) -> Path:
-    """``count`` test digits as 28x28 PNGs in ``root/mnist/<class>/``."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from lstm_export.data.cli import require_mnist
-    from lstm_export.data.mnist import load_split
-    from make_folders import write_variant
-
-    split = load_split(require_mnist(data_dir), "test")
-    write_variant(root, split.images[:count], split.labels[:count], "mnist")
-    return root / "mnist"
 
 
 def make_model(root: Path) -> Path:
@@ -331,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     try:
         model = args.model or make_model(scratch)
-        folder = args.folder or make_folder(scratch, args.count, args.data_dir)
+        folder = args.folder or mnist_folder(scratch, args.count, args.data_dir)
         loads = [os.getloadavg()[0]]
         driver = driver_costs(model, folder, scratch)
         print(f"driver: {driver}", file=sys.stderr, flush=True)
@@ -344,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "ray_version": ray.__version__,
             "machine": {
-                "cpu": cpu_name(),
+                "cpu": cpu_model(),
                 "cores": os.cpu_count(),
                 "python": platform.python_version(),
             },

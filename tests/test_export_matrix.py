@@ -138,6 +138,35 @@ def test_export_and_validate(
         assert [str(t) for t in audit.outputs][1:] == [f"h_n: float32 {h}", f"c_n: float32 {c}"]
 
 
+def _lstm_weight_constants(path: Path) -> list[Any]:
+    """The tensors a saved TorchScript file feeds its ``aten::lstm`` as weights, in order."""
+    import torch
+
+    graph = torch.jit.load(str(path)).graph
+    (lstm,) = [n for n in graph.nodes() if n.kind() == "aten::lstm"]
+    source = list(lstm.inputs())[2].node()
+    if source.kind() == "prim::ListConstruct":
+        return [value.toIValue() for value in source.inputs()]
+    return list(source.output().toIValue())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_torchscript_lstm_weights_are_one_buffer(
+    export_cell: Callable[[str, str], Any], name: str
+) -> None:
+    """cuDNN copies an LSTM's weights into one buffer on every call unless they already are one
+    (frozen constants keep the storage they had when saved): the file holds them as dense views
+    of one storage, in ``all_weights`` order from offset 0, with nothing else in it."""
+    weights = _lstm_weight_constants(export_cell(name, "torchscript").path)
+    storage = weights[0].untyped_storage()
+    assert all(w.untyped_storage().data_ptr() == storage.data_ptr() for w in weights)
+    offsets = [w.storage_offset() for w in weights]
+    sizes = [w.numel() for w in weights]
+    assert offsets == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert storage.nbytes() == sum(sizes) * weights[0].element_size()
+    assert all(w.is_contiguous() for w in weights)
+
+
 @pytest.mark.parametrize("backend", ["dynamo", "legacy"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_int8(

@@ -93,15 +93,38 @@ def _is_portable(module: Any) -> bool:
     )
 
 
+def pack_lstm_weights(model: Any) -> None:
+    """Make each ``nn.LSTM``'s weights views into one buffer, in place, values unchanged.
+
+    cuDNN runs an LSTM from one weight buffer. ``nn.LSTM.to("cuda")`` repacks its weights into
+    one, but a frozen TorchScript module holds them as constants, and when they are separate
+    tensors cuDNN copies them into a buffer on every call (with a warning). Frozen constants that
+    are views of one storage stay so through ``torch.jit.save`` and
+    ``torch.jit.load(map_location="cuda")``, and cuDNN uses that storage as it is when the layout
+    is its own: per layer and direction, ``w_ih, w_hh, b_ih, b_hh``, dense, which is the order of
+    ``nn.LSTM.all_weights``.
+    """
+    import torch
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.LSTM):
+            weights = [w for layer in module.all_weights for w in layer]
+            with torch.no_grad():
+                vector_to_parameters(parameters_to_vector(weights), weights)
+
+
 def build_scripted(model: LSTMClassifier | Any) -> tuple[Any, bool, list[str]]:
     """Script, freeze and optimise ``model``: ``(module, optimized, notes)``.
 
     ``torch.jit.optimize_for_inference`` may bake in machine-specific (MKLDNN) ops; when it does,
-    the frozen module is kept instead so the file stays portable across devices.
+    the frozen module is kept instead so the file stays portable across devices. Each LSTM's
+    weights are packed into one buffer first (:func:`pack_lstm_weights`).
     """
     import torch
 
     notes: list[str] = []
+    pack_lstm_weights(model)
     scripted = torch.jit.script(model.eval())
     frozen = torch.jit.freeze(scripted.eval())
     try:

@@ -181,8 +181,9 @@ class TorchScriptRunner(TorchRunner):
         return module
 
     def _warn_if_weights_are_compacted_per_call(self, module: Any) -> None:
-        """cuDNN wants an LSTM's weights in one contiguous chunk; a frozen module holds them as
-        separate constants, and cuDNN then warns and copies them on every call. Say so."""
+        """cuDNN wants an LSTM's weights in one contiguous chunk, laid out its way; when a frozen
+        module's weight constants are not (``export_torchscript`` packs them, a file from
+        elsewhere may not), cuDNN warns and copies them on every call. Say so."""
         torch = self._torch
         with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
             warnings.simplefilter("always")
@@ -191,6 +192,6 @@ class TorchScriptRunner(TorchRunner):
             self.weights_compacted_per_call = True
             log.warning(
                 "%s: cuDNN compacts the LSTM weights on every call (they are not one contiguous "
-                "chunk), which costs time on CUDA",
+                "chunk), which costs time on CUDA; exporting it again packs them",
                 self.path.name,
             )

@@ -8,7 +8,10 @@
 # major as torch (1.31 wheels: CUDA 13, so torch >= 2.9 cu13x); the package's dependencies; and
 # MNIST (LSTM_EXPORT_DATA_DIR, the cache, or network to fetch it). Each need is checked first.
 # PYTHON picks the interpreter (default: .venv/bin/python, else python3); the package is run
-# from src/ without installing it.
+# from src/ without installing it. On a machine without a package index, GPU_CHECK_WHEELS names a
+# folder of wheels (onnxruntime-gpu, say) that are installed into GPU_CHECK_SITE (default
+# /tmp/gpu-check-site) and put ahead of the interpreter's own packages; a wheel split into parts
+# (`split -b 60M NAME.whl NAME.whl.part-`) is joined first.
 #
 # Exit codes: 0 all checks passed; 1 a check failed; 2 no usable GPU (the checks that need none
 # ran, and the report says what could not be checked); 3 a prerequisite is missing.
@@ -29,6 +32,32 @@ say() { echo "gpu_check: $*" | tee -a "$LOG"; }
 cli() { "$PYTHON" -m lstm_export "$@"; }
 
 say "interpreter $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+
+# -- 0. wheels brought along for an offline machine --------------------------------------------
+if [[ -n "${GPU_CHECK_WHEELS:-}" ]]; then
+    site="${GPU_CHECK_SITE:-/tmp/gpu-check-site}"
+    joined=$(mktemp -d)
+    trap 'rm -rf "$joined"' EXIT
+    shopt -s nullglob
+    for whl in "$GPU_CHECK_WHEELS"/*.whl; do ln -s "$(realpath "$whl")" "$joined/"; done
+    for first in "$GPU_CHECK_WHEELS"/*.whl.part-aa; do
+        whl="${first%.part-aa}"
+        cat "$whl".part-* >"$joined/$(basename "$whl")"
+    done
+    wheels=("$joined"/*.whl)
+    shopt -u nullglob
+    if [[ ${#wheels[@]} -eq 0 ]]; then
+        say "GPU_CHECK_WHEELS=$GPU_CHECK_WHEELS holds no wheel (NAME.whl or NAME.whl.part-aa, -ab, ...)"
+        exit 3
+    fi
+    if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade \
+            --target "$site" "${wheels[@]}" >>"$LOG" 2>&1; then
+        say "could not install the wheels in $GPU_CHECK_WHEELS into $site (see $LOG)"
+        exit 3
+    fi
+    export PYTHONPATH="$PWD/src:$site${PYTHONPATH#"$PWD/src"}"
+    say "installed into $site: $(cd "$joined" && ls -- *.whl | tr '\n' ' ')"
+fi
 
 # -- 1. prerequisites ---------------------------------------------------------------------------
 missing=$("$PYTHON" - <<'EOF'

@@ -252,3 +252,94 @@ def test_ray_throughput(small_model: tuple[Path, Path], mnist_dir: Path, tmp_pat
     )
     report = json.loads(figures.read_text())
     assert set(report["results"]) == {"in-process", "ray local, 1 actor"}
+
+
+def _make_wheel(folder: Path, name: str) -> Path:
+    """A minimal pure-Python wheel ``name-0.1`` holding ``name/__init__.py``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}/__init__.py": b"VALUE = 42\n",
+        f"{name}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{name}-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{name}-0.1.dist-info/RECORD,,")
+    files[f"{name}-0.1.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel
+
+
+def test_gpu_check_without_a_gpu_installs_carried_wheels_and_says_what_it_skipped(
+    tmp_path: Path,
+) -> None:
+    """gpu_check.sh with no usable GPU: the wheels it was given (one whole, one split into parts)
+    are installed ahead of the interpreter's packages, the environment report is JSON, the CPU
+    checks of the CUDA logic pass, and it exits 2 naming what it could not check."""
+    import os
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _make_wheel(wheels, "probe_whole")
+    split = _make_wheel(tmp_path, "probe_split").read_bytes()
+    name = "probe_split-0.1-py3-none-any.whl"
+    for i, suffix in enumerate(("aa", "ab", "ac")):
+        third = len(split) // 3 + 1
+        (wheels / f"{name}.part-{suffix}").write_bytes(split[i * third : (i + 1) * third])
+    out, site = tmp_path / "out", tmp_path / "site"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "CUDA_VISIBLE_DEVICES": "",
+        "GPU_CHECK_OUT": str(out),
+        "GPU_CHECK_WHEELS": str(wheels),
+        "GPU_CHECK_SITE": str(site),
+    }
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no GPU: torch cannot use CUDA here" in result.stdout
+    assert (
+        "not checked: CUDA tests, the CUDA-graph shape test, the CUDA bench table" in result.stdout
+    )
+    assert (
+        f"installed into {site}: probe_split-0.1-py3-none-any.whl probe_whole-0.1" in result.stdout
+    )
+    assert (site / "probe_split" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert (site / "probe_whole" / "__init__.py").is_file()
+    report = json.loads((out / "environment.json").read_text())
+    assert report["torch_cuda_problem"] and report["onnxruntime"]
+    assert "no GPU" in (out / "gpu-check.log").read_text()
+
+
+def test_gpu_check_refuses_a_wheel_folder_without_wheels(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_OUT": str(tmp_path / "out")}
+    env["GPU_CHECK_WHEELS"] = str(tmp_path)
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3
+    assert f"GPU_CHECK_WHEELS={tmp_path} holds no wheel" in result.stdout

@@ -99,11 +99,36 @@ report = {
     "onnxruntime_cuda_major": ort_session.ort_cuda_major(),
     "onnxruntime_pairing_problem": ort_session.cuda_pairing_problem(),
     "onnxruntime_diagnosis": None,
+    "below_tested_floors": None,
 }
+try:  # the dependencies' versions against the floors pyproject.toml declares (tested ones)
+    import importlib.metadata as md
+    import tomllib
+    from packaging.requirements import Requirement
+
+    with open("pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["dependencies"]
+    low = []
+    for req in map(Requirement, declared):
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            have = md.version(req.name)
+        except md.PackageNotFoundError:
+            low.append(f"{req.name} not installed")
+            continue
+        if not req.specifier.contains(have, prereleases=True):
+            low.append(f"{req.name} {have} (declared {req.specifier})")
+    report["below_tested_floors"] = low
+except ImportError:  # Python 3.10 (no tomllib) or no packaging: not checked
+    pass
 if not report["onnxruntime_cuda_build"] or report["onnxruntime_pairing_problem"]:
     report["onnxruntime_diagnosis"] = ort_session.cuda_diagnosis()
 print(json.dumps(report, indent=2))
 EOF
+
+low=$("$PYTHON" -c 'import json, sys; print("; ".join(json.load(sys.stdin)["below_tested_floors"] or []))' <"$OUT/environment.json")
+[[ -n "$low" ]] && say "WARNING: outside the versions this project declares and tested: $low"
 
 gpu=$("$PYTHON" -c 'from lstm_export.devices import torch_cuda_problem as p; print("yes" if p() is None else "no")')
 ort_gpu=$("$PYTHON" -c 'from lstm_export import ort_session as s; print("yes" if s.ort_has_cuda_build() and s.cuda_pairing_problem() is None else "no")')

@@ -307,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--md", type=Path, default=None)
     args = parser.parse_args(argv)
-    import ray
+    try:
+        import ray
+    except ImportError:
+        parser.exit(1, "error: Ray is not installed: pip install 'lstm-export[ray]'\n")
 
     scratch = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     try:

@@ -175,7 +175,10 @@ def test_variant_selection() -> None:
     assert cpu[0] == "eager" and "onnxruntime-int8" in cpu
     assert "onnxruntime-fp16" not in cpu
     cuda = [v.name for v in select_variants(None, BenchDevice.cuda).variants]
-    assert {"onnxruntime-cudagraph", "onnxruntime-fp16"} <= set(cuda)
+    assert {"onnxruntime-cudagraph", "onnxruntime-fp16", "onnxruntime-tf32", "eager-tf32"} <= set(
+        cuda
+    )
+    assert "onnxruntime-tf32" not in cpu and "eager-tf32" not in cpu
     assert "onnxruntime-int8" not in cuda and "openvino" not in cuda
     assert [v.name for v in select_variants(["onnxruntime"], BenchDevice.cpu).variants] == [
         "eager",

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 FP32_AGREEMENT_FLOOR = 0.9999  # fp32 backends below this argmax agreement with eager are flagged
-MAX_ACCURACY_DROP = 0.003  # int8, bf16, fp16: at most 0.3 points below eager's accuracy
+MAX_ACCURACY_DROP = 0.003  # int8, bf16, fp16, tf32: at most 0.3 points below eager's accuracy
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 
 #: progress(description, done, total)

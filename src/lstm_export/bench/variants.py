@@ -24,7 +24,7 @@ class BenchDevice(str, Enum):
 
 
 #: precisions held to an accuracy delta (at most :data:`MAX_ACCURACY_DROP`), not to agreement
-REDUCED_PRECISIONS = frozenset({"int8", "bf16", "fp16"})
+REDUCED_PRECISIONS = frozenset({"int8", "bf16", "fp16", "tf32"})
 
 
 def _openvino_missing() -> str | None:
@@ -52,7 +52,7 @@ class Variant:
     artifact: Artifact
     backend: str  # registry name in lstm_export.infer.registry.RUNNERS
     devices: frozenset[BenchDevice]
-    precision: str  # fp32 | int8 | fp16 | bf16
+    precision: str  # fp32 | int8 | fp16 | bf16 | tf32
     options: Mapping[str, Any] = field(default_factory=dict)
     #: ``reference`` (eager), ``export`` (one of ours) or ``peer`` (a runtime a user could pick
     #: instead of our exports)
@@ -93,6 +93,10 @@ VARIANTS: tuple[Variant, ...] = (
         "onnxruntime-cudagraph", Artifact.onnx, "onnxruntime", _CUDA, "fp32", {"cuda_graph": True}
     ),
     Variant("onnxruntime-fp16", Artifact.onnx_fp16, "onnxruntime", _CUDA, "fp16"),
+    # TF32 is off in every fp32 row (true fp32, as the reference); these rows show what it buys.
+    # PyTorch allows it in cuDNN by default, so eager-tf32 is eager PyTorch as a user gets it.
+    Variant("onnxruntime-tf32", Artifact.onnx, "onnxruntime", _CUDA, "tf32", {"tf32": True}),
+    Variant("eager-tf32", Artifact.checkpoint, "eager", _CUDA, "tf32", {"tf32": True}, role="peer"),
     # Peers: what a user could ship instead of our exports, on the same files.
     Variant(
         "openvino",

@@ -239,6 +239,50 @@ def test_torchscript_on_cuda_does_not_compact_weights_per_call(tmp_path: Path) -
         assert not runner.weights_compacted_per_call  # type: ignore[attr-defined]
 
 
+@pytest.mark.cuda
+def test_stdout_stays_machine_readable_on_cuda(tmp_path: Path) -> None:
+    """What ONNX Runtime prints while it loads the CUDA provider (preload_dlls, "EP Error") must not
+    reach stdout: ``inspect --json`` parses as JSON and ``infer`` without ``-o`` is pure CSV."""
+    import csv
+    import io
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from lstm_export.export.to_onnx import export_onnx
+
+    onnx_path = export_onnx(tiny_checkpoint(tmp_path), validate=False).path
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("L", (28, 28), color=i * 60).save(folder / f"{i}.png")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), *sys.path])}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "lstm_export", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    info = json.loads(cli("inspect", str(onnx_path), "--device", "cuda", "--json"))
+    assert info
+    rows = list(
+        csv.DictReader(io.StringIO(cli("infer", str(onnx_path), str(folder), "--device", "cuda")))
+    )
+    assert sorted(r["path"] for r in rows) == ["0.png", "1.png", "2.png"]
+    assert all(r["error"] == "" and r["prediction"].isdigit() for r in rows)
+
+
 def test_gpu_check_script_is_valid_bash() -> None:
     import subprocess
 

@@ -699,3 +699,54 @@ def test_a_failed_train_leaves_no_empty_output_folder(tmp_path: Path) -> None:
         timeout=180,
     )
     assert kept.is_dir()  # a folder the user made is never removed
+
+
+# -- a write that fails half way (a full disk) -----------------------------------------------------
+#: file-size limit of the child: write(2) then fails with EFBIG part way through every output,
+#: the same failing write a full disk (ENOSPC) gives, without needing a small file system
+_WRITE_LIMIT = 2048
+
+
+def _writes_fail_past_the_limit() -> None:
+    _limits(MEMORY_LIMIT)()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer outright
+    resource.setrlimit(resource.RLIMIT_FSIZE, (_WRITE_LIMIT, _WRITE_LIMIT))
+
+
+@pytest.mark.parametrize("case", ["infer-csv", "infer-jsonl", "onnx", "torchscript", "train"])
+def test_a_write_that_fails_half_way_keeps_the_previous_file(
+    case: str, model: Path, tmp_path: Path, mnist_dir: Path
+) -> None:
+    """Every writer, when the disk fills part way: one line naming the file, exit 1, the previous
+    file intact and no temporary file left (torch's own writers abort or fail obscurely there, so
+    checkpoints and TorchScript files are serialised in memory and written by Python)."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    if case.startswith("infer"):
+        folder = tmp_path / "digits"
+        folder.mkdir()
+        (folder / "0.png").write_bytes(_digit())
+        for i in range(1, 300):  # about 10 KB of rows
+            os.link(folder / "0.png", folder / f"{i}.png")
+        target = outputs / f"rows.{case.split('-')[1]}"
+        args = ["infer", model, folder, "-o", target, "--no-progress"]
+    elif case == "train":
+        target = outputs / "model.pt"
+        args = ["train", "--out", outputs, "--subset", 200, "--test-subset", 200, "--epochs", 1]
+        args += ["--hidden-size", 8, "--data-dir", mnist_dir]
+    else:
+        target = outputs / ("model.onnx" if case == "onnx" else "model.ts")
+        args = [case, model, "-o", target, "--no-validate"]
+    target.write_bytes(b"previous")
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI, *map(str, args)],
+        capture_output=True,
+        timeout=CLI_TIMEOUT,
+        preexec_fn=_writes_fail_past_the_limit,
+        start_new_session=True,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == f"error: cannot write {target}: File too large"
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in outputs.iterdir()] == [target.name]

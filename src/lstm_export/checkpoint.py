@@ -16,7 +16,7 @@ from lstm_export.config import ModelConfig
 from lstm_export.data import preprocess
 from lstm_export.data.mnist import CLASS_NAMES
 from lstm_export.errors import CheckpointError, ConfigError
-from lstm_export.fileio import atomic_path
+from lstm_export.fileio import write_bytes_atomic
 from lstm_export.model import LSTMClassifier
 
 FORMAT = "lstm-export/checkpoint"
@@ -49,9 +49,16 @@ def make_checkpoint(
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write atomically: a failed save never leaves a half-written file."""
-    with atomic_path(Path(path)) as tmp:
-        torch.save(checkpoint, tmp)
+    """Write atomically: a failed save never leaves a half-written file.
+
+    The checkpoint is serialised in memory (a few MB) and written with Python's file I/O, so a
+    full disk is an OutputError naming the file, not an error from inside torch's zip writer.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstm_export.errors import ExportError
+from lstm_export.errors import ExportError, OutputError
 from lstm_export.export.audit import OnnxAudit, audit_onnx
 from lstm_export.export.derive import derive_onnx
 from lstm_export.export.progress import ProgressFn
@@ -71,7 +71,10 @@ def to_int8(original: Any, audit: OnnxAudit, *, per_channel: bool = False) -> An
         raise ExportError("the ONNX file holds no fp32 LSTM node to quantize")
     with tempfile.TemporaryDirectory(prefix="lstm-export-int8-") as work:
         src, pre, quant = (Path(work) / name for name in ("src.onnx", "pre.onnx", "int8.onnx"))
-        onnx.save_model(original, str(src))
+        try:
+            onnx.save_model(original, str(src))
+        except OSError as exc:
+            raise OutputError(f"cannot write {src}: {exc.strerror or exc}") from exc
         try:
             quant_pre_process(str(src), str(pre))
             quantize_dynamic(

@@ -16,6 +16,7 @@ validation feeds 28 rows in chunks of 7+7+14 and requires the logits and states 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -192,9 +193,13 @@ def export_torchscript(
 
     validation = None
     t1 = time.perf_counter()
+    # Serialised in memory and written by Python: torch's C++ writer aborts the whole process
+    # when the disk fills (its destructor throws), where a Python write is an OutputError.
+    buffer = io.BytesIO()
+    with quiet_exporters():
+        torch.jit.save(module, buffer, _extra_files={METADATA_FILE: json.dumps(meta)})
     with atomic_path(target) as tmp:
-        with quiet_exporters():
-            torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+        tmp.write_bytes(buffer.getvalue())
         if batches is not None:
             status(
                 progress, f"validating against eager PyTorch ({describe_checks(batches, streams)})"

@@ -15,7 +15,8 @@
 #
 # Exit codes: 0 all checks passed; 1 a check failed; 2 no usable GPU (the checks that need none
 # ran, and the report says what could not be checked); 3 a prerequisite is missing.
-# Budget: about 5 minutes on one H200 (training the seed model on the CPU takes most of it).
+# Budget: about 5 minutes on one H200 (training the seed model on the CPU takes most of it; a
+# model.pt already in GPU_CHECK_RUN, default runs/gpu-check, is used as it is).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -172,7 +173,8 @@ fi
 cli onnx "$RUN" --fp16 >>"$LOG" 2>&1 || { say "FAILED: onnx --fp16"; exit 1; }
 cli torchscript "$RUN" >>"$LOG" 2>&1 || { say "FAILED: torchscript"; exit 1; }
 say "bench --device cuda --batch-sizes 1,64,1024"
-if ! cli bench "$RUN" --device cuda --batch-sizes 1,64,1024 --rounds 3 \
+# half a second per batch size is thousands of calls on a GPU; at most 5 rounds bounds the time
+if ! cli bench "$RUN" --device cuda --batch-sizes 1,64,1024 --seconds 0.5 --rounds 3 --max-rounds 5 \
         -o "$OUT/bench-cuda.json" --markdown >"$OUT/bench-cuda.md" 2>>"$LOG"; then
     say "FAILED: bench --device cuda"
     exit 1

@@ -303,6 +303,26 @@ def test_confusion_matrix_and_png(tmp_path: Path) -> None:
     assert Confusion(["a"]).accuracy is None
 
 
+def test_a_wide_confusion_matrix_is_printed_whole_on_a_narrow_console() -> None:
+    """100k images make 6-digit cells: the table is wider than 80 columns, and a log file (or a
+    narrow terminal) must still show every count, not "100…"."""
+    import io
+
+    from rich.console import Console
+
+    from lstm_export.console import print_whole
+    from lstm_export.infer.report import confusion_table
+
+    c = Confusion([str(d) for d in range(10)])
+    c.add(np.repeat(np.arange(10), 100_000), np.repeat(np.arange(10), 100_000))
+    out = io.StringIO()
+    narrow = Console(file=out, width=80)
+    print_whole(narrow, confusion_table(c))
+    rows = [line for line in out.getvalue().splitlines() if "100.0 %" in line]
+    assert len(rows) == 10 and all(line.count("100000") == 1 for line in rows)
+    assert "…" not in out.getvalue() and narrow.width == 80
+
+
 def test_recorded_preprocessing_is_checked_against_ours() -> None:
     from lstm_export.data.preprocess import describe
     from lstm_export.infer.classify import check_preprocessing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -17,6 +17,20 @@ from rich.progress import (
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def print_whole(target: Console, renderable: RenderableType) -> None:
+    """Print ``renderable`` (a table) at its natural width even where that is wider than the
+    console (an 80-column log file, a narrow terminal): rich would otherwise cut cells to "10…"."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(target, target.options.update(width=10_000), renderable).maximum
+    width = target.width
+    try:
+        target.width = max(width, needed)
+        target.print(renderable)
+    finally:
+        target.width = width
 
 
 def setup_logging(verbose: bool) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from lstm_export.bench.variants import VARIANTS, BenchDevice
-from lstm_export.console import console, err_console, make_progress
+from lstm_export.console import console, err_console, make_progress, print_whole
 from lstm_export.data.cli import require_mnist
 
 _VARIANT_NAMES = ", ".join(variant.name for variant in VARIANTS)
@@ -198,8 +198,8 @@ def print_tables(result: dict[str, Any]) -> None:
             f"{p['max_abs_diff']:.1e}",
             f"{p['mean_abs_diff']:.1e}",
         )
-    console.print(latency)
-    console.print(parity)
+    print_whole(console, latency)
+    print_whole(console, parity)
     for p in result["parity"]:
         for problem in p.get("problems", []):
             console.print(f"⚠ {p['backend']}: {problem}", highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import TextColumn
 
-from lstm_export.console import console, err_console, make_progress
+from lstm_export.console import console, err_console, make_progress, print_whole
 from lstm_export.devices import Device
 from lstm_export.infer.images import Invert
 from lstm_export.infer.ray_cli import Engine
@@ -282,4 +282,4 @@ def _print_summary(summary: Summary, errors: list[Prediction], report: Console) 
             highlight=False,
             soft_wrap=True,
         )
-        report.print(confusion_table(c))
+        print_whole(report, confusion_table(c))

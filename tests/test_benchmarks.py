@@ -278,14 +278,27 @@ def _make_wheel(folder: Path, name: str) -> Path:
     return wheel
 
 
+def run_gpu_check(**env: object) -> subprocess.CompletedProcess[str]:
+    """``bash benchmarks/gpu_check.sh`` with this interpreter and ``env`` added."""
+    import os
+
+    return subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable, **{k: str(v) for k, v in env.items()}},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def test_gpu_check_without_a_gpu_installs_carried_wheels_and_says_what_it_skipped(
     tmp_path: Path,
 ) -> None:
     """gpu_check.sh with no usable GPU: the wheels it was given (one whole, one split into parts)
     are installed ahead of the interpreter's packages, the environment report is JSON, the CPU
     checks of the CUDA logic pass, and it exits 2 naming what it could not check."""
-    import os
-
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _make_wheel(wheels, "probe_whole")
@@ -295,22 +308,8 @@ def test_gpu_check_without_a_gpu_installs_carried_wheels_and_says_what_it_skippe
         third = len(split) // 3 + 1
         (wheels / f"{name}.part-{suffix}").write_bytes(split[i * third : (i + 1) * third])
     out, site = tmp_path / "out", tmp_path / "site"
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "CUDA_VISIBLE_DEVICES": "",
-        "GPU_CHECK_OUT": str(out),
-        "GPU_CHECK_WHEELS": str(wheels),
-        "GPU_CHECK_SITE": str(site),
-    }
-    result = subprocess.run(
-        ["bash", str(BENCHMARKS / "gpu_check.sh")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_gpu_check(
+        CUDA_VISIBLE_DEVICES="", GPU_CHECK_OUT=out, GPU_CHECK_WHEELS=wheels, GPU_CHECK_SITE=site
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no GPU: torch cannot use CUDA here" in result.stdout
@@ -330,18 +329,6 @@ def test_gpu_check_without_a_gpu_installs_carried_wheels_and_says_what_it_skippe
 
 
 def test_gpu_check_refuses_a_wheel_folder_without_wheels(tmp_path: Path) -> None:
-    import os
-
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_OUT": str(tmp_path / "out")}
-    env["GPU_CHECK_WHEELS"] = str(tmp_path)
-    result = subprocess.run(
-        ["bash", str(BENCHMARKS / "gpu_check.sh")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_gpu_check(GPU_CHECK_OUT=tmp_path / "out", GPU_CHECK_WHEELS=tmp_path)
     assert result.returncode == 3
     assert f"GPU_CHECK_WHEELS={tmp_path} holds no wheel" in result.stdout

@@ -282,7 +282,10 @@ def _print_onnx(report: Any) -> None:
     for t in audit.outputs:
         _line("output", str(t))
     _line("LSTM", _print_lstm(audit.lstm_nodes))
-    _line("ops", f"{audit.node_count} nodes: {_ops(audit.op_counts)}")
+    was = (
+        f" (the exporter's {report.simplified_from}, simplified)" if report.simplified_from else ""
+    )
+    _line("ops", f"{audit.node_count} nodes{was}: {_ops(audit.op_counts)}")
     _line("params", f"{audit.parameters:,}")
     acc = report.metadata.get("test_accuracy")
     _line(

@@ -45,6 +45,7 @@ from lstm_export.export.metadata import (
 )
 from lstm_export.export.progress import ProgressFn, status
 from lstm_export.export.quiet import quiet_exporters
+from lstm_export.export.simplify import simplify_lstm_graph
 from lstm_export.export.source import load_source
 from lstm_export.export.validate import (
     DEFAULT_TOLERANCE,
@@ -94,6 +95,8 @@ class OnnxExportReport:
     export_seconds: float
     validate_seconds: float
     constants_folded: bool
+    #: the exporter's node count before :func:`simplify_lstm_graph` (None: nothing to simplify)
+    simplified_from: int | None = None
     dynamic_seq: bool = False
     with_state: bool = False
 
@@ -335,6 +338,7 @@ def export_onnx(
             export = _export_legacy if legacy else _export_dynamo
             proto = export(source.model, wanted_opset, interface)
             proto, folded = fold_constants(proto)
+            proto, simplified = simplify_lstm_graph(proto)
             proto = reinfer_shapes(proto)
     except ExportError:
         raise
@@ -417,6 +421,9 @@ def export_onnx(
         export_seconds=export_seconds,
         validate_seconds=time.perf_counter() - t1,
         constants_folded=folded,
+        simplified_from=(
+            simplified.nodes_before if simplified.nodes_after < simplified.nodes_before else None
+        ),
         dynamic_seq=interface.dynamic_seq,
         with_state=interface.with_state,
     )

@@ -332,3 +332,35 @@ def test_gpu_check_refuses_a_wheel_folder_without_wheels(tmp_path: Path) -> None
     result = run_gpu_check(GPU_CHECK_OUT=tmp_path / "out", GPU_CHECK_WHEELS=tmp_path)
     assert result.returncode == 3
     assert f"GPU_CHECK_WHEELS={tmp_path} holds no wheel" in result.stdout
+
+
+def test_graph_ab(small_model: tuple[Path, Path], tmp_path: Path) -> None:
+    """The same weights exported twice (legacy and dynamo) agree and are timed against each other;
+    a file of other weights is refused."""
+    import torch
+
+    from lstm_export.checkpoint import make_checkpoint, save_checkpoint
+    from lstm_export.config import ModelConfig
+    from lstm_export.export.to_onnx import export_onnx
+    from lstm_export.model import build_model
+
+    checkpoint, legacy = small_model
+    dynamo = export_onnx(checkpoint, tmp_path / "dynamo.onnx", validate=False).path
+    args = ["--batch-sizes", "1,3", "--seconds", 0.02, "--repeats", 1, "--threads", 1]
+    out = ok(run_script("graph_ab.py", legacy, dynamo, "--variant", "onnxruntime-int8", *args))
+    lines = out.splitlines()
+    assert (
+        lines[0]
+        == f"{'batch':>5} {'A p50 ms':>10} {'B p50 ms':>10} {'B / A':>6} {'max |diff|':>11}"
+    )
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["1", "3"]
+    for row in rows:
+        a, b, ratio, diff = map(float, row[1:])
+        assert a > 0 and b > 0 and ratio == pytest.approx(b / a, rel=0.05) and diff <= 1e-5
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    save_checkpoint(make_checkpoint(build_model(ModelConfig(hidden_size=16, num_layers=1))), other)
+    foreign = export_onnx(other, legacy=True, validate=False).path
+    refused = run_script("graph_ab.py", legacy, foreign, *args)
+    assert refused.returncode == 1 and "error: the files disagree at batch 1" in refused.stderr

@@ -173,3 +173,17 @@ def test_the_rewrites_apply_only_where_they_are_proven(tmp_path: Path) -> None:
     assert [n.op_type for n in simple.graph.node] == [n.op_type for n in model.graph.node]
     assert report.zero_states_dropped == report.reshapes_made_constant == report.squeezes == 0
     np.testing.assert_array_equal(_run(simple, x), _run(model, x))
+
+
+def test_a_simplifier_failure_keeps_the_exported_graph_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lstm_export.export import to_onnx
+
+    def broken(model: Any) -> Any:
+        raise RuntimeError("a pattern nobody foresaw")
+
+    monkeypatch.setattr(to_onnx, "simplify_lstm_graph", broken)
+    report = _export(tmp_path, False, num_layers=2, hidden_size=8)
+    assert report.simplified_from is None and "Shape" in _ops(report.path)
+    assert "graph simplification skipped: a pattern nobody foresaw" in caplog.text

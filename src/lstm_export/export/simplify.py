@@ -327,7 +327,8 @@ def _drop_unused(graph: Any) -> None:
     kept.reverse()
     del graph.node[:]
     graph.node.extend(kept)
-    initializers = [i for i in graph.initializer if i.name in needed]
+    inputs = {i.name for i in graph.input}  # an initializer that is also an input stays
+    initializers = [i for i in graph.initializer if i.name in needed or i.name in inputs]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
     existing = needed | {o for node in kept for o in node.output}

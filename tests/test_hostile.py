@@ -45,10 +45,16 @@ CLI = "from lstm_export.cli import main; main()"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _limits(memory: int) -> Callable[[], None]:
+def _limits(memory: int, file_size: int | None = None) -> Callable[[], None]:
+    """Limits of a child: heap ``memory``, no core file, and with ``file_size`` a file-size limit
+    past which write(2) fails with EFBIG (SIGXFSZ ignored, else the kernel kills the writer)."""
+
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
     return apply
 
@@ -58,15 +64,16 @@ def run_limited(
     *,
     timeout: float = CLI_TIMEOUT,
     memory: int = MEMORY_LIMIT,
+    file_size: int | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` under a memory limit; fail the test (killing its process group) on timeout."""
+    """Run ``argv`` under :func:`_limits`; fail the test (killing its process group) on timeout."""
     argv = [a if isinstance(a, (str, bytes, os.PathLike)) else str(a) for a in argv]
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=_limits(memory),
+        preexec_fn=_limits(memory, file_size),
         start_new_session=True,
         env={**os.environ, **(env or {})},
     )
@@ -707,12 +714,6 @@ def test_a_failed_train_leaves_no_empty_output_folder(tmp_path: Path) -> None:
 _WRITE_LIMIT = 2048
 
 
-def _writes_fail_past_the_limit() -> None:
-    _limits(MEMORY_LIMIT)()
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer outright
-    resource.setrlimit(resource.RLIMIT_FSIZE, (_WRITE_LIMIT, _WRITE_LIMIT))
-
-
 @pytest.mark.parametrize("case", ["infer-csv", "infer-jsonl", "onnx", "torchscript", "train"])
 def test_a_write_that_fails_half_way_keeps_the_previous_file(
     case: str, model: Path, tmp_path: Path, mnist_dir: Path
@@ -738,13 +739,7 @@ def test_a_write_that_fails_half_way_keeps_the_previous_file(
         target = outputs / ("model.onnx" if case == "onnx" else "model.ts")
         args = [case, model, "-o", target, "--no-validate"]
     target.write_bytes(b"previous")
-    proc = subprocess.run(
-        [sys.executable, "-c", CLI, *map(str, args)],
-        capture_output=True,
-        timeout=CLI_TIMEOUT,
-        preexec_fn=_writes_fail_past_the_limit,
-        start_new_session=True,
-    )
+    proc = run_limited([sys.executable, "-c", CLI, *args], file_size=_WRITE_LIMIT)
     stderr = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == f"error: cannot write {target}: File too large"

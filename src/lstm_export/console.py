@@ -18,6 +18,18 @@ from rich.progress import (
 console = Console()
 err_console = Console(stderr=True)
 
+#: C0 and C1 control characters, DEL included (an escape sequence starts with ESC, 0x1b, or CSI, 0x9b)
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if chr(c) not in "\t"}
+
+
+def plain(text: object) -> str:
+    """``text`` from outside (a path, a file name, model metadata, an exception message) made safe
+    to print: control characters shown as ``\\xNN`` so no escape sequence reaches the terminal,
+    and rich markup escaped so ``model[v2].onnx`` prints as it is, never as a style."""
+    from rich.markup import escape
+
+    return escape(str(text).translate(_CONTROL))
+
 
 def print_whole(target: Console, renderable: RenderableType) -> None:
     """Print ``renderable`` (a table) at its natural width even where that is wider than the

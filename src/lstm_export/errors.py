@@ -1,6 +1,13 @@
 """Typed errors raised by the library. The CLI turns each into one line and exit code 1."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message (its type name if it has none), cut to
+    ``limit`` characters: how a third-party exception is quoted inside one of ours."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class LstmExportError(Exception):
     """Base class of every error this package raises on purpose."""
 

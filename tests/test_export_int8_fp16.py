@@ -119,7 +119,7 @@ def test_int8_folds_in_graph_weights_first(
     from lstm_export.export import to_onnx
     from lstm_export.export.quantize import quantize_int8
 
-    monkeypatch.setattr(to_onnx, "fold_constants", lambda model: (model, False))
+    monkeypatch.setattr(to_onnx, "fold_constants", lambda model: model)
     ckpt = save_ckpt(tmp_path / "run")  # hidden 128: torch.onnx's own folding limit leaves W/R
     report = to_onnx.export_onnx(ckpt, data_dir=mnist_dir)
     assert not any(n.weights_are_initializers for n in report.audit.lstm_nodes)

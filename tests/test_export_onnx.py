@@ -157,13 +157,13 @@ def test_perturbed_graph_is_caught_and_nothing_written(
     real_fold = to_onnx.fold_constants
 
     def fold_and_perturb(model: Any) -> Any:
-        model, folded = real_fold(model)
+        model = real_fold(model)
         for init in model.graph.initializer:
             if init.name == "fc.bias":
                 init.CopyFrom(
                     numpy_helper.from_array(numpy_helper.to_array(init) + 0.01, init.name)
                 )
-        return model, folded
+        return model
 
     monkeypatch.setattr(to_onnx, "fold_constants", fold_and_perturb)
     ckpt = save_ckpt(tmp_path / "run", hidden_size=16, num_layers=1)
@@ -177,7 +177,12 @@ def test_validation_catches_argmax_disagreement(exported: dict[str, Any], tmp_pa
     import onnx
     from onnx import numpy_helper
 
-    from lstm_export.export.validate import load_test_set, make_batches, validate_onnx
+    from lstm_export.export.validate import (
+        check_onnx_file,
+        load_test_set,
+        make_batches,
+        validate_export,
+    )
 
     ckpt, report = exported["one_layer"]
     model = onnx.load(str(report.path))
@@ -190,7 +195,9 @@ def test_validation_catches_argmax_disagreement(exported: dict[str, Any], tmp_pa
     onnx.save(model, str(bad))
     batches = make_batches(load_test_set()[0])
     with pytest.raises(ValidationError, match="argmax differs"):
-        validate_onnx(bad, ckpt, batches, tolerance=1e3)
+        validate_export(
+            bad, "onnxruntime", ckpt, batches, 1e3, candidate_name="ORT", structural=check_onnx_file
+        )
 
 
 def test_a_fixed_time_axis_is_refused_where_a_dynamic_one_is_wanted(

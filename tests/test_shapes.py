@@ -46,6 +46,9 @@ def test_seed_model(make_checkpoint: Callable[..., Path]) -> None:
         "bidirectional": False,
         "proj_size": 0,
     }
+    # D beside bidirectional False is 1: the meaning gives D for both values
+    meaning = {a.name: a.meaning for a in report.arguments}["bidirectional"]
+    assert meaning.startswith("D = 2 if bidirectional else 1") and report.symbols["D"] == 1
     assert shapes_of(report) == {
         "input": ([3, 28, 28], [3, 28, 28]),
         "h_0": ([2, 3, 128], [2, 3, 128]),

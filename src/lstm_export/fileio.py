@@ -1,19 +1,17 @@
 """Files in and out, safely.
 
-Out: every output is written to a temporary name in the target folder and renamed onto the target
-only when complete (:func:`atomic_path`, :func:`atomic_open`), so a failed or interrupted command
-leaves either the complete file or the previous one, and no temporary file:
+Out: an output is written under a temporary name beside its target, synced to disk, renamed onto
+the target and the folder synced (:func:`atomic_path`), so a failed command leaves the complete
+file or the previous one. An exception, Ctrl-C, SIGTERM or SIGHUP (turned into
+:class:`Terminated` while an output is open) removes the temporary file. SIGKILL cannot be caught:
+a temporary name says which process of which machine wrote it (``.NAME.HOST-PID.RANDOM.tmp``) and
+the next write of the target removes those of processes gone; a streamed output
+(:func:`atomic_open`) lives in an unnamed file (Linux ``O_TMPFILE``) until complete, so it leaves
+nothing at all. A device, FIFO or socket is never replaced, and
+:func:`check_outputs_against_inputs` refuses an output that is one of the command's inputs.
 
-- an exception, Ctrl-C (SIGINT), SIGTERM or SIGHUP removes the temporary file (while one is open,
-  the main thread turns SIGTERM and SIGHUP into :class:`Terminated`, a ``KeyboardInterrupt``);
-- :func:`atomic_open` writes into an unnamed file (Linux ``O_TMPFILE``) that only gets a name at
-  the very end, so even SIGKILL or the OOM killer leaves nothing behind;
-- an existing target that is not a regular file (a device such as ``/dev/null``, a FIFO, a socket)
-  is refused instead of being replaced, and :func:`check_outputs_against_inputs` refuses an output
-  that is one of the command's own inputs, before any work starts.
-
-In: :func:`open_regular` opens regular files only (a FIFO, device or socket is refused without
-ever blocking), and :func:`read_regular_file` never reads past a size limit.
+In: :func:`open_regular` opens regular files only, never blocking on a FIFO or opening a device;
+:func:`read_regular_file` never reads past a size limit.
 """
 
 from __future__ import annotations
@@ -22,8 +20,10 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import secrets
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -36,6 +36,8 @@ from lstm_export.errors import OutputError
 #: temporary names keep at most this much of the target's name (a 255-byte target name plus a
 #: prefix and a suffix would be too long for the file system)
 _TMP_NAME_KEEP = 100
+#: this machine, in temporary names (a folder shared between machines holds others' files)
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
 #: signals that end a run and are turned into :class:`Terminated` while an output is open
 _TERMINATING = tuple(
     s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None
@@ -56,23 +58,20 @@ class FileChangedError(OSError):
     """The file changed size while it was read (someone is still writing it)."""
 
 
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
 def file_kind(mode: int) -> str:
     """What an ``st_mode`` is, in words: ``"a FIFO (named pipe)"``, ``"a character device"``..."""
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    return "not a regular file"
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
 
 
 def _not_regular(mode: int) -> NotRegularFileError:
@@ -100,11 +99,9 @@ def _open_regular_fd(path: Path | str) -> tuple[int, os.stat_result]:
 def open_regular(path: Path | str) -> BinaryIO:
     """Open a regular file for reading (binary, unbuffered); never blocks, never opens a device.
 
-    Symbolic links are followed. The path is checked with ``stat`` before it is opened (opening a
-    device can have effects of its own), opened with ``O_NONBLOCK`` (a FIFO swapped in meanwhile
-    cannot block the open) and checked again with ``fstat`` on what was really opened. Raises
-    :class:`NotRegularFileError` for anything but a regular file, and the usual ``OSError``
-    (``FileNotFoundError``, ``PermissionError``...) otherwise.
+    Checked with ``stat`` before the open (opening a device can have effects), opened with
+    ``O_NONBLOCK`` (a FIFO swapped in cannot block) and checked again with ``fstat``. Raises
+    :class:`NotRegularFileError` for anything but a regular file, else the usual ``OSError``.
     """
     fd, _ = _open_regular_fd(path)
     try:
@@ -117,12 +114,9 @@ def open_regular(path: Path | str) -> BinaryIO:
 
 
 def read_regular_file(path: Path | str, limit: int) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes; never reads more than that.
-
-    Opened as :func:`open_regular` does (``O_NONBLOCK`` changes nothing for a regular file).
-    Raises :class:`NotRegularFileError` (FIFO, device, socket, folder), :class:`FileTooLargeError`
-    (over ``limit``, also when it grows past it while being read), :class:`FileChangedError` (its
-    size changed while it was read) or another ``OSError``.
+    """The bytes of a regular file of at most ``limit`` bytes, opened as :func:`open_regular`
+    does; never reads more. Raises :class:`NotRegularFileError`, :class:`FileTooLargeError` (also
+    when it grows past ``limit`` while read), :class:`FileChangedError` or another ``OSError``.
     """
     fd, st = _open_regular_fd(path)
     try:
@@ -167,11 +161,9 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 # -- signals ---------------------------------------------------------------------------------------
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived while an output was being written (see :func:`terminating`).
-
-    A ``KeyboardInterrupt`` so that everything which cleans up after Ctrl-C does so here too;
-    ``signum`` says which signal it was (a CLI exits with ``128 + signum``).
-    """
+    """SIGTERM or SIGHUP arrived while an output was being written (see :func:`terminating`):
+    a ``KeyboardInterrupt``, so what cleans up after Ctrl-C does so here too; a CLI exits with
+    ``128 + signum``."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"terminated by {signal.Signals(signum).name}")
@@ -195,11 +187,8 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def terminated_by() -> int | None:
-    """The signal that raised :class:`Terminated` in this process, or None.
-
-    For a CLI whose framework turns every ``KeyboardInterrupt`` into exit code 130 (typer does):
-    ``128 + terminated_by()`` is the exit code a shell expects after SIGTERM (143) or SIGHUP.
-    """
+    """The signal that raised :class:`Terminated` in this process, or None (typer exits 130 on
+    any ``KeyboardInterrupt``; a shell expects ``128 + terminated_by()`` after SIGTERM)."""
     return _last_signum
 
 
@@ -236,11 +225,8 @@ def terminating() -> Iterator[None]:
 
 # -- writing ---------------------------------------------------------------------------------------
 def ensure_writable_dir(directory: Path) -> Path:
-    """Create ``directory`` if needed and prove that files can be created in it.
-
-    Writability is probed with a real temporary file: permission bits say nothing for root, and
-    pseudo file systems (``/proc``) accept no new files at all.
-    """
+    """Create ``directory`` if needed and prove with a real file that files can be created in it
+    (permission bits say nothing for root; ``/proc`` accepts no new files at all)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -272,11 +258,8 @@ def new_output_dir(directory: Path) -> Iterator[Path]:
 
 
 def check_writable_file(target: Path) -> Path:
-    """Fail early, before any slow step, if ``target`` cannot be written as a file.
-
-    An existing target must be a regular file (or a link to one): a device (``/dev/null``), FIFO
-    or socket would be replaced by the rename, so it is refused.
-    """
+    """Fail early, before any slow step, if ``target`` cannot be written as a file: an existing
+    target must be a regular file (a device, FIFO or socket would be replaced by the rename)."""
     target = Path(target)
     if target.is_dir():
         raise OutputError(f"output path {target} is a folder, expected a file")
@@ -295,30 +278,71 @@ def check_writable_file(target: Path) -> Path:
 
 
 def _tmp_prefix(target: Path) -> str:
-    return f".{target.name[:_TMP_NAME_KEEP]}."
+    """``.NAME.HOST-``: how the temporary names of ``target`` written on this machine start."""
+    return f".{target.name[:_TMP_NAME_KEEP]}.{_HOST}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # EPERM: it runs, as another user
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove (and return) the temporary files of ``target`` left behind by a process of this
+    machine that no longer runs (SIGKILL, the OOM killer); only names of our own pattern."""
+    pattern = re.compile(re.escape(_tmp_prefix(target)) + r"(\d+)\.[0-9a-f]{8}\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent if str(target.parent) else "."):
+            found = pattern.fullmatch(entry.name)
+            if found and not _alive(int(found[1])) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _temporary_name(target: Path) -> Path:
+    """A fresh temporary name for ``target``, once the stale ones are gone."""
+    remove_stale_temporaries(target)
+    return target.parent / f"{_tmp_prefix(target)}{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Sync ``tmp`` to disk, rename it onto ``target``, then sync the folder (the rename)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    with contextlib.suppress(OSError):  # some systems cannot open or sync a folder
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+    """Yield a temporary path beside ``target``; sync and rename it onto ``target`` on success.
 
     On any exception, Ctrl-C, SIGTERM or SIGHUP the temporary file is removed and ``target`` is
     left untouched; OS errors (disk full, permissions) become :class:`OutputError`.
     """
     target = check_writable_file(Path(target))
     with terminating():
-        try:
-            fd, tmp_name = tempfile.mkstemp(
-                prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent
-            )
+        tmp = _temporary_name(target)
+        try:  # created with the umask's permissions, as the target would be
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except OSError as exc:
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
             yield tmp
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-            os.replace(tmp, target)
+            _publish(tmp, target)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
@@ -338,9 +362,9 @@ def atomic_open(
     """An open file (``mode`` ``"w"`` or ``"wb"``) that replaces ``target`` only when complete.
 
     Where the system allows (Linux ``O_TMPFILE``), the data goes into an unnamed file that is given
-    a name only once it is complete, so no temporary file can be left behind whatever ends the
-    process, SIGKILL included; elsewhere a named temporary file as in :func:`atomic_path`. On any
-    exception, Ctrl-C, SIGTERM or SIGHUP ``target`` is left untouched.
+    a name only once it is complete, so nothing is left behind whatever ends the process, SIGKILL
+    included; elsewhere :func:`atomic_path`. On any exception, Ctrl-C, SIGTERM or SIGHUP
+    ``target`` is left untouched.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes only ('w' or 'wb'), not {mode!r}")
@@ -372,40 +396,23 @@ def _unnamed_file(directory: Path) -> int | None:
 
 
 def _give_name(fd: int, target: Path) -> None:
-    """Link the unnamed file ``fd`` under a fresh temporary name, then rename that onto target."""
-    for _ in range(100):
-        tmp = target.parent / f"{_tmp_prefix(target)}{secrets.token_hex(4)}.tmp"
-        try:
-            os.link(f"/proc/self/fd/{fd}", tmp)
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
-                raise
-            _copy_out(fd, target)  # /proc not usable for linkat: copy the data instead
-            return
-    else:
-        raise OSError(errno.EEXIST, "no free temporary name")
+    """Link the unnamed file ``fd`` under a temporary name, then publish that onto ``target``."""
+    tmp = _temporary_name(target)
     try:
-        os.replace(tmp, target)
+        os.link(f"/proc/self/fd/{fd}", tmp)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        os.lseek(fd, 0, os.SEEK_SET)  # /proc not usable for linkat: copy the data instead
+        with atomic_path(target) as copy, open(copy, "wb") as out:
+            while chunk := os.read(fd, _CHUNK):
+                out.write(chunk)
+        return
+    try:
+        _publish(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _copy_out(fd: int, target: Path) -> None:
-    """Copy the unnamed file ``fd`` into a named temporary file renamed onto ``target``."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        while chunk := os.read(fd, _CHUNK):
-            out.write(chunk)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:
@@ -424,15 +431,11 @@ def write_text_atomic(target: Path, text: str) -> None:
 def check_outputs_against_inputs(
     outputs: Iterable[Path | str | None], inputs: Iterable[Path | str]
 ) -> None:
-    """Before any work: every output can be written, and none would replace an input or another.
-
-    ``outputs``: the files a command will write (None entries are skipped). ``inputs``: the files
-    it reads (the model, every image found in the folder...). Raises :class:`OutputError` when an
-    output is a folder, a device or other non-regular file, lies in a folder where no file can be
-    created, is given twice, or is the same directory entry as an input (which the final rename
-    would replace: ``-o`` pointing at an image of the folder, or at the model). Outputs that do
-    not exist yet cannot be an input; for those that do, only inputs with the same name (case
-    folded, for case-insensitive file systems) are looked at, so 100,000 inputs cost nothing.
+    """Before any work: every output (None skipped) can be written, and none would replace an
+    input or another output. OutputError for an output that is a folder or not a regular file,
+    lies where no file can be created, is given twice, or is the directory entry of an input (the
+    rename would replace an image of the folder, or the model). Only existing outputs and inputs
+    of the same name (case folded) are compared, so 100,000 inputs cost nothing.
     """
     wanted: list[Path] = []
     seen: dict[tuple[str, str], Path] = {}
@@ -475,8 +478,5 @@ def _same_entry(a: Path, b: Path) -> bool:
         file_a, file_b = os.lstat(a), os.lstat(b)
     except OSError:
         return False
-    return (folder_a.st_dev, folder_a.st_ino, file_a.st_ino) == (
-        folder_b.st_dev,
-        folder_b.st_ino,
-        file_b.st_ino,
-    )
+    same_folder = (folder_a.st_dev, folder_a.st_ino) == (folder_b.st_dev, folder_b.st_ino)
+    return same_folder and file_a.st_ino == file_b.st_ino

@@ -1,7 +1,7 @@
 """How one backend's logits compare with another's: the one comparison every stage uses.
 
 Export validation, the int8 and fp16 accuracy guards and the bench's parity table all call
-:func:`compare` and, where they enforce something, :func:`require` with their own thresholds.
+:func:`compare` and, where they enforce something, :func:`problems` with their own thresholds.
 Logits are float arrays ``(N, C)``; labels are int ``(N,)``.
 """
 
@@ -102,26 +102,3 @@ def problems(
             f"{parity.reference_accuracy * 100:.2f} % (allowed: {max_accuracy_drop * 100:.2f})"
         )
     return found
-
-
-def require(
-    parity: Parity,
-    *,
-    candidate: str,
-    reference: str,
-    tolerance: float | None = None,
-    min_agreement: float | None = None,
-    max_accuracy_drop: float | None = None,
-) -> Parity:
-    """ValidationError naming every threshold ``parity`` breaks; else ``parity`` itself."""
-    found = problems(
-        parity,
-        tolerance=tolerance,
-        min_agreement=min_agreement,
-        max_accuracy_drop=max_accuracy_drop,
-    )
-    if found:
-        raise ValidationError(
-            f"{candidate} does not give {reference}'s answers: {'; '.join(found)}"
-        )
-    return parity

@@ -1,11 +1,10 @@
 """What an ONNX graph holds: opset, op counts, inputs and outputs, and its LSTM nodes.
 
-The audit also enforces the export contract: every LSTM layer is one native ONNX ``LSTM`` node
-(no ``Loop``/``Scan`` and no unrolled cell), and the graph maps ``pixels`` float32
-``[batch, 28, 28]`` to ``logits`` float32 ``[batch, classes]`` with a symbolic batch axis; with
-``--dynamic-seq`` the time axis is symbolic too (``[batch, time, 28]``) and reaches every LSTM
-node's input (shape inference with data propagation finds no fixed length there); with
-``--with-state`` the graph also takes ``h_0``, ``c_0`` and returns ``h_n``, ``c_n``.
+It also enforces the export contract: every LSTM layer is one native ONNX ``LSTM`` node (no
+``Loop``/``Scan``, no unrolled cell), and the interface is ``pixels`` float32 ``[batch, 28, 28]``
+-> ``logits`` float32 ``[batch, classes]`` (``[batch, time, 28]`` with a symbolic time axis that
+reaches every LSTM node for ``--dynamic-seq``; ``h_0``, ``c_0`` -> ``h_n``, ``c_n`` added for
+``--with-state``).
 """
 
 from __future__ import annotations
@@ -95,15 +94,20 @@ def _tensor_info(value: Any) -> TensorInfo:
     return TensorInfo(name=value.name, dtype=dtype, dims=_dims(value))
 
 
-def _inferred_dims(model: Any) -> dict[str, list[int | str]]:
-    """Dims of every value shape inference (with data propagation) can tell; {} if it fails."""
+def inferred_dims(model: Any) -> dict[str, list[int | str]]:
+    """Every value's dims by ONNX shape inference with data propagation from the graph alone (the
+    shapes it is annotated with set aside); ``"?"`` where it cannot tell, {} if it fails."""
     import onnx
 
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    for output in bare.graph.output:
+        output.type.tensor_type.ClearField("shape")
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        graph = onnx.shape_inference.infer_shapes(bare, data_prop=True).graph
     except Exception:  # contrib ops, malformed graphs: the audit still describes the rest
         return {}
-    graph = inferred.graph
     return {
         v.name: _dims(v)
         for v in (*graph.input, *graph.value_info, *graph.output)
@@ -119,11 +123,8 @@ def _all_nodes(graph: Any) -> list[Any]:
     for node in graph.node:
         nodes.append(node)
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                nodes.extend(_all_nodes(attr.g))
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    nodes.extend(_all_nodes(g))
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                nodes.extend(_all_nodes(sub))
     return nodes
 
 
@@ -138,7 +139,7 @@ def audit_onnx(model: onnx.ModelProto, file_size: int | None = None) -> OnnxAudi
     constants = {i.name for i in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     lstm_nodes = []
-    shapes = _inferred_dims(model) if any(n.op_type in LSTM_OPS for n in nodes) else {}
+    shapes = inferred_dims(model) if any(n.op_type in LSTM_OPS for n in nodes) else {}
     for node in nodes:
         if node.op_type not in LSTM_OPS:
             continue

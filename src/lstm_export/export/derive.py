@@ -16,11 +16,10 @@ from typing import Any
 
 from lstm_export import parity
 from lstm_export.devices import Device
-from lstm_export.errors import ConfigError, ExportError, ModelLoadError, ValidationError
+from lstm_export.errors import ConfigError, ExportError, ModelLoadError, ValidationError, first_line
 from lstm_export.export.audit import OnnxAudit, audit_onnx
 from lstm_export.export.metadata import set_onnx_metadata
-from lstm_export.export.progress import ProgressFn, status
-from lstm_export.export.quiet import quiet_exporters
+from lstm_export.export.quiet import ProgressFn, quiet_exporters, status
 from lstm_export.export.validate import load_test_set
 from lstm_export.fileio import atomic_path, check_writable_file, file_digest
 
@@ -30,26 +29,56 @@ log = logging.getLogger(__name__)
 Transform = Callable[[Any, OnnxAudit], Any]
 
 
-@dataclass
-class Derived:
-    """What :func:`derive_onnx` wrote; ``guard`` is None when not validated."""
+@dataclass(kw_only=True)
+class DerivedReport:
+    """What every derived file's report holds; accuracies are in 0..1."""
 
     path: Path
     source: Path
     audit: OnnxAudit
-    metadata: dict[str, str]
-    guard: parity.Parity | None
-    provider: str | None
     file_size: int
     source_size: int
-    transform_seconds: float
+    max_accuracy_drop: float
     evaluate_seconds: float
+
+
+@dataclass
+class Derived:
+    """What :func:`derive_onnx` wrote: ``report`` holds the :class:`DerivedReport` fields;
+    ``guard`` is None when not validated."""
+
+    report: dict[str, Any]
+    guard: parity.Parity | None
+    provider: str | None
+    transform_seconds: float
 
 
 def derived_path(path: Path, tag: str) -> Path:
     """``model.onnx`` + ``int8`` -> ``model.int8.onnx`` (same folder, same suffix)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")
+
+
+def _transformed(
+    source: Path, tag: str, transform: Transform, progress: ProgressFn | None
+) -> tuple[Any, OnnxAudit, dict[str, str]]:
+    """The derived ModelProto, its audit and the fp32 file's metadata."""
+    import onnx
+
+    try:
+        original = onnx.load(str(source))
+    except Exception as exc:
+        raise ModelLoadError(f"{source} is not a readable ONNX file: {first_line(exc)}") from exc
+    src_audit = audit_onnx(original)
+    status(progress, f"converting to {tag}")
+    try:
+        with quiet_exporters():
+            model = transform(original, src_audit)
+    except (ExportError, ValidationError):
+        raise
+    except Exception as exc:
+        raise ExportError(f"{tag} conversion of {source} failed: {first_line(exc)}") from exc
+    return model, audit_onnx(model), dict(src_audit.metadata)
 
 
 def derive_onnx(
@@ -81,31 +110,11 @@ def derive_onnx(
         raise ConfigError(f"max accuracy drop must be in [0, 1), got {max_accuracy_drop}")
     device = Device(device)
     target = check_writable_file(Path(out) if out is not None else derived_path(source, tag))
-    try:
-        original = onnx.load(str(source))
-    except Exception as exc:
-        raise ModelLoadError(f"{source} is not a readable ONNX file: {exc}") from exc
-    src_audit = audit_onnx(original)
     data = load_test_set(data_dir, purpose=f"the {tag} accuracy guard") if validate else None
-
-    status(progress, f"converting to {tag}")
     t0 = time.perf_counter()
-    try:
-        with quiet_exporters():
-            model = transform(original, src_audit)
-    except (ExportError, ValidationError):
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"{tag} conversion of {source} failed: {first[:300]}") from exc
-    audit = audit_onnx(model)
-    meta = dict(src_audit.metadata)
+    model, audit, meta = _transformed(source, tag, transform, progress)
     meta.update(
-        {
-            "precision": precision,
-            "source_onnx_sha256": file_digest(source),
-            **(extra_metadata or {}),
-        }
+        precision=precision, source_onnx_sha256=file_digest(source), **(extra_metadata or {})
     )
     transform_seconds = time.perf_counter() - t0
 
@@ -114,44 +123,34 @@ def derive_onnx(
     with atomic_path(target) as tmp:
         set_onnx_metadata(model, meta)
         onnx.save_model(model, str(tmp))
+        meta["validated_on"] = "not validated"
         if data is not None:
             guard, provider = accuracy_guard(
-                source,
-                tmp,
-                *data,
-                tag=tag,
-                max_drop=max_accuracy_drop,
-                device=device,
-                progress=progress,
+                source, tmp, *data, tag=tag, max_drop=max_accuracy_drop, device=device
             )
             assert guard.accuracy is not None and guard.reference_accuracy is not None
             meta.update(
-                {
-                    "test_accuracy": f"{guard.accuracy:.6g}",
-                    "test_examples": str(guard.images),
-                    "fp32_test_accuracy": f"{guard.reference_accuracy:.6g}",
-                    "validated_on": provider,
-                }
+                test_accuracy=f"{guard.accuracy:.6g}",
+                test_examples=str(guard.images),
+                fp32_test_accuracy=f"{guard.reference_accuracy:.6g}",
+                validated_on=provider,
             )
         else:
             log.warning("validation skipped: %s is unchecked", target)
-            meta["validated_on"] = "not validated"
         set_onnx_metadata(model, meta)  # the measured figures go into the file itself
         onnx.save_model(model, str(tmp))
     size = target.stat().st_size
     audit.metadata, audit.file_size = dict(meta), size
-    return Derived(
-        path=target,
-        source=source,
-        audit=audit,
-        metadata=meta,
-        guard=guard,
-        provider=provider,
-        file_size=size,
-        source_size=source.stat().st_size,
-        transform_seconds=transform_seconds,
-        evaluate_seconds=time.perf_counter() - t1,
-    )
+    report = {
+        "path": target,
+        "source": source,
+        "audit": audit,
+        "file_size": size,
+        "source_size": source.stat().st_size,
+        "max_accuracy_drop": max_accuracy_drop,
+        "evaluate_seconds": time.perf_counter() - t1,
+    }
+    return Derived(report, guard, provider, transform_seconds)
 
 
 def accuracy_guard(

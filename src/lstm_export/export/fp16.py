@@ -17,8 +17,8 @@ from typing import Any
 from lstm_export.devices import Device
 from lstm_export.errors import ExportError
 from lstm_export.export.audit import OnnxAudit, audit_onnx
-from lstm_export.export.derive import derive_onnx
-from lstm_export.export.progress import ProgressFn
+from lstm_export.export.derive import DerivedReport, derive_onnx
+from lstm_export.export.quiet import ProgressFn
 from lstm_export.ort_session import CUDA_EP
 
 DEFAULT_MAX_ACCURACY_DROP = 0.001
@@ -29,12 +29,10 @@ CPU_CAVEAT = (
 )
 
 
-@dataclass
-class Fp16Report:
+@dataclass(kw_only=True)
+class Fp16Report(DerivedReport):
     """What ``convert_fp16`` wrote and measured; accuracies are in 0..1."""
 
-    path: Path
-    source: Path
     validated: bool
     provider: str | None
     gpu_checked: bool
@@ -42,14 +40,9 @@ class Fp16Report:
     fp32_accuracy: float | None
     fp16_accuracy: float | None
     accuracy_drop: float | None
-    max_accuracy_drop: float
     argmax_agreement: float | None
     max_abs_diff: float | None
-    audit: OnnxAudit
-    file_size: int
-    source_size: int
     convert_seconds: float
-    evaluate_seconds: float
 
 
 def to_fp16(model: Any, audit: OnnxAudit | None = None) -> Any:
@@ -100,8 +93,7 @@ def convert_fp16(
     )
     guard, provider = derived.guard, derived.provider
     return Fp16Report(
-        path=derived.path,
-        source=derived.source,
+        **derived.report,
         validated=guard is not None,
         provider=provider,
         gpu_checked=provider == CUDA_EP,
@@ -109,12 +101,7 @@ def convert_fp16(
         fp32_accuracy=guard.reference_accuracy if guard else None,
         fp16_accuracy=guard.accuracy if guard else None,
         accuracy_drop=-guard.accuracy_delta if guard and guard.accuracy_delta is not None else None,
-        max_accuracy_drop=max_accuracy_drop,
         argmax_agreement=guard.agreement if guard else None,
         max_abs_diff=guard.max_abs_diff if guard else None,
-        audit=derived.audit,
-        file_size=derived.file_size,
-        source_size=derived.source_size,
         convert_seconds=derived.transform_seconds,
-        evaluate_seconds=derived.evaluate_seconds,
     )

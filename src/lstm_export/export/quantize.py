@@ -16,20 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstm_export.errors import ExportError, OutputError
+from lstm_export.errors import ExportError, first_line
 from lstm_export.export.audit import OnnxAudit, audit_onnx
-from lstm_export.export.derive import derive_onnx
-from lstm_export.export.progress import ProgressFn
+from lstm_export.export.derive import DerivedReport, derive_onnx
+from lstm_export.export.quiet import ProgressFn
 
 DEFAULT_MAX_ACCURACY_DROP = 0.003
 
 
-@dataclass
-class QuantizeReport:
+@dataclass(kw_only=True)
+class QuantizeReport(DerivedReport):
     """What ``quantize_int8`` wrote and measured; accuracies are in 0..1."""
 
-    path: Path
-    source: Path
     weight_type: str
     per_channel: bool
     lstm_nodes: int
@@ -37,15 +35,10 @@ class QuantizeReport:
     fp32_accuracy: float
     int8_accuracy: float
     accuracy_drop: float
-    max_accuracy_drop: float
     argmax_agreement: float
     max_abs_diff: float
     test_examples: int
-    audit: OnnxAudit
-    file_size: int
-    source_size: int
     quantize_seconds: float
-    evaluate_seconds: float
 
 
 def _prune_opset_imports(model: Any) -> None:
@@ -70,19 +63,14 @@ def to_int8(original: Any, audit: OnnxAudit, *, per_channel: bool = False) -> An
     if n_lstm == 0:
         raise ExportError("the ONNX file holds no fp32 LSTM node to quantize")
     with tempfile.TemporaryDirectory(prefix="lstm-export-int8-") as work:
-        src, pre, quant = (Path(work) / name for name in ("src.onnx", "pre.onnx", "int8.onnx"))
+        pre, quant = Path(work) / "pre.onnx", Path(work) / "int8.onnx"
         try:
-            onnx.save_model(original, str(src))
-        except OSError as exc:
-            raise OutputError(f"cannot write {src}: {exc.strerror or exc}") from exc
-        try:
-            quant_pre_process(str(src), str(pre))
+            quant_pre_process(original, str(pre))
             quantize_dynamic(
                 str(pre), str(quant), weight_type=QuantType.QInt8, per_channel=per_channel
             )
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportError(f"onnxruntime.quantization failed: {first[:300]}") from exc
+            raise ExportError(f"onnxruntime.quantization failed: {first_line(exc)}") from exc
         model = onnx.load(str(quant))
     _prune_opset_imports(model)
     after = audit_onnx(model)
@@ -129,23 +117,18 @@ def quantize_int8(
     guard = derived.guard
     assert guard is not None and guard.accuracy is not None
     assert guard.reference_accuracy is not None
+    quantized = _count(derived.report["audit"], "DynamicQuantizeLSTM")
     return QuantizeReport(
-        path=derived.path,
-        source=derived.source,
+        **derived.report,
         weight_type="QInt8",
         per_channel=per_channel,
-        lstm_nodes=_count(derived.audit, "DynamicQuantizeLSTM"),
-        quantized_lstm_nodes=_count(derived.audit, "DynamicQuantizeLSTM"),
+        lstm_nodes=quantized,
+        quantized_lstm_nodes=quantized,
         fp32_accuracy=guard.reference_accuracy,
         int8_accuracy=guard.accuracy,
         accuracy_drop=guard.reference_accuracy - guard.accuracy,
-        max_accuracy_drop=max_accuracy_drop,
         argmax_agreement=guard.agreement,
         max_abs_diff=guard.max_abs_diff,
         test_examples=guard.images,
-        audit=derived.audit,
-        file_size=derived.file_size,
-        source_size=derived.source_size,
         quantize_seconds=derived.transform_seconds,
-        evaluate_seconds=derived.evaluate_seconds,
     )

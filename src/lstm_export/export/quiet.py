@@ -1,8 +1,9 @@
-"""Keep the exporters' own chatter (warnings, prints, library loggers) out of the terminal.
+"""The export stage's side of the terminal, where library code never prints.
 
-torch.onnx, torch.jit and onnxscript emit FutureWarnings, UserWarnings and log records that say
-nothing about the user's model. They are re-logged at DEBUG level and never printed; our own
-``lstm_export`` loggers are left alone.
+Progress goes through a callback the CLI passes (:data:`ProgressFn`). The exporters' own chatter
+(torch.onnx, torch.jit and onnxscript FutureWarnings, UserWarnings, prints and log records that
+say nothing about the user's model) is re-logged at DEBUG level by :func:`quiet_exporters`; our
+own ``lstm_export`` loggers are left alone.
 """
 
 from __future__ import annotations
@@ -11,9 +12,19 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
+
+#: ``progress(description, completed, total)``; ``total == 0`` means "no count, just a status".
+ProgressFn = Callable[[str, int, int], None]
+
+
+def status(progress: ProgressFn | None, description: str) -> None:
+    """Announce a step without a count (a spinner in the CLI)."""
+    if progress is not None:
+        progress(description, 0, 0)
+
 
 _NOISY_LOGGERS = (
     "onnxscript",

@@ -1,25 +1,17 @@
 """``lstm-export shapes``: what each ``nn.LSTM`` argument means, and the shapes it gives, measured.
 
-For a checkpoint (or run folder) the model is run once on ``batch`` x ``seq_len`` rows of pixels
-from a seeded random initial state, with a hook on the LSTM, and the report lists:
+A checkpoint (or run folder) is run once on ``batch`` x ``seq_len`` rows of pixels from a seeded
+random initial state, with a hook on the LSTM. The report lists the LSTM's arguments with their
+values and meaning; every tensor (input, h_0, c_0, output, h_n, c_n, logits) with its shape
+formula, the shape the formula gives here and the shape measured; and identities checked on the
+run's numbers (the last output step is the top layer's ``h_n``, per direction; ``batch_first``
+only transposes; a missing initial state is zeros; the classifier reads the last step).
 
-* the LSTM's arguments (``input_size`` ... ``proj_size``) with their values and meaning;
-* every tensor (input, h_0, c_0, output, h_n, c_n, logits) with its shape formula, the shape the
-  formula gives for this model and the shape measured on the run;
-* identities checked on the numbers of that run: the forward direction's last output step is
-  the top layer's forward ``h_n``; for a bidirectional LSTM the backward direction's first
-  output step is its ``h_n`` (it reads the rows from the last one); ``batch_first`` only
-  transposes (an LSTM with the same weights and the other layout gives the transposed output
-  and the same states); a missing initial state is zeros; the classifier reads the last step.
-
-For an ``.onnx`` or ``.ts`` file the arguments come from its ``model_config`` metadata and only
-what the file shows can be measured: the input it accepts and the outputs it returns (``h_0``,
-``c_0``, ``h_n``, ``c_n`` for a ``--with-state`` file, with the identities that need only
-those: zeros give the stateless answer, and rows fed in two chunks with the state carried give
-the answer of all rows at once).
-
-A measured shape that differs from its formula, or an identity that does not hold, is a
-problem: :func:`check_shapes` raises ValidationError naming each.
+An ``.onnx`` or ``.ts`` file shows less: arguments from its ``model_config`` metadata, the input
+it accepts, the outputs it returns and, for a ``--with-state`` file, the identities that need
+only those (zeros give the stateless answer; two chunks with the state carried give the answer
+of all rows at once). :func:`check_shapes` raises ValidationError naming every shape that
+differs from its formula and every identity that does not hold.
 """
 
 from __future__ import annotations
@@ -47,8 +39,8 @@ MEANINGS: dict[str, str] = {
     "batch_first": "input and output are (N, T, .) instead of (T, N, .); h and c never change",
     "dropout": "dropout on every layer's output but the last, in training only (none in eval "
     "or in an exported file)",
-    "bidirectional": "D = 2: each layer also reads the rows from last to first; outputs of both "
-    "directions are concatenated",
+    "bidirectional": "D = 2 if bidirectional else 1: with D = 2 each layer also reads the rows "
+    "from last to first, and the outputs of both directions are concatenated",
     "proj_size": "H_out: h is projected to this width (0: no projection, H_out = H_cell)",
 }
 
@@ -174,17 +166,7 @@ def _formulas(config: ModelConfig, s: dict[str, int]) -> dict[str, tuple[str, li
 
 
 def _arguments(config: ModelConfig) -> list[Argument]:
-    values = {
-        "input_size": config.input_size,
-        "hidden_size": config.hidden_size,
-        "num_layers": config.num_layers,
-        "bias": config.bias,
-        "batch_first": config.batch_first,
-        "dropout": config.dropout,
-        "bidirectional": config.bidirectional,
-        "proj_size": config.proj_size,
-    }
-    return [Argument(name, value, MEANINGS[name]) for name, value in values.items()]
+    return [Argument(name, getattr(config, name), text) for name, text in MEANINGS.items()]
 
 
 def _pixels(batch: int, seq_len: int, features: int) -> np.ndarray:
@@ -234,18 +216,16 @@ def _measure_checkpoint(path: Path, batch: int, seq_len: int) -> ShapesReport:
             note = "fed (seeded random, not zeros)"
         tensors.append(TensorShape(name, formula, dims, list(seen[name].shape), note))
     identities = _checkpoint_identities(model, config, seen)
-    return ShapesReport(
-        path=source.path,
-        kind="checkpoint",
-        batch=batch,
-        seq_len=seq_len,
-        config=config.to_dict(),
-        symbols=symbols,
-        arguments=_arguments(config),
-        tensors=tensors,
-        identities=identities,
-        notes=[f"measured by running {source.path.name} once, eval mode, on the CPU"],
-    )
+    notes = [f"measured by running {source.path.name} once, eval mode, on the CPU"]
+    return _report(source.path, "checkpoint", config, symbols, tensors, identities, notes)
+
+
+def _report(
+    path: Path, kind: str, config: ModelConfig, symbols: dict[str, int], *rest: Any
+) -> ShapesReport:
+    """The report, ``rest`` being its tensors, identities and notes."""
+    batch, seq_len, arguments = symbols["N"], symbols["T"], _arguments(config)
+    return ShapesReport(path, kind, batch, seq_len, config.to_dict(), symbols, arguments, *rest)
 
 
 def _checkpoint_identities(model: Any, config: ModelConfig, seen: dict[str, Any]) -> list[Identity]:
@@ -256,58 +236,47 @@ def _checkpoint_identities(model: Any, config: ModelConfig, seen: dict[str, Any]
     layers, d, h_out = config.num_layers, config.directions, config.output_size
     out = seen["output"] if config.batch_first else seen["output"].transpose(0, 1)  # (N, T, .)
     by_layer = seen["h_n"].view(layers, d, -1, h_out)  # (L, D, N, H_out)
-    step = "output[:, -1" if config.batch_first else "output[-1, :"
-    first = "output[:, 0" if config.batch_first else "output[0, :"
+    last, first = ("[:, -1", "[:, 0") if config.batch_first else ("[-1, :", "[0, :")
     top = (layers - 1) * d
-    found = [
-        Identity(
-            "last step is h_n",
-            f"{step}, :H_out] == h_n[{top}]: the forward direction's last output step is the "
-            "top layer's forward h_n",
-            _diff((out[:, -1, :h_out], by_layer[-1, 0])),
-        )
-    ]
-    if config.bidirectional:
-        found.append(
-            Identity(
-                "backward first step is its h_n",
-                f"{first}, H_out:] == h_n[{top + 1}]: the backward direction ends at the first "
-                "row, so its first output step is its h_n",
-                _diff((out[:, 0, h_out:], by_layer[-1, 1])),
-            )
-        )
     twin = copy.deepcopy(model.lstm)
     twin.batch_first = not config.batch_first
-    hx = (seen["h_0"], seen["c_0"])
     with torch.inference_mode():
-        t_out, (t_h, t_c) = twin(seen["input"].transpose(0, 1), hx)
+        t_out, (t_h, t_c) = twin(seen["input"].transpose(0, 1), (seen["h_0"], seen["c_0"]))
         bare_out, (bare_h, bare_c) = model.lstm(seen["input"])
         zeros = (torch.zeros_like(seen["h_0"]), torch.zeros_like(seen["c_0"]))
         zero_out, (zero_h, zero_c) = model.lstm(seen["input"], zeros)
         head = model.fc(out[:, -1, :])
-    found.append(
-        Identity(
+    checks = [
+        (
+            "last step is h_n",
+            f"output{last}, :H_out] == h_n[{top}]: the forward direction's last output step is "
+            "the top layer's forward h_n",
+            [(out[:, -1, :h_out], by_layer[-1, 0])],
+        ),
+        (
+            "backward first step is its h_n",
+            f"output{first}, H_out:] == h_n[{top + 1}]: the backward direction ends at the first "
+            "row, so its first output step is its h_n",
+            [(out[:, 0, h_out:], by_layer[-1, 1])] if config.bidirectional else None,
+        ),
+        (
             "batch_first only transposes",
             f"nn.LSTM(batch_first={not config.batch_first}) with the same weights on "
             "input.transpose(0, 1) gives output.transpose(0, 1) and the same h_n, c_n",
-            _diff((t_out.transpose(0, 1), seen["output"]), (t_h, seen["h_n"]), (t_c, seen["c_n"])),
-        )
-    )
-    found.append(
-        Identity(
+            [(t_out.transpose(0, 1), seen["output"]), (t_h, seen["h_n"]), (t_c, seen["c_n"])],
+        ),
+        (
             "no state is zeros",
             "lstm(input) == lstm(input, (zeros, zeros)): output, h_n and c_n",
-            _diff((bare_out, zero_out), (bare_h, zero_h), (bare_c, zero_c)),
-        )
-    )
-    found.append(
-        Identity(
+            [(bare_out, zero_out), (bare_h, zero_h), (bare_c, zero_c)],
+        ),
+        (
             "the head reads the last step",
             "logits == fc(output at the last step, both directions)",
-            _diff((head, seen["logits"])),
-        )
-    )
-    return found
+            [(head, seen["logits"])],
+        ),
+    ]
+    return [Identity(name, text, _diff(*pairs)) for name, text, pairs in checks if pairs]
 
 
 # -- exported files ----------------------------------------------------------------------------------
@@ -323,88 +292,86 @@ def _file_config(meta: dict[str, str], path: Path) -> ModelConfig:
 
 
 def _measure_file(path: Path, batch: int, seq_len: int) -> ShapesReport:
-    from lstm_export.infer.base import LstmState
     from lstm_export.infer.registry import make_runner
 
     runner = make_runner(path, device="cpu")
     with runner:
-        meta = runner.metadata
-        config = _file_config(meta, path)
-        fixed = runner.name == "onnxruntime" and meta.get("seq_len", "28") != "any"
+        config = _file_config(runner.metadata, path)
+        fixed = runner.name == "onnxruntime" and runner.metadata.get("seq_len", "28") != "any"
         if fixed and seq_len != DEFAULT_SEQ_LEN:
             raise ConfigError(
                 f"{path.name} takes 28 rows only (exported with a fixed sequence length); "
                 f"{seq_len} rows need a file exported with a dynamic sequence length or state"
             )
-        symbols = _symbols(config, batch, seq_len)
-        formulas = _formulas(config, symbols)
         x = _pixels(batch, seq_len, config.input_size)
         logits = runner.infer(x)
         measured: dict[str, list[int] | None] = {"logits": list(logits.shape)}
         measured["input"] = [batch, seq_len, config.input_size]  # accepted by the file
-        identities = []
-        inside = "inside the graph (measured on the checkpoint)"
-        if runner.streams:
-            h_0, c_0 = _random_state(config, batch)
-            _, state = runner.step(x, LstmState(h_0, c_0))
-            measured.update(h_0=list(h_0.shape), c_0=list(c_0.shape), h_n=list(state.h.shape))
-            measured["c_n"] = list(state.c.shape)
-            zero_logits, zero_state = runner.step(x)
-            identities.append(
-                Identity(
-                    "no state is zeros",
-                    "the file's stateless answer (infer) == its answer from h_0 = c_0 = 0",
-                    _diff((logits, zero_logits)),
-                )
-            )
-            if seq_len >= 2:
-                half = seq_len // 2
-                _, mid = runner.step(x[:, :half])
-                end_logits, end = runner.step(x[:, half:], mid)
-                identities.append(
-                    Identity(
-                        "the state carries",
-                        f"rows fed as {half} + {seq_len - half} with the state carried == all "
-                        f"{seq_len} at once: logits, h_n and c_n",
-                        _diff(
-                            (end_logits, zero_logits), (end.h, zero_state.h), (end.c, zero_state.c)
-                        ),
-                    )
-                )
-            state_note = ""
-        else:
-            state_note = "not in this file (--with-state adds it)"
+        identities = _state_identities(runner, config, x, logits, measured)
+        streams, description = runner.streams, runner.description
+    symbols = _symbols(config, batch, seq_len)
     tensors = []
-    for name, (formula, dims) in formulas.items():
+    for name, (formula, dims) in _formulas(config, symbols).items():
         if name == "input":
             formula, dims = "(N, T, H_in)", [batch, seq_len, config.input_size]
             note = "fed and accepted" + (
                 "; the LSTM inside gets its transpose" if not config.batch_first else ""
             )
         elif name == "output":
-            note = inside
-        elif name in ("h_0", "c_0", "h_n", "c_n"):
-            note = state_note or ("fed (seeded random)" if name in ("h_0", "c_0") else "returned")
+            note = "inside the graph (measured on the checkpoint)"
+        elif name in ("h_0", "c_0", "h_n", "c_n") and not streams:
+            note = "not in this file (--with-state adds it)"
         else:
-            note = "returned"
+            note = "fed (seeded random)" if name in ("h_0", "c_0") else "returned"
         tensors.append(TensorShape(name, formula, dims, measured.get(name), note))
+    notes = [
+        "arguments from the file's model_config metadata; shapes measured by running the "
+        f"file with {description}",
+        "the LSTM's own identities need its output sequence: run shapes on the checkpoint",
+    ]
     kind = "onnx" if runner.name == "onnxruntime" else runner.name
-    return ShapesReport(
-        path=path,
-        kind=kind,
-        batch=batch,
-        seq_len=seq_len,
-        config=config.to_dict(),
-        symbols=symbols,
-        arguments=_arguments(config),
-        tensors=tensors,
-        identities=identities,
-        notes=[
-            "arguments from the file's model_config metadata; shapes measured by running the "
-            f"file with {runner.description}",
-            "the LSTM's own identities need its output sequence: run shapes on the checkpoint",
-        ],
-    )
+    return _report(path, kind, config, symbols, tensors, identities, notes)
+
+
+def _state_identities(
+    runner: Any,
+    config: ModelConfig,
+    x: np.ndarray,
+    logits: np.ndarray,
+    measured: dict[str, list[int] | None],
+) -> list[Identity]:
+    """For a file that takes a state: its shapes into ``measured``, and the identities that need
+    only the file (zeros are the stateless answer; the state carries between two chunks)."""
+    from lstm_export.infer.base import LstmState
+
+    if not runner.streams:
+        return []
+    h_0, c_0 = _random_state(config, x.shape[0])
+    _, state = runner.step(x, LstmState(h_0, c_0))
+    measured.update(h_0=list(h_0.shape), c_0=list(c_0.shape), h_n=list(state.h.shape))
+    measured["c_n"] = list(state.c.shape)
+    zero_logits, zero = runner.step(x)
+    found = [
+        Identity(
+            "no state is zeros",
+            "the file's stateless answer (infer) == its answer from h_0 = c_0 = 0",
+            _diff((logits, zero_logits)),
+        )
+    ]
+    rows = x.shape[1]
+    if rows >= 2:
+        half = rows // 2
+        _, mid = runner.step(x[:, :half])
+        end_logits, end = runner.step(x[:, half:], mid)
+        found.append(
+            Identity(
+                "the state carries",
+                f"rows fed as {half} + {rows - half} with the state carried == all {rows} at "
+                "once: logits, h_n and c_n",
+                _diff((end_logits, zero_logits), (end.h, zero.h), (end.c, zero.c)),
+            )
+        )
+    return found
 
 
 def measure_shapes(

@@ -1,14 +1,30 @@
-"""The checkpoint an export starts from: resolved, loaded, hashed, and its model rebuilt."""
+"""What every export from a checkpoint shares: its plan (the checkpoint loaded, the target checked,
+the validation data loaded, before any slow step), its last step (write under a temporary name,
+validate, rename) and the fields of its report."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lstm_export.artifacts import Artifact
 from lstm_export.config import ModelConfig
-from lstm_export.fileio import file_digest
+from lstm_export.errors import ConfigError
+from lstm_export.export.quiet import ProgressFn, status
+from lstm_export.export.validate import (
+    STREAM_BATCHES,
+    Batch,
+    ValidationReport,
+    describe_checks,
+    length_batches,
+    load_test_set,
+    make_batches,
+)
+from lstm_export.fileio import atomic_path, check_writable_file, file_digest
 
 if TYPE_CHECKING:
     from lstm_export.model import LSTMClassifier
@@ -38,3 +54,99 @@ def load_source(checkpoint: Path) -> Source:
     model, ckpt = load_model(path)
     log.info("loaded %s (%s)", path, model.config)
     return Source(path=path, model=model.eval(), checkpoint=ckpt, sha256=file_digest(path))
+
+
+@dataclass
+class ExportPlan:
+    """An export ready to run: ``batches`` None means validation is skipped."""
+
+    source: Source
+    target: Path
+    tolerance: float
+    with_state: bool
+    batches: list[Batch] | None
+    streams: list[Batch] = field(default_factory=list)
+
+
+def plan_export(
+    checkpoint: Path,
+    out: Path | None,
+    artifact: Artifact,
+    *,
+    validate: bool,
+    tolerance: float,
+    data_dir: Path | None,
+    any_length: bool,
+    with_state: bool,
+    progress: ProgressFn | None,
+    refuse: Callable[[ModelConfig], None] | None = None,
+) -> ExportPlan:
+    """Load the checkpoint, let ``refuse`` raise for a model the format cannot hold, check that the
+    target (default: ``artifact`` beside the checkpoint) can be written, and load the test images:
+    every batch length for a file that takes ``any_length``, chunked streams ``with_state``."""
+    from lstm_export.model import check_streamable
+
+    if not tolerance > 0:
+        raise ConfigError(f"tolerance must be > 0, got {tolerance}")
+    status(progress, "loading checkpoint")
+    source = load_source(checkpoint)
+    if refuse is not None:
+        refuse(source.config)
+    if with_state:
+        check_streamable(source.config)
+    target = check_writable_file(Path(out) if out is not None else artifact.beside(source.path))
+    if not validate:
+        return ExportPlan(source, target, tolerance, with_state, None)
+    images = load_test_set(data_dir)[0]
+    batches = length_batches(images) if any_length else make_batches(images)
+    streams = make_batches(images, STREAM_BATCHES) if with_state else []
+    return ExportPlan(source, target, tolerance, with_state, batches, streams)
+
+
+@dataclass(kw_only=True)
+class ExportReport:
+    """What an export wrote and proved (``validation`` None: not validated)."""
+
+    path: Path
+    checkpoint: Path
+    validation: ValidationReport | None
+    metadata: dict[str, str]
+    file_size: int
+    export_seconds: float
+    validate_seconds: float
+    with_state: bool = False
+
+
+def write_validated(
+    plan: ExportPlan,
+    write: Callable[[Path], object],
+    check: Callable[[Path], ValidationReport],
+    *,
+    metadata: dict[str, str],
+    export_seconds: float,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """``write`` the file under a temporary name, ``check`` it (unless the plan skips validation)
+    and rename it onto the target; the :class:`ExportReport` fields of what was written."""
+    validation = None
+    t0 = time.perf_counter()
+    with atomic_path(plan.target) as tmp:
+        write(tmp)
+        if plan.batches is not None:
+            checks = describe_checks(plan.batches, plan.streams)
+            status(progress, f"validating against eager PyTorch ({checks})")
+            validation = check(tmp)
+        else:
+            log.warning("validation skipped: %s is unchecked", plan.target)
+    size = plan.target.stat().st_size
+    log.info("wrote %s (%d bytes)", plan.target, size)
+    return {
+        "path": plan.target,
+        "checkpoint": plan.source.path,
+        "validation": validation,
+        "metadata": metadata,
+        "file_size": size,
+        "export_seconds": export_seconds,
+        "validate_seconds": time.perf_counter() - t0,
+        "with_state": plan.with_state,
+    }

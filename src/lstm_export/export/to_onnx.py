@@ -4,18 +4,15 @@ The graph takes ``pixels`` float32 ``[batch, 28, 28]`` (raw pixels in [0, 1]) an
 ``logits`` float32 ``[batch, classes]``; the batch axis is symbolic (named ``batch``).
 
 ``dynamic_seq`` (``--dynamic-seq``): the time axis is symbolic too, ``[batch, time, 28]``, and
-reaches every LSTM node (checked on the graph), so the file takes any number of rows T >= 1:
-a prefix of a digit's rows, or a taller image. It is validated against eager PyTorch at 1, 7,
-28 and 100 rows. ``lstm-export infer`` still feeds 28 rows: it resizes every image to 28x28
-before the model sees it (pad to a square, resize; or ``--fit``), whatever the file takes;
-other lengths go through the Python API (``runner.infer(x)`` with x (N, T, 28)).
+reaches every LSTM node (checked on the graph), so the file takes any number of rows T >= 1 (a
+prefix of a digit's rows, or a taller image), validated at 1, 7, 28 and 100 rows. ``infer``
+still resizes every image to 28 rows; other lengths go through ``runner.infer(x)``.
 
 ``with_state`` (``--with-state``, implies ``dynamic_seq``): the graph also takes ``h_0``
 ``[D*num_layers, batch, H_out]`` and ``c_0`` ``[..., H]`` and returns ``h_n``, ``c_n`` beside the
-logits, so a stream of rows can be fed in chunks (``Runner.step`` / ``Runner.stream``). Zeros
-for ``h_0``, ``c_0`` give the stateless answer; the runners feed zeros in ``infer``. Validation
-also feeds 28 rows in chunks of 7+7+14 and requires the logits and states of all 28 at once.
-Bidirectional models cannot stream (see :func:`lstm_export.model.check_streamable`).
+logits, so a stream of rows can be fed in chunks (``Runner.step`` / ``Runner.stream``); zeros
+give the stateless answer. Validation also feeds 28 rows in chunks of 7+7+14 and requires the
+logits and states of all 28 at once. Bidirectional models cannot stream.
 
 ``proj_size`` models are refused: ONNX's LSTM has no projection of the hidden state.
 """
@@ -25,13 +22,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lstm_export.artifacts import Artifact
-from lstm_export.errors import ConfigError, ExportError
+from lstm_export.errors import ConfigError, ExportError, first_line
 from lstm_export.export.audit import OnnxAudit, audit_onnx, check_io, check_native_lstm
 from lstm_export.export.metadata import (
     BATCH_DIM,
@@ -43,21 +40,10 @@ from lstm_export.export.metadata import (
     set_onnx_metadata,
     source_metadata,
 )
-from lstm_export.export.progress import ProgressFn, status
-from lstm_export.export.quiet import quiet_exporters
+from lstm_export.export.quiet import ProgressFn, quiet_exporters, status
 from lstm_export.export.simplify import simplify_lstm_graph
-from lstm_export.export.source import load_source
-from lstm_export.export.validate import (
-    DEFAULT_TOLERANCE,
-    STREAM_BATCHES,
-    ValidationReport,
-    describe_checks,
-    length_batches,
-    load_test_set,
-    make_batches,
-    validate_onnx,
-)
-from lstm_export.fileio import atomic_path, check_writable_file
+from lstm_export.export.source import ExportPlan, ExportReport, plan_export, write_validated
+from lstm_export.export.validate import DEFAULT_TOLERANCE, check_onnx_file, validate_export
 
 if TYPE_CHECKING:
     import onnx
@@ -73,77 +59,45 @@ DEFAULT_OPSET = 20
 MIN_OPSET = 7
 
 
-class Exporter(str, Enum):
-    """Which torch.onnx exporter."""
-
-    dynamo = "dynamo"
-    legacy = "legacy"
-
-
-@dataclass
-class OnnxExportReport:
+@dataclass(kw_only=True)
+class OnnxExportReport(ExportReport):
     """What ``export_onnx`` wrote and proved."""
 
-    path: Path
-    checkpoint: Path
     exporter: str
     opset: int
     audit: OnnxAudit
-    validation: ValidationReport | None
-    metadata: dict[str, str]
-    file_size: int
-    export_seconds: float
-    validate_seconds: float
     constants_folded: bool
     #: the exporter's node count before :func:`simplify_lstm_graph` (None: nothing to simplify)
     simplified_from: int | None = None
     dynamic_seq: bool = False
-    with_state: bool = False
 
 
-def opset_range(exporter: Exporter) -> tuple[int, int]:
-    """The opsets ``exporter`` is asked for here (the dynamo exporter may still refuse some)."""
+def _name(legacy: bool) -> str:
+    return "legacy" if legacy else "dynamo"
+
+
+def resolve_opset(opset: int | None, legacy: bool) -> int:
+    """``None`` -> :data:`DEFAULT_OPSET`; ConfigError when the exporter is not asked for it here
+    (the dynamo exporter may still refuse some)."""
     import onnx
 
-    if exporter == Exporter.legacy:
+    high = int(onnx.defs.onnx_opset_version())
+    if legacy:
         try:
-            from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as legacy_max
+            from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as high
         except ImportError:  # pragma: no cover - other torch versions
-            legacy_max = 20
-        return MIN_OPSET, int(legacy_max)
-    return MIN_OPSET, int(onnx.defs.onnx_opset_version())
-
-
-def resolve_opset(opset: int | None, exporter: Exporter) -> int:
-    """``None`` -> :data:`DEFAULT_OPSET`; ConfigError when outside :func:`opset_range`."""
+            high = 20
     wanted = DEFAULT_OPSET if opset is None else int(opset)
-    low, high = opset_range(exporter)
-    if not low <= wanted <= high:
+    if not MIN_OPSET <= wanted <= high:
         raise ConfigError(
-            f"opset {wanted} is not available with the {exporter.value} exporter "
-            f"(supported here: {low}..{high})"
+            f"opset {wanted} is not available with the {_name(legacy)} exporter "
+            f"(supported here: {MIN_OPSET}..{high})"
         )
     return wanted
 
 
-@dataclass(frozen=True)
-class Interface:
-    """What the exported graph takes and returns."""
-
-    dynamic_seq: bool = False
-    with_state: bool = False
-
-    @property
-    def input_names(self) -> list[str]:
-        return [INPUT_NAME, *STATE_INPUTS] if self.with_state else [INPUT_NAME]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [OUTPUT_NAME, *STATE_OUTPUTS] if self.with_state else [OUTPUT_NAME]
-
-
-def check_onnx_exportable(config: ModelConfig, interface: Interface) -> None:
-    """Refuse, before exporting, what ONNX cannot express (ExportError, ConfigError)."""
+def check_onnx_exportable(config: ModelConfig) -> None:
+    """Refuse, before exporting, what ONNX cannot express (ExportError)."""
     if config.proj_size:
         raise ExportError(
             f"this model has proj_size={config.proj_size}, which ONNX cannot express: the ONNX "
@@ -151,20 +105,16 @@ def check_onnx_exportable(config: ModelConfig, interface: Interface) -> None:
             f"learned {config.proj_size}x{config.hidden_size} matrix inside the recurrence). "
             "Export it with `lstm-export torchscript` instead"
         )
-    if interface.with_state:
-        from lstm_export.model import check_streamable
-
-        check_streamable(config)
 
 
-def _module_and_args(model: LSTMClassifier, interface: Interface) -> tuple[Any, tuple[Any, ...]]:
+def _module_and_args(model: LSTMClassifier, with_state: bool) -> tuple[Any, tuple[Any, ...]]:
     """The module to export and its example inputs (3 images of 28 rows)."""
     import torch
 
     from lstm_export.model import StatefulClassifier
 
     x = torch.rand(3, 28, model.config.input_size, generator=torch.Generator().manual_seed(0))
-    if not interface.with_state:
+    if not with_state:
         return model, (x,)
     config = model.config
     h_0 = torch.zeros(config.state_layers, 3, config.output_size)
@@ -175,14 +125,11 @@ def _module_and_args(model: LSTMClassifier, interface: Interface) -> tuple[Any, 
 def _fresh_trace_state() -> None:
     """Forget what earlier traces in this process cached about aten::lstm.
 
-    For a dynamic time axis the dynamo exporter swaps in a while-loop LSTM decomposition while it
-    traces (torch 2.14). Two caches outlive a trace and make every later export in the process
-    silently specialise the time axis to the example's 28 rows: aten::lstm's dispatch cache,
-    which keeps the unrolled decomposition (the while loop is then never called), and dynamo's
-    compiled frames of the while loop's body, which keep the static shapes of an earlier
-    batch-only export. :func:`lstm_export.export.audit.check_io` refuses such a graph; clearing
-    both caches before each export keeps the axis symbolic. (``torch._dynamo.reset`` also drops
-    anything else this process compiled with ``torch.compile``; it recompiles on next use.)
+    For a dynamic time axis the dynamo exporter (torch 2.14) traces a while-loop LSTM; aten::lstm's
+    dispatch cache (the unrolled decomposition) and dynamo's compiled frames of the loop's body
+    (static shapes of an earlier export) outlive a trace and silently fix every later export's
+    time axis to 28 rows, which :func:`~lstm_export.export.audit.check_io` refuses. Clearing both
+    keeps it symbolic (anything compiled with ``torch.compile`` recompiles on next use).
     """
     import torch
 
@@ -194,117 +141,150 @@ def _fresh_trace_state() -> None:
     torch._dynamo.reset()
 
 
-def _export_dynamo(model: LSTMClassifier, opset: int, interface: Interface) -> onnx.ModelProto:
+def _export(model: LSTMClassifier, opset: int, legacy: bool, dynamic_seq: bool, state: bool) -> Any:
+    """The ModelProto of ``model`` exported by the dynamo or the ``legacy`` exporter."""
+    import onnx
     import torch
 
+    module, args = _module_and_args(model, state)
+    names: dict[str, Any] = {
+        "input_names": [INPUT_NAME, *STATE_INPUTS] if state else [INPUT_NAME],
+        "output_names": [OUTPUT_NAME, *STATE_OUTPUTS] if state else [OUTPUT_NAME],
+        "opset_version": opset,
+    }
+    if legacy:
+        axes = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}}
+        if dynamic_seq:
+            axes[INPUT_NAME][1] = TIME_DIM
+        axes.update({n: {1: BATCH_DIM} for n in (*STATE_INPUTS, *STATE_OUTPUTS) if state})
+        with tempfile.TemporaryDirectory(prefix="lstm-export-legacy-") as work:
+            path = Path(work) / "model.onnx"
+            torch.onnx.export(
+                module,
+                args,
+                path,
+                dynamo=False,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+                **names,
+            )
+            return onnx.load(str(path))
     batch = torch.export.Dim(BATCH_DIM)
-    pixels: dict[int, Any] = {0: batch}
-    if interface.dynamic_seq:
-        pixels[1] = torch.export.Dim(TIME_DIM)
-    dynamic_shapes: tuple[Any, ...] = (pixels,)
-    if interface.with_state:
-        dynamic_shapes += ({1: batch}, {1: batch})
-    module, args = _module_and_args(model, interface)
+    pixels = {0: batch, 1: torch.export.Dim(TIME_DIM)} if dynamic_seq else {0: batch}
+    shapes = (pixels, {1: batch}, {1: batch}) if state else (pixels,)
     _fresh_trace_state()
     program = torch.onnx.export(
-        module,
-        args,
-        dynamo=True,
-        input_names=interface.input_names,
-        output_names=interface.output_names,
-        dynamic_shapes=dynamic_shapes,
-        opset_version=opset,
-        optimize=True,
-        verbose=False,
-        report=False,
+        module, args, dynamo=True, dynamic_shapes=shapes, optimize=True, verbose=False, **names
     )
     if program is None:  # pragma: no cover - torch returns None only when writing to f
         raise ExportError("torch.onnx.export returned no program")
     return program.model_proto
 
 
-def _export_legacy(model: LSTMClassifier, opset: int, interface: Interface) -> onnx.ModelProto:
-    import onnx
-    import torch
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant subgraphs of any size folded: the dynamo exporter builds LSTM W/R/B in the graph,
+    where quantizers and TensorRT want initializers."""
+    import onnxscript.optimizer
 
-    axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}}
-    if interface.dynamic_seq:
-        axes[INPUT_NAME][1] = TIME_DIM
-    if interface.with_state:
-        axes.update({name: {1: BATCH_DIM} for name in (*STATE_INPUTS, *STATE_OUTPUTS)})
-    module, args = _module_and_args(model, interface)
-    with tempfile.TemporaryDirectory(prefix="lstm-export-legacy-") as work:
-        path = Path(work) / "model.onnx"
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            dynamo=False,
-            input_names=interface.input_names,
-            output_names=interface.output_names,
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-        return onnx.load(str(path))
+    limit = 1 << 31
+    return onnxscript.optimizer.optimize(model, input_size_limit=limit, output_size_limit=limit)
 
 
-def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """Fold constant subgraphs of any size (the dynamo exporter builds LSTM W/R/B in the graph).
-
-    Afterwards each LSTM's weights are initializers, which quantizers and TensorRT expect.
-    Returns ``(model, folded)``; on an optimiser failure the model is returned unchanged.
-    """
+def _or_as_is(step: str, change: Callable[[], onnx.ModelProto]) -> onnx.ModelProto | None:
+    """``change()``, or None with a warning when it fails: each of these steps only improves
+    a graph, and the export's validation proves whichever graph is written."""
     try:
-        import onnxscript.optimizer
-
-        limit = 1 << 31
-        folded = onnxscript.optimizer.optimize(
-            model, input_size_limit=limit, output_size_limit=limit
-        )
+        return change()
     except Exception as exc:
-        log.warning("constant folding skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
-        return model, False
-    return folded, True
+        log.warning("%s skipped: %s", step, first_line(exc))
+        return None
 
 
-def _simplified(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
-    """``simplify_lstm_graph(model)`` and the node count before it (None: nothing changed).
-
-    A failure of the simplifier keeps the graph as exported, with a warning: the rewrites only
-    remove bookkeeping, and the export's validation proves whichever graph is written.
-    """
-    try:
-        simpler, report = simplify_lstm_graph(model)
-    except Exception as exc:
-        log.warning(
-            "graph simplification skipped: %s", str(exc).splitlines()[0] if str(exc) else exc
-        )
-        return model, None
-    changed = report.nodes_after < report.nodes_before
-    return simpler, report.nodes_before if changed else None
-
-
-def reinfer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph with its shape annotations inferred afresh by ONNX shape inference.
-
-    torch 2.11's dynamo exporter annotates the logits read from an LSTM's final state as
-    ``[1, batch, C]`` while they are ``[batch, C]`` at run time; ONNX Runtime then warns and
-    tools that read the declared interface are misled. Inference from the graph itself gives the
-    true shapes. On an inference failure the model is returned unchanged.
-    """
+def _optimised(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int | None]:
+    """:func:`fold_constants`, :func:`simplify_lstm_graph`, then the shapes inferred afresh from
+    the graph itself (torch 2.11's dynamo exporter annotated the logits ``[1, batch, C]``, which
+    are ``[batch, C]``). Returns ``(graph, folded, node count before simplifying or None)``."""
     import onnx
 
+    folded = _or_as_is("constant folding", lambda: fold_constants(proto))
+    graph = proto if folded is None else folded
+    before = len(graph.graph.node)
+    simpler = _or_as_is("graph simplification", lambda: simplify_lstm_graph(graph))
+    graph = graph if simpler is None else simpler
     fresh = onnx.ModelProto()
-    fresh.CopyFrom(model)
+    fresh.CopyFrom(graph)
     del fresh.graph.value_info[:]
     for output in fresh.graph.output:
         output.type.tensor_type.ClearField("shape")
+    inferred = _or_as_is(
+        "shape re-inference",
+        lambda: onnx.shape_inference.infer_shapes(fresh, strict_mode=True, data_prop=True),
+    )
+    simplified_from = before if len(graph.graph.node) < before else None
+    return graph if inferred is None else inferred, folded is not None, simplified_from
+
+
+@dataclass
+class _Graph:
+    """The graph built by :func:`_build`, before it is written."""
+
+    proto: Any
+    audit: OnnxAudit
+    metadata: dict[str, str]
+    folded: bool
+    simplified_from: int | None
+
+
+def _build(plan: ExportPlan, opset: int, legacy: bool, dynamic_seq: bool) -> _Graph:
+    """Export, fold, simplify, describe and check the graph (ExportError when it is not ours)."""
     try:
-        return onnx.shape_inference.infer_shapes(fresh, strict_mode=True, data_prop=True)
+        with quiet_exporters():
+            proto = _export(plan.source.model, opset, legacy, dynamic_seq, plan.with_state)
+            proto, folded, simplified_from = _optimised(proto)
+    except ExportError:
+        raise
     except Exception as exc:
-        log.warning("shape re-inference skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
-        return model
+        raise ExportError(
+            f"the {_name(legacy)} exporter failed at opset {opset}: {first_line(exc)}"
+        ) from exc
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if got != opset:
+        hint = "" if legacy else " (opsets below 18 need the legacy exporter)"
+        raise ExportError(
+            f"the {_name(legacy)} exporter cannot produce opset {opset}: "
+            f"it produced opset {got}{hint}"
+        )
+    kind = "legacy TorchScript-based" if legacy else "dynamo"
+    meta = source_metadata(
+        plan.source,
+        exporter=f"torch.onnx {kind} exporter",
+        fmt="onnx",
+        dynamic_seq=dynamic_seq,
+        with_state=plan.with_state,
+    )
+    set_onnx_metadata(proto, meta)
+    state = "; h_0, c_0 in and h_n, c_n out (zeros: the stateless answer)"
+    proto.doc_string = (
+        "MNIST row-by-row LSTM classifier: pixels float32 "
+        f"[batch, {TIME_DIM if dynamic_seq else 28}, 28] in [0, 1] -> logits float32 "
+        f"[batch, classes]{state if plan.with_state else ''}. Exported by lstm-export."
+    )
+    config = plan.source.config
+    audit = audit_onnx(proto)
+    check_native_lstm(audit, config)
+    try:
+        io_names = (INPUT_NAME, OUTPUT_NAME)
+        check_io(audit, config, *io_names, dynamic_seq=dynamic_seq, with_state=plan.with_state)
+    except ExportError as exc:
+        if dynamic_seq and not legacy and "fixed steps" in str(exc):
+            import torch
+
+            raise ExportError(
+                f"{exc} (the dynamo exporter of torch {torch.__version__} specialises the time "
+                "axis; torch 2.14's keeps it symbolic, and so does the legacy exporter)"
+            ) from exc
+        raise
+    return _Graph(proto, audit, meta, folded, simplified_from)
 
 
 def export_onnx(
@@ -322,123 +302,57 @@ def export_onnx(
 ) -> OnnxExportReport:
     """Export a checkpoint (run folder or ``.pt``) to ONNX; default output ``model.onnx`` beside it.
 
-    The file is written under a temporary name, checked (native LSTM ops, interface, metadata,
-    ``onnx.checker``, shape inference, ONNX Runtime CPU vs eager PyTorch at batch 1, 7 and 512
-    within ``tolerance`` with every argmax equal) and only then renamed onto ``out``.
+    Plan (load the checkpoint, check the target, load the test images), build the graph (export,
+    simplify, check), then write it under a temporary name, validate it (``onnx.checker``, shape
+    inference, ONNX Runtime CPU vs eager PyTorch at batch 1, 7 and 512 within ``tolerance``,
+    every argmax equal) and rename it onto ``out``; the report says what was written and proved.
     ``dynamic_seq``: symbolic time axis, validated at 1, 7, 28 and 100 rows; ``with_state``:
-    ``h_0``/``c_0`` in, ``h_n``/``c_n`` out, validated fed in chunks too (module docstring).
-    Raises CheckpointError, ConfigError, OutputError, DataError, ExportError or ValidationError.
+    ``h_0``/``c_0`` in, ``h_n``/``c_n`` out, validated fed in chunks too. Raises CheckpointError,
+    ConfigError, OutputError, DataError, ExportError or ValidationError.
     """
     import onnx
 
-    if not tolerance > 0:
-        raise ConfigError(f"tolerance must be > 0, got {tolerance}")
-    interface = Interface(dynamic_seq=dynamic_seq or with_state, with_state=with_state)
-    exporter = Exporter.legacy if legacy else Exporter.dynamo
-    wanted_opset = resolve_opset(opset, exporter)
-    status(progress, "loading checkpoint")
-    source = load_source(checkpoint)
-    check_onnx_exportable(source.config, interface)
-    target = check_writable_file(
-        Path(out) if out is not None else Artifact.onnx.beside(source.path)
+    dynamic_seq = dynamic_seq or with_state
+    opset = resolve_opset(opset, legacy)
+    plan = plan_export(
+        checkpoint,
+        out,
+        Artifact.onnx,
+        validate=validate,
+        tolerance=tolerance,
+        data_dir=data_dir,
+        any_length=dynamic_seq,
+        with_state=with_state,
+        progress=progress,
+        refuse=check_onnx_exportable,
     )
-    batches = streams = None
-    if validate:
-        images = load_test_set(data_dir)[0]
-        batches = length_batches(images) if interface.dynamic_seq else make_batches(images)
-        streams = make_batches(images, STREAM_BATCHES) if interface.with_state else []
-
-    status(progress, f"exporting with the {exporter.value} exporter (opset {wanted_opset})")
+    status(progress, f"exporting with the {_name(legacy)} exporter (opset {opset})")
     t0 = time.perf_counter()
-    try:
-        with quiet_exporters():
-            export = _export_legacy if legacy else _export_dynamo
-            proto = export(source.model, wanted_opset, interface)
-            proto, folded = fold_constants(proto)
-            proto, simplified_from = _simplified(proto)
-            proto = reinfer_shapes(proto)
-    except ExportError:
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(
-            f"the {exporter.value} exporter failed at opset {wanted_opset}: {first[:300]}"
-        ) from exc
-    got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if got_opset != wanted_opset:
-        hint = " (opsets below 18 need the legacy exporter)" if exporter == Exporter.dynamo else ""
-        raise ExportError(
-            f"the {exporter.value} exporter cannot produce opset {wanted_opset}: "
-            f"it produced opset {got_opset}{hint}"
-        )
-    exporter_name = f"torch.onnx {'legacy TorchScript-based' if legacy else 'dynamo'} exporter"
-    meta = source_metadata(
-        source,
-        exporter=exporter_name,
-        fmt="onnx",
-        dynamic_seq=interface.dynamic_seq,
-        with_state=interface.with_state,
+    graph = _build(plan, opset, legacy, dynamic_seq)
+    written = write_validated(
+        plan,
+        lambda tmp: onnx.save_model(graph.proto, str(tmp)),
+        lambda tmp: validate_export(
+            tmp,
+            "onnxruntime",
+            plan.source.path,
+            plan.batches or [],
+            tolerance,
+            candidate_name="ONNX Runtime (CPU)",
+            streams=plan.streams,
+            structural=check_onnx_file,
+        ),
+        metadata=graph.metadata,
+        export_seconds=time.perf_counter() - t0,
+        progress=progress,
     )
-    set_onnx_metadata(proto, meta)
-    rows = TIME_DIM if interface.dynamic_seq else "28"
-    state = (
-        "; h_0, c_0 in and h_n, c_n out (zeros: the stateless answer)"
-        if interface.with_state
-        else ""
-    )
-    proto.doc_string = (
-        f"MNIST row-by-row LSTM classifier: pixels float32 [batch, {rows}, 28] in [0, 1] -> "
-        f"logits float32 [batch, classes]{state}. Exported by lstm-export."
-    )
-    audit = audit_onnx(proto)
-    check_native_lstm(audit, source.config)
-    try:
-        check_io(
-            audit,
-            source.config,
-            INPUT_NAME,
-            OUTPUT_NAME,
-            dynamic_seq=interface.dynamic_seq,
-            with_state=interface.with_state,
-        )
-    except ExportError as exc:
-        if interface.dynamic_seq and exporter == Exporter.dynamo and "fixed steps" in str(exc):
-            import torch
-
-            raise ExportError(
-                f"{exc} (the dynamo exporter of torch {torch.__version__} specialises the time "
-                "axis; torch 2.14's keeps it symbolic, and so does the legacy exporter)"
-            ) from exc
-        raise
-    export_seconds = time.perf_counter() - t0
-
-    validation = None
-    t1 = time.perf_counter()
-    with atomic_path(target) as tmp:
-        onnx.save_model(proto, str(tmp))
-        if batches is not None:
-            status(
-                progress, f"validating against eager PyTorch ({describe_checks(batches, streams)})"
-            )
-            validation = validate_onnx(tmp, source.path, batches, tolerance, streams=streams or ())
-        else:
-            log.warning("validation skipped: %s is unchecked", target)
-    size = target.stat().st_size
-    audit.file_size = size
-    log.info("wrote %s (%d bytes)", target, size)
+    graph.audit.file_size = written["file_size"]
     return OnnxExportReport(
-        path=target,
-        checkpoint=source.path,
-        exporter=exporter.value,
-        opset=got_opset,
-        audit=audit,
-        validation=validation,
-        metadata=meta,
-        file_size=size,
-        export_seconds=export_seconds,
-        validate_seconds=time.perf_counter() - t1,
-        constants_folded=folded,
-        simplified_from=simplified_from,
-        dynamic_seq=interface.dynamic_seq,
-        with_state=interface.with_state,
+        **written,
+        exporter=_name(legacy),
+        opset=opset,
+        audit=graph.audit,
+        constants_folded=graph.folded,
+        simplified_from=graph.simplified_from,
+        dynamic_seq=dynamic_seq,
     )

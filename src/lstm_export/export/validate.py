@@ -1,18 +1,12 @@
 """Proof that an exported file gives eager PyTorch's answers, before it is renamed into place.
 
-The exported file and the checkpoint each run through the runner registry (the code path users
-run), on real MNIST test images at several batch sizes (default 1, an odd 7 and a large 512,
-disjoint slices of the test set). The largest absolute logit difference must stay within a
-tolerance and every argmax must agree (:mod:`lstm_export.parity`); otherwise
-:class:`ValidationError` says what differed.
-
-A file that takes any number of rows (TorchScript, ONNX with ``--dynamic-seq``) is checked at
-each of :data:`DEFAULT_LENGTHS` rows, at batch 1, 7 and 512 for 28 rows and 1, 7 and 64 for the
-other lengths (:func:`length_batches`): a prefix of each digit's rows for
-fewer than 28, digits stacked one above the next (a taller image) for more. A file exported with
-``--with-state`` is also fed 28 rows in chunks (:data:`STREAM_CHUNKS`), carrying the state
-from chunk to chunk, and must end with the logits and state of all rows fed at once, as eager
-PyTorch does the same (:class:`StreamCheck`).
+The file and the checkpoint each run through the runner registry (the code path users run) on
+disjoint slices of the MNIST test set at batch 1, an odd 7 and a large 512. The largest absolute
+logit difference must stay within a tolerance and every argmax must agree
+(:mod:`lstm_export.parity`); otherwise :class:`ValidationError` says what differed. A file that
+takes any number of rows is also checked at 1, 7 and 100 rows (a prefix of each digit, or digits
+stacked into a taller image; :func:`length_batches`); a ``--with-state`` file is also fed 28 rows
+in chunks, the state carried, and must end where all rows at once do (:class:`StreamCheck`).
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lstm_export import parity
-from lstm_export.errors import DataError, ModelLoadError, ValidationError
+from lstm_export.errors import DataError, ModelLoadError, ValidationError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +118,6 @@ class ValidationReport:
     def max_abs_diff(self) -> float:
         return max((c.max_abs_diff for c in self.checks), default=0.0)
 
-    @property
-    def seq_lens(self) -> list[int]:
-        """The sequence lengths checked, in order."""
-        return sorted({c.seq_len for c in self.checks})
-
 
 # -- data ------------------------------------------------------------------------------------------
 def load_test_set(
@@ -148,17 +137,9 @@ def load_test_set(
     return to_model_input(split.images), split.labels
 
 
-def make_batches(
-    images: np.ndarray,
-    sizes: Sequence[int] = DEFAULT_BATCHES,
-    lengths: Sequence[int] = (IMAGE_ROWS,),
-) -> list[Batch]:
-    """One batch per length and size (lengths outer), from disjoint consecutive test images.
-
-    ``images`` (N, 28, 28). A length T <= 28 takes each digit's first T rows; a longer one
-    stacks ceil(T / 28) consecutive digits one above the next and keeps the first T rows.
-    """
-    return _batches(images, [(t, n) for t in lengths for n in sizes])
+def make_batches(images: np.ndarray, sizes: Sequence[int] = DEFAULT_BATCHES) -> list[Batch]:
+    """One batch of 28 rows per size, from disjoint consecutive test images (N, 28, 28)."""
+    return _batches(images, [(IMAGE_ROWS, n) for n in sizes])
 
 
 def length_batches(
@@ -175,7 +156,8 @@ def length_batches(
 
 
 def _batches(images: np.ndarray, plan: Sequence[tuple[int, int]]) -> list[Batch]:
-    """A batch per ``(length, size)`` of ``plan``, from disjoint consecutive images."""
+    """A batch per ``(length T, size)`` of ``plan``, from disjoint consecutive images: T <= 28
+    takes each digit's first T rows; a longer T stacks ceil(T / 28) digits and keeps T rows."""
     if any(t < 1 or n < 1 for t, n in plan):
         raise ValidationError(f"batch sizes and lengths must be >= 1, got {list(plan)}")
     rows = images.shape[1]
@@ -201,16 +183,16 @@ def check_onnx_file(path: Path) -> list[str]:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, InferenceError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValidationError(f"onnx.checker rejects the exported graph: {first[:300]}") from exc
+        raise ValidationError(
+            f"onnx.checker rejects the exported graph: {first_line(exc)}"
+        ) from exc
     try:
         onnx.shape_inference.infer_shapes(
             onnx.load(str(path)), check_type=True, strict_mode=True, data_prop=True
         )
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValidationError(
-            f"ONNX shape inference fails on the exported graph: {first[:300]}"
+            f"ONNX shape inference fails on the exported graph: {first_line(exc)}"
         ) from exc
     return ["onnx.checker (full)", "strict shape inference"]
 
@@ -225,15 +207,18 @@ def validate_export(
     candidate_name: str,
     streams: Sequence[Batch] = (),
     chunks: Sequence[int] = STREAM_CHUNKS,
+    structural: Callable[[Path], list[str]] | None = None,
 ) -> ValidationReport:
     """Run ``path`` with the ``backend`` runner and the checkpoint with the eager runner (both on
     the CPU) on every batch; ValidationError listing every batch that differs.
 
-    ``streams``: batches to feed a stateful file in ``chunks`` of rows (see :class:`StreamCheck`).
+    ``streams``: batches to feed a stateful file in ``chunks`` of rows (see :class:`StreamCheck`);
+    ``structural``: checks of the file itself, first (:func:`check_onnx_file`).
     """
     from lstm_export.infer.registry import make_runner
 
     t0 = time.perf_counter()
+    passed = structural(path) if structural is not None else []
     reference = make_runner(checkpoint, "eager", "cpu")
     candidate = make_runner(path, backend, "cpu")
     try:
@@ -244,41 +229,15 @@ def validate_export(
         raise ValidationError(
             f"{candidate_name} cannot load the exported graph: {error_text(exc.__cause__ or exc)}"
         ) from exc
-    checks, failures = [], []
+    checks, stream_checks, failures = [], [], []
     with reference, candidate:
         for batch in batches:
-            got_logits = candidate.infer(batch.images)
-            ref_logits = reference.infer(batch.images)
-            got = parity.compare(got_logits, ref_logits)
-            agree = batch.size - got.disagreements
-            checks.append(
-                BatchCheck(
-                    batch=batch.size,
-                    max_abs_diff=got.max_abs_diff,
-                    agree=agree,
-                    seq_len=batch.seq_len,
-                )
-            )
-            log.info(
-                "%s: max |diff| %.3g, argmax %d/%d",
-                batch.label,
-                got.max_abs_diff,
-                agree,
-                batch.size,
-            )
-            found = parity.problems(got, tolerance=tolerance, min_agreement=1.0)
-            if got.first_disagreement is not None:  # the argmax problem is the last one listed
-                first = got.first_disagreement
-                found[-1] += (
-                    f" (first: test image #{batch.offset + first * batch.digits}, eager PyTorch "
-                    f"{int(ref_logits[first].argmax())}, {candidate_name} "
-                    f"{int(got_logits[first].argmax())})"
-                )
+            check, found = _check_batch(candidate, reference, batch, tolerance, candidate_name)
+            checks.append(check)
             failures += [f"{batch.label}: {problem}" for problem in found]
-        stream_checks = []
         for batch in streams:
-            check, found = _check_stream(candidate, reference, batch, chunks, tolerance)
-            stream_checks.append(check)
+            stream, found = _check_stream(candidate, reference, batch, chunks, tolerance)
+            stream_checks.append(stream)
             failures += [f"{batch.size} digit(s) in chunks {list(chunks)}: {p}" for p in found]
         description = candidate.description
     if failures:
@@ -290,9 +249,28 @@ def validate_export(
         candidate=description,
         tolerance=tolerance,
         checks=checks,
+        structural=passed,
         seconds=time.perf_counter() - t0,
         streams=stream_checks,
     )
+
+
+def _check_batch(
+    candidate: Any, reference: Any, batch: Batch, tolerance: float, name: str
+) -> tuple[BatchCheck, list[str]]:
+    """Both runners on ``batch``: the check and its problems (the first argmax that differs)."""
+    got_logits, ref_logits = candidate.infer(batch.images), reference.infer(batch.images)
+    got = parity.compare(got_logits, ref_logits)
+    agree = batch.size - got.disagreements
+    log.info("%s: max |diff| %.3g, argmax %d/%d", batch.label, got.max_abs_diff, agree, batch.size)
+    found = parity.problems(got, tolerance=tolerance, min_agreement=1.0)
+    if got.first_disagreement is not None:  # the argmax problem is the last one listed
+        first = got.first_disagreement
+        found[-1] += (
+            f" (first: test image #{batch.offset + first * batch.digits}, eager PyTorch "
+            f"{int(ref_logits[first].argmax())}, {name} {int(got_logits[first].argmax())})"
+        )
+    return BatchCheck(batch.size, got.max_abs_diff, agree, batch.seq_len), found
 
 
 def _max_diff(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
@@ -347,32 +325,6 @@ def _check_stream(
     if not np.array_equal(chunked[0].argmax(1), ref_whole[0].argmax(1)):
         found.append("argmax after the last chunk differs from eager PyTorch all at once")
     return check, found
-
-
-def validate_onnx(
-    path: Path,
-    checkpoint: Path,
-    batches: Sequence[Batch],
-    tolerance: float = DEFAULT_TOLERANCE,
-    *,
-    streams: Sequence[Batch] = (),
-) -> ValidationReport:
-    """Structural checks, then ONNX Runtime (CPU) vs eager PyTorch on ``batches`` (and, for a
-    stateful file, fed in chunks: ``streams``)."""
-    t0 = time.perf_counter()
-    structural = check_onnx_file(path)
-    report = validate_export(
-        path,
-        "onnxruntime",
-        checkpoint,
-        batches,
-        tolerance,
-        candidate_name="ONNX Runtime (CPU)",
-        streams=streams,
-    )
-    report.structural = structural
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def describe_checks(batches: Sequence[Batch], streams: Sequence[Batch] | None = None) -> str:

@@ -155,10 +155,10 @@ def test_diagnosis_names_a_cuda_major_mismatch(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(ort_session, "nvidia_driver_present", lambda: True)
     monkeypatch.setattr(ort, "cuda_version", "13.0", raising=False)
     monkeypatch.setattr(ort_session, "preload_cuda_libraries", lambda _ort: None)
-    monkeypatch.setattr(ort_session, "_loads", lambda library: library != "libcudart.so.13")
+    monkeypatch.setattr(ort_session, "library_loads", lambda name: name != "libcudart.so.13")
     text = ort_session.cuda_diagnosis()
     assert "built for CUDA 13" in text and "libcudart.so.13" in text and "torch" in text
-    monkeypatch.setattr(ort_session, "_loads", lambda library: True)
+    monkeypatch.setattr(ort_session, "library_loads", lambda name: True)
     assert ort_session.cuda_pairing_problem() is None
 
 
@@ -197,6 +197,7 @@ def test_torch_runner_sets_tf32_on_cuda_and_restores_it(
 
     monkeypatch.setattr(torch_runner, "resolve_torch_device", lambda device: ("cuda", ""))
     monkeypatch.setattr(torch_runner.EagerRunner, "_load_module", lambda self: object())
+    monkeypatch.setattr(torch_runner.EagerRunner, "_probe", lambda self: None)  # no GPU to run on
     backends = torch.backends
     saved = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
     backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = True

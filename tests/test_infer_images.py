@@ -428,3 +428,28 @@ def test_a_file_that_grows_while_read_is_an_error(
     with pytest.raises(ImageError, match="file too large: over 80 bytes"):
         read_bytes(path, max_bytes=80)
     assert len(read_bytes(path, max_bytes=100)) == 100
+
+
+@pytest.mark.parametrize("mode, fill", [("RGBA", (30, 30, 30, 128)), ("I;16", 40000)])
+def test_a_huge_image_decodes_in_bounded_memory(mode: str, fill: object, tmp_path: Path) -> None:
+    """An 8000x8000 PNG of a few hundred KB (it took 1.6-1.8 GB) decodes in under 1 GB: it is
+    reduced in Pillow's integer modes before any float copy. The peak is the child's VmHWM:
+    ``ru_maxrss`` would carry the forking test process's own peak across exec."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.png"
+    Image.new(mode, (8000, 8000), fill).save(path)  # type: ignore[arg-type]
+    assert path.stat().st_size < 2**20
+    code = (
+        "import re, sys\n"
+        "from lstm_export.infer.images import decode_files\n"
+        "digits, errors = decode_files([sys.argv[1]], 'no')\n"
+        "status = open('/proc/self/status').read()\n"
+        "peak = int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024\n"
+        "print(errors[0], int(digits.mean()), peak)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    error, level, peak = done.stdout.split()
+    assert error == "None" and int(level) > 0, done.stdout + done.stderr
+    assert int(peak) < 2**30, f"peak RSS {int(peak) / 2**20:.0f} MiB"

@@ -121,3 +121,44 @@ def test_missing_truncated_and_foreign_checkpoints(
     torch.save(wrong_arch, mismatched)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(mismatched)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(),
+        ModelConfig(bidirectional=True, num_layers=3, bias=False),
+        ModelConfig(hidden_size=8, proj_size=3, bidirectional=True, num_classes=7),
+        ModelConfig(input_size=5, hidden_size=4, num_layers=1),
+    ],
+)
+def test_parameter_count_is_pytorchs(config: ModelConfig) -> None:
+    assert config.parameter_count == sum(p.numel() for p in build_model(config).parameters())
+
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"hidden_size": 10**6}, r"hidden_size must be in 1\.\.4,096, got 1,000,000"),
+        ({"num_layers": 10**7}, r"num_layers must be in 1\.\.16"),
+        ({"num_classes": 10**9}, r"num_classes must be in 1\.\.100,000"),
+        ({"hidden_size": 4096, "num_layers": 16}, r"the model would have [\d,]+ parameters"),
+        ({"hidden_size": "128"}, "hidden_size must be a whole number, got '128'"),
+        ({"hidden_size": 12.5}, "hidden_size must be a whole number"),
+        ({"num_layers": True}, "num_layers must be a whole number"),
+        ({"bidirectional": "yes"}, "bidirectional must be true or false"),
+        ({"dropout": float("nan")}, "dropout must be finite"),
+        ({"input_std": float("inf")}, "input_std must be finite"),
+    ],
+)
+def test_absurd_or_mistyped_configs_are_refused_before_anything_is_built(
+    fields: dict[str, object], needle: str, tmp_path: Path, make_checkpoint: Callable[..., Path]
+) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        ModelConfig.from_dict(fields)
+    raw = torch.load(make_checkpoint(hidden_size=8), weights_only=True)
+    raw["model_config"].update(fields)
+    path = tmp_path / "absurd.pt"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=f"invalid model config: {needle}"):
+        load_model(path)

@@ -50,7 +50,6 @@ def test_reads_the_exported_onnx_file_as_is(
     [
         {"hint": "throughput", "threads": 2},  # two streams: each request runs a slice
         {"hint": "throughput", "streams": 2, "static_shapes": False},
-        {"hint": "latency", "micro_batch": 4},
         {"hint": "latency", "static_shapes": False},
     ],
 )
@@ -60,7 +59,7 @@ def test_tuning_options_keep_the_answers(
     mnist_test: tuple[np.ndarray, np.ndarray],
     reference: np.ndarray,
 ) -> None:
-    """Streams, slices, micro-batches and dynamic shapes change speed, never the logits."""
+    """Streams, slices and dynamic shapes change speed, never the logits."""
     images, _ = mnist_test
     with load_runner(onnx_file, "openvino", device="cpu", **options) as runner:
         for rows in (slice(0, 1), slice(3, 10), slice(0, 9), slice(0, 64)):
@@ -117,7 +116,6 @@ def test_ir_keeps_the_metadata(onnx_file: Path, tmp_path: Path, reference: np.nd
         ({"hint": "fastest"}, "unknown hint"),
         ({"threads": 0}, "threads"),
         ({"streams": -1}, "streams"),
-        ({"micro_batch": 0}, "micro_batch"),
     ],
 )
 def test_bad_options_are_config_errors(options: dict[str, object], needle: str) -> None:

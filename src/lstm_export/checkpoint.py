@@ -15,7 +15,7 @@ from lstm_export.artifacts import Artifact
 from lstm_export.config import ModelConfig
 from lstm_export.data import preprocess
 from lstm_export.data.mnist import CLASS_NAMES
-from lstm_export.errors import CheckpointError, ConfigError
+from lstm_export.errors import CheckpointError, ConfigError, first_line
 from lstm_export.fileio import write_bytes_atomic
 from lstm_export.model import LSTMClassifier
 
@@ -88,8 +88,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         why = "not a PyTorch file (no zip or pickle inside)"
         raise CheckpointError(f"{path} is not a readable checkpoint: {why}") from exc
     except Exception as exc:  # truncated zip, arbitrary bytes...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {reason[:200]}") from exc
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(exc)}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an lstm-export checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -99,11 +98,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     for key in ("model_config", "state_dict", "class_names", "preprocessing"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    names = ckpt["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: class_names is not a list of names")
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> LSTMClassifier:
-    """Rebuild the model (eval mode, CPU) from a loaded checkpoint dict."""
+    """Rebuild the model (eval mode, CPU) from a loaded checkpoint dict; its config's types and
+    sizes are checked (:class:`ModelConfig`) before the model is allocated."""
     try:
         config = ModelConfig.from_dict(ckpt["model_config"])
     except (ConfigError, TypeError) as exc:
@@ -112,7 +115,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> LSTMClassifier:
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
-        detail = _misfit(model.state_dict(), ckpt["state_dict"]) or str(exc).strip().splitlines()[0]
+        detail = _misfit(model.state_dict(), ckpt["state_dict"]) or first_line(exc)
         arch = f"hidden_size {config.hidden_size}, num_layers {config.num_layers}"
         raise CheckpointError(
             f"checkpoint weights do not fit its model config ({arch}): {detail}"
@@ -150,8 +153,7 @@ def _pickled_code(message: str, path: Path) -> str | None:
     import pickletools
     import re
 
-    found = re.search(r"GLOBAL ([\w.]+)", message, flags=re.IGNORECASE)
-    if found:
+    if found := re.search(r"GLOBAL ([\w.]+)", message, flags=re.IGNORECASE):
         return found.group(1)
     strings: list[str] = []
     try:
@@ -159,10 +161,8 @@ def _pickled_code(message: str, path: Path) -> str | None:
             for op, arg, _ in pickletools.genops(f.read(1 << 24)):
                 if isinstance(arg, str):
                     strings = [*strings[-1:], arg]
-                name = None
-                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                    name = arg.replace(" ", ".")
-                elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                name = str(arg).replace(" ", ".") if op.name in ("GLOBAL", "INST") else None
+                if op.name == "STACK_GLOBAL" and len(strings) == 2:
                     name = ".".join(strings)
                 if name and not name.startswith(("torch.", "collections.OrderedDict")):
                     return name

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lstm_export.errors import ConfigError
+
+#: upper bounds of a model's sizes (the lower bound of each is 1)
+LIMITS = {"input_size": 4096, "hidden_size": 4096, "num_layers": 16, "num_classes": 100_000}
+#: most parameters a model may have: 400 MB of float32 weights
+MAX_PARAMETERS = 100_000_000
+_KINDS = {"int": "a whole number", "bool": "true or false", "float": "a number"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class ModelConfig:
 
     input_size: int = 28
     hidden_size: int = 128
+    #: layers of the LSTM
     num_layers: int = 2
     num_classes: int = 10
     bidirectional: bool = False
@@ -38,9 +46,20 @@ class ModelConfig:
     proj_size: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("input_size", "hidden_size", "num_layers", "num_classes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Types and bounds, checked before anything is allocated (a checkpoint may come from
+        anywhere): see :data:`LIMITS` and :data:`MAX_PARAMETERS`."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not (isinstance(value, bool) if kind == "bool" else number) or (
+                kind == "int" and not isinstance(value, int)
+            ):
+                raise ConfigError(f"{f.name} must be {_KINDS[kind]}, got {value!r}")
+            if number and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be finite, got {value!r}")
+        for name, top in LIMITS.items():
+            if not 1 <= getattr(self, name) <= top:
+                raise ConfigError(f"{name} must be in 1..{top:,}, got {getattr(self, name):,}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.input_std <= 0:
@@ -50,6 +69,23 @@ class ModelConfig:
                 f"proj_size must be 0 (no projection) or in 1..hidden_size-1 "
                 f"({self.hidden_size - 1}), got {self.proj_size}"
             )
+        if self.parameter_count > MAX_PARAMETERS:
+            raise ConfigError(
+                f"the model would have {self.parameter_count:,} parameters "
+                f"(limit {MAX_PARAMETERS:,}, {MAX_PARAMETERS * 4 // 2**20} MiB of float32)"
+            )
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the model, counted as PyTorch does (both LSTM biases ``b_ih``, ``b_hh``)."""
+        d, h, out = self.directions, self.hidden_size, self.output_size
+        count = 0
+        for layer in range(self.num_layers):
+            width = self.input_size if layer == 0 else d * out
+            count += d * (
+                4 * h * (width + out) + 8 * h * self.bias + h * out * (self.proj_size > 0)
+            )
+        return count + d * out * self.num_classes + self.num_classes
 
     @property
     def directions(self) -> int:
@@ -73,8 +109,9 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """A config from a checkpoint's or a file's ``model_config``; keys it lacks keep the
         defaults (older checkpoints), a key it does not know is a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config is a mapping, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**data)

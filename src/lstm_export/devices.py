@@ -1,4 +1,4 @@
-"""Where a model runs: the ``Device`` choice and what CUDA torch can really use here.
+"""Where a model runs: the ``Device`` choice, what CUDA torch can really use, the usable cores.
 
 ``auto`` means CUDA when it really works, else the CPU, with a note saying why; ``cuda`` where
 CUDA cannot be used is an error, never a silent fall back to the CPU.
@@ -25,13 +25,26 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-def nvidia_driver_present() -> bool:
-    """Whether the NVIDIA driver library loads (without it no CUDA runtime can)."""
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
     try:
-        ctypes.CDLL("libcuda.so.1")
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def library_loads(name: str) -> bool:
+    """Whether the shared library ``name`` (``libcuda.so.1``...) loads here."""
+    try:
+        ctypes.CDLL(name)
     except OSError:
         return False
     return True
+
+
+def nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads (without it no CUDA runtime can)."""
+    return library_loads("libcuda.so.1")
 
 
 def torch_cuda_problem() -> str | None:

@@ -20,6 +20,11 @@ from torch import nn
 from lstm_export.config import ModelConfig
 from lstm_export.errors import ConfigError
 
+#: an optional LSTM state tensor (TorchScript needs ``Optional``, not ``X | None``)
+State = Optional[torch.Tensor]  # noqa: UP045
+#: ``(logits, h_n, c_n)``
+Logits = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 class LSTMClassifier(nn.Module):
     """``x`` (N, T, F=28) float32 in [0, 1] -> logits (N, num_classes), for any T >= 1."""
@@ -65,12 +70,7 @@ class LSTMClassifier(nn.Module):
         out, (h_n, _) = self.lstm(self._lstm_input(x))
         return self.fc(self._last_step(out, h_n))  # (N, num_classes)
 
-    def forward_with_state(
-        self,
-        x: torch.Tensor,
-        h_0: Optional[torch.Tensor] = None,  # noqa: UP045 - TorchScript needs Optional
-        c_0: Optional[torch.Tensor] = None,  # noqa: UP045
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_with_state(self, x: torch.Tensor, h_0: State = None, c_0: State = None) -> Logits:
         """``(logits, h_n, c_n)`` after the rows ``x``, starting from ``(h_0, c_0)``.
 
         A missing state is zeros, which gives :meth:`forward`'s answer. Feeding a sequence in
@@ -100,12 +100,7 @@ class StatefulClassifier(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        h_0: Optional[torch.Tensor] = None,  # noqa: UP045 - TorchScript needs Optional
-        c_0: Optional[torch.Tensor] = None,  # noqa: UP045
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h_0: State = None, c_0: State = None) -> Logits:
         return self.model.forward_with_state(x, h_0, c_0)
 
 

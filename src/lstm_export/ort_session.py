@@ -9,15 +9,14 @@ captured and logged, so that standard output stays machine-readable.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lstm_export.devices import Device, nvidia_driver_present
+from lstm_export.devices import Device, library_loads, nvidia_driver_present
 from lstm_export.errors import DeviceError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -29,22 +28,17 @@ TRT_EP = "TensorrtExecutionProvider"
 T = TypeVar("T")
 
 
-@contextlib.contextmanager
-def _stdout_to_log(what: str) -> Iterator[None]:
-    """Capture what Python code prints to stdout/stderr inside the block and log it instead."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        yield
-    for text in (out.getvalue(), err.getvalue()):
-        for line in text.splitlines():
+def quietly(what: str, call: Callable[[], T]) -> T:
+    """Run ``call()`` with what Python code prints inside it (stdout, stderr) logged at debug
+    level instead of printed."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            return call()
+    finally:
+        for line in out.getvalue().splitlines():
             if line.strip():
                 log.debug("%s: %s", what, line.strip())
-
-
-def quietly(what: str, call: Callable[[], T]) -> T:
-    """Run ``call()`` with anything it prints logged at debug level instead of printed."""
-    with _stdout_to_log(what):
-        return call()
 
 
 def preload_cuda_libraries(ort: Any) -> None:
@@ -53,10 +47,9 @@ def preload_cuda_libraries(ort: Any) -> None:
     ``preload_dlls`` prints (does not raise) when libraries are missing; that text is logged.
     """
     preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
     try:
-        quietly("onnxruntime.preload_dlls", preload)
+        if preload is not None:
+            quietly("onnxruntime.preload_dlls", preload)
     except Exception as exc:  # missing wheels: the session's providers will tell
         log.debug("onnxruntime.preload_dlls failed: %s", exc)
 
@@ -72,19 +65,8 @@ def ort_cuda_major() -> int | None:
     """The CUDA major version the installed onnxruntime was built for (None: unknown/CPU)."""
     import onnxruntime as ort
 
-    text = str(getattr(ort, "cuda_version", "") or "")
-    try:
-        return int(text.split(".")[0]) if text else None
-    except ValueError:
-        return None
-
-
-def _loads(library: str) -> bool:
-    try:
-        ctypes.CDLL(library)
-    except OSError:
-        return False
-    return True
+    major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]
+    return int(major) if major.isdigit() else None
 
 
 def cuda_pairing_problem() -> str | None:
@@ -99,19 +81,17 @@ def cuda_pairing_problem() -> str | None:
     import onnxruntime as ort
 
     preload_cuda_libraries(ort)
-    if _loads(f"libcudart.so.{major}"):
+    if library_loads(f"libcudart.so.{major}"):
         return None
-    torch_cuda = None
     try:
         import torch
 
-        torch_cuda = torch.version.cuda
+        have = f"brings CUDA {torch.version.cuda}" if torch.version.cuda else "has no CUDA"
     except ImportError:
-        pass
-    have = f"; torch {(torch_cuda and 'brings CUDA ' + torch_cuda) or 'has no CUDA'}"
+        have = "has no CUDA"
     return (
         f"onnxruntime-gpu {ort.__version__} is built for CUDA {major}, but libcudart.so.{major} "
-        f"does not load{have}: install a torch (or nvidia-cuda-runtime) of CUDA {major}"
+        f"does not load; torch {have}: install a torch (or nvidia-cuda-runtime) of CUDA {major}"
     )
 
 
@@ -128,9 +108,9 @@ def cuda_diagnosis() -> str:
     pairing = cuda_pairing_problem()
     if pairing is not None:
         return f"{lead}: {pairing}"
-    if not (_loads("libcudnn.so.9") or _loads("libcudnn.so")):
+    if not (library_loads("libcudnn.so.9") or library_loads("libcudnn.so")):
         return f"{lead}: cuDNN 9 (libcudnn.so.9) does not load (install nvidia-cudnn-cu<major>)"
-    return f"{lead} (driver, CUDA runtime and cuDNN present; run with -v for ONNX Runtime's log)"
+    return f"{lead} (driver, CUDA runtime and cuDNN present; ONNX Runtime's log is at debug level)"
 
 
 def error_text(exc: BaseException) -> str:

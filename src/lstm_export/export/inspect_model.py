@@ -14,33 +14,24 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lstm_export.errors import ModelLoadError
+from lstm_export.errors import ModelLoadError, first_line
 from lstm_export.export.audit import LstmNode, TensorInfo, audit_onnx
 from lstm_export.export.placement import Placement, node_placement
 from lstm_export.fileio import file_digest
+from lstm_export.trust import onnx_problem, refuse, torchscript_graph_problem
+
+if TYPE_CHECKING:
+    from lstm_export.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
 
-class ModelFormat(str, Enum):
-    """What kind of file is inspected, from its suffix."""
-
-    onnx = "onnx"
-    torchscript = "torchscript"
-    checkpoint = "checkpoint"
-
-
-SUFFIXES: dict[str, ModelFormat] = {
-    ".onnx": ModelFormat.onnx,
-    ".ts": ModelFormat.torchscript,
-    ".torchscript": ModelFormat.torchscript,
-    ".pt": ModelFormat.checkpoint,
-    ".pth": ModelFormat.checkpoint,
-}
+#: what kind of file is inspected, by its suffix
+FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript"}
+FORMATS |= {".pt": "checkpoint", ".pth": "checkpoint"}
 
 
 @dataclass
@@ -63,15 +54,6 @@ class ModelInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def model_format(path: Path) -> ModelFormat:
-    """The format of ``path`` from its suffix (a run folder means its ``model.pt``)."""
-    fmt = SUFFIXES.get(Path(path).suffix.lower())
-    if fmt is None:
-        known = ", ".join(SUFFIXES)
-        raise ModelLoadError(f"cannot inspect {path}: the suffix is not one of {known}")
-    return fmt
-
-
 def inspect_model(path: Path, device: str = "cpu") -> ModelInfo:
     """Describe ``path``; ``device`` (cpu|cuda|auto) picks the ONNX Runtime providers for ONNX."""
     path = Path(path)
@@ -81,34 +63,58 @@ def inspect_model(path: Path, device: str = "cpu") -> ModelInfo:
         path = resolve_checkpoint(path)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} not found")
-    fmt = model_format(path)
-    if fmt == ModelFormat.onnx:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ModelLoadError(
+            f"cannot inspect {path}: the suffix is not one of {', '.join(FORMATS)}"
+        )
+    if fmt == "onnx":
         return _inspect_onnx(path, device)
-    if fmt == ModelFormat.torchscript:
-        return _inspect_torchscript(path)
-    return _inspect_checkpoint(path)
+    return _inspect_torchscript(path) if fmt == "torchscript" else _inspect_checkpoint(path)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+def _info(path: Path, fmt: str, sha256: str | None = None, **fields: Any) -> ModelInfo:
+    """A :class:`ModelInfo` of ``path``, its size and digest filled in; ``details["parameters"]``
+    says how the file's stored numbers relate to the model's parameters."""
+    info = ModelInfo(path, fmt, path.stat().st_size, sha256 or file_digest(path), **fields)
+    stored = info.parameters
+    config = _config(info.metadata)
+    info.parameters = config.parameter_count if config else stored
+    if stored is not None and info.parameters is not None and stored != info.parameters:
+        info.details["parameters"] = (
+            f"{info.parameters:,} as PyTorch counts them (both LSTM biases); the file stores "
+            f"{stored:,} numbers: {stored - info.parameters:+,} in shape constants and, in an "
+            "int8 file, each weight's scale and zero point"
+        )
+    return info
+
+
+def _config(meta: dict[str, str]) -> ModelConfig | None:
+    """The architecture a file's ``model_config`` metadata describes (None: none readable)."""
+    from lstm_export.config import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(json.loads(meta["model_config"]))
+    except Exception:  # no or an unreadable model_config
+        return None
 
 
 def _inspect_onnx(path: Path, device: str) -> ModelInfo:
     import onnx
 
+    problem = onnx_problem(path)
+    if problem:
+        raise refuse(path, problem)
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not a readable ONNX file: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{path} is not a readable ONNX file: {first_line(exc)}") from exc
     if not model.graph.node:
         raise ModelLoadError(f"{path} is not a readable ONNX file: the graph has no nodes")
     audit = audit_onnx(model, file_size=path.stat().st_size)
-    placement = node_placement(path, device)
-    return ModelInfo(
-        path=path,
-        format=ModelFormat.onnx.value,
-        file_size=path.stat().st_size,
-        sha256=file_digest(path),
+    return _info(
+        path,
+        "onnx",
         ops=audit.op_counts,
         inputs=audit.inputs,
         outputs=audit.outputs,
@@ -117,7 +123,7 @@ def _inspect_onnx(path: Path, device: str) -> ModelInfo:
         opset_imports=audit.opset_imports,
         lstm_nodes=audit.lstm_nodes,
         parameters=audit.parameters,
-        placement=placement,
+        placement=node_placement(path, device),
         details={
             "ir_version": audit.ir_version,
             "producer": audit.producer,
@@ -131,56 +137,37 @@ def _io_from_config(
 ) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """A TorchScript file's interface from its metadata: any number of rows, and the state
     inputs and outputs of a ``--with-state`` file."""
-    from lstm_export.config import ModelConfig
     from lstm_export.export.metadata import STATE_INPUTS, STATE_OUTPUTS, TIME_DIM, state_shapes
 
-    try:
-        config = ModelConfig.from_dict(json.loads(meta["model_config"]))
-    except Exception:  # no or an unreadable model_config: nothing to say
+    config = _config(meta)
+    if config is None:
         return [], []
     inputs = [TensorInfo(input_name, "float32", ["batch", TIME_DIM, config.input_size])]
     outputs = [TensorInfo("logits", "float32", ["batch", config.num_classes])]
     if "state_inputs" in meta:
         h, c = state_shapes(config)
         inputs += [
-            TensorInfo(STATE_INPUTS[0], "float32", h),
-            TensorInfo(STATE_INPUTS[1], "float32", c),
+            TensorInfo(name, "float32", dims)
+            for name, dims in zip(STATE_INPUTS, (h, c), strict=True)
         ]
         outputs += [
-            TensorInfo(STATE_OUTPUTS[0], "float32", h),
-            TensorInfo(STATE_OUTPUTS[1], "float32", c),
+            TensorInfo(name, "float32", dims)
+            for name, dims in zip(STATE_OUTPUTS, (h, c), strict=True)
         ]
     return inputs, outputs
 
 
 def _inspect_torchscript(path: Path) -> ModelInfo:
-    import torch
+    from lstm_export.export.to_torchscript import graph_op_counts
+    from lstm_export.infer.runners.torch_runner import load_torchscript
 
-    from lstm_export.export.quiet import quiet_exporters
-    from lstm_export.export.to_torchscript import METADATA_FILE, graph_op_counts
-
-    extra = {METADATA_FILE: ""}
-    try:
-        with quiet_exporters():
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path} is not a loadable TorchScript file: {_first_line(exc)}"
-        ) from exc
-    raw = extra[METADATA_FILE]
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    try:
-        meta = {str(k): str(v) for k, v in json.loads(text).items()} if text else {}
-    except (ValueError, AttributeError):
-        meta = {"metadata.json": "unreadable"}
+    module, meta = load_torchscript(path)  # refused if it would run code while it loads
     inputs, outputs = _io_from_config(meta)
     graph = module.graph
     signature = [f"{i.debugName()}: {i.type()}" for i in list(graph.inputs())[1:]]
-    return ModelInfo(
-        path=path,
-        format=ModelFormat.torchscript.value,
-        file_size=path.stat().st_size,
-        sha256=file_digest(path),
+    return _info(
+        path,
+        "torchscript",
         ops=graph_op_counts(graph),
         inputs=inputs,
         outputs=outputs,
@@ -190,6 +177,7 @@ def _inspect_torchscript(path: Path) -> ModelInfo:
             "forward": f"({', '.join(signature)}) -> {next(iter(graph.outputs())).type()}",
             "seq_len": "any (scripted LSTM)",
             "frozen": not any(True for _ in module.parameters()),
+            "trust": torchscript_graph_problem(module) or "pure tensor operations only",
         },
     )
 
@@ -211,11 +199,10 @@ def _inspect_checkpoint(path: Path) -> ModelInfo:
         if key in metrics:
             meta[key] = str(metrics[key])
     modules = Counter(type(m).__name__ for m in model.modules() if not list(m.children()))
-    return ModelInfo(
-        path=path,
-        format=ModelFormat.checkpoint.value,
-        file_size=path.stat().st_size,
-        sha256=source.sha256,
+    return _info(
+        path,
+        "checkpoint",
+        source.sha256,
         ops=dict(modules.most_common()),
         inputs=[TensorInfo("x", "float32", ["batch", "time", config.input_size])],
         outputs=[TensorInfo("logits", "float32", ["batch", config.num_classes])],

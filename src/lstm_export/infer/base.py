@@ -1,30 +1,25 @@
 """The Runner contract every backend implements (after Polygraphy's loader/runner split).
 
 A runner is built cheaply with typed options, loads its model in :meth:`Runner.load` (or on
-``with``), and maps float32 pixels ``(N, T, F=28)`` in [0, 1] to float32 logits ``(N, C)``.
-:meth:`Runner.infer` is three phases, each a backend's own: :meth:`Runner.prepare` places the
-input where the model runs, :meth:`Runner.run_prepared` runs it, :meth:`Runner.fetch` brings the
-logits back to the host. The bench times the phases apart; timing never lives here.
-
-``T`` is the number of rows (LSTM steps): 28 for an MNIST digit, and the only length a file
-exported with a fixed time axis accepts (its backend refuses another); checkpoints, TorchScript
-files and ONNX files exported with ``--dynamic-seq`` or ``--with-state`` take any ``T >= 1``.
-``lstm-export infer`` always feeds 28 rows: it resizes every image to 28x28 first.
-
-Streaming (:meth:`Runner.step`, :meth:`Runner.stream`): a model that takes its LSTM state as
-input (a checkpoint, or a file exported with ``--with-state``) can be fed a sequence in chunks,
-each chunk starting from the :class:`LstmState` the previous one returned; the logits after the
-last chunk are those of the whole sequence fed at once.
+``with``), and maps float32 pixels ``(N, T, F=28)`` in [0, 1] to float32 logits ``(N, C)`` in
+three phases, each a backend's own: :meth:`Runner.prepare` places the input where the model runs,
+:meth:`Runner.run_prepared` runs it, :meth:`Runner.fetch` brings the logits back to the host (the
+bench times them apart). ``T`` is the number of rows (LSTM steps): 28 for a digit, the only
+length a file exported with a fixed time axis accepts; checkpoints, TorchScript files and ONNX
+files exported with ``--dynamic-seq`` or ``--with-state`` take any ``T >= 1``. A model that takes
+its LSTM state (a checkpoint, a file exported with ``--with-state``) can be fed a sequence in
+chunks (:meth:`Runner.step`, :meth:`Runner.stream`), with the logits of the whole at the end.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -35,12 +30,14 @@ from lstm_export.errors import (
     InputError,
     LstmExportError,
     ModelLoadError,
+    first_line,
 )
 
 __all__ = ["Device", "LstmState", "NoOptions", "Runner", "check_input"]
 
 #: progress(description, done, total)
 Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +46,31 @@ class NoOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrustOption:
+    """``trusted``: the user trusts the file's source, so the checks that keep a file from
+    running code (:mod:`lstm_export.trust`) are lifted."""
+
+    trusted: bool = False
+
+
+def check_counts(options: Any, *names: str) -> None:
+    """ConfigError unless each of the ``names`` options is None or a whole number >= 1."""
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class LstmState:
     """An LSTM's state between two chunks of a sequence, float32 on the host.
 
     ``h`` (D * num_layers, N, H_out) and ``c`` (D * num_layers, N, H): ``h_n``/``c_n`` returned
-    by one step and ``h_0``/``c_0`` of the next. Image ``i`` of the batch ``x`` goes with
-    ``[:, i]`` of the state.
+    by one step and ``h_0``/``c_0`` of the next. Image ``i`` of the batch goes with ``[:, i]``.
     """
 
     h: np.ndarray
     c: np.ndarray
-
-    @property
-    def batch(self) -> int:
-        return int(self.h.shape[1])
 
 
 class Runner(abc.ABC):
@@ -84,6 +92,10 @@ class Runner(abc.ABC):
         #: with ``device=auto``: which device was chosen and why, e.g. ``"auto: no NVIDIA driver"``
         self.device_note: str = ""
         self.metadata: dict[str, str] = {}
+        #: the names of the logits' columns, from the metadata (empty: not named)
+        self.class_names: list[str] = []
+        #: C, the logits' width, where the model declares it (None: known after a run)
+        self.classes: int | None = None
         self._loaded = False
 
     @classmethod
@@ -98,6 +110,12 @@ class Runner(abc.ABC):
             )
         return cls.Options(**options)
 
+    @classmethod
+    def planned_options(cls, threads: int) -> dict[str, Any]:
+        """Options for a run that gives the model ``threads`` cores beside image decoding."""
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        return {"threads": threads} if "threads" in known else {}
+
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> Runner:
         """Load the model (idempotent). Raises ModelLoadError or DeviceError."""
@@ -106,7 +124,24 @@ class Runner(abc.ABC):
                 raise ModelLoadError(f"model file {self.path} not found")
             self._load()
             self._loaded = True
+            try:
+                self.class_names = class_names(self.metadata.get("class_names", ""))
+            except ModelLoadError as exc:
+                self.close()
+                raise ModelLoadError(f"{self.path}: {exc}") from None
         return self
+
+    def check_outputs(self, shape: Sequence[Any], floating: bool) -> None:
+        """ModelLoadError unless the model's first output is float logits ``(N, C)``, C >= 1
+        (``shape``: its dims, ints where known); sets :attr:`classes`."""
+        classes = shape[-1] if len(shape) else None
+        if len(shape) != 2 or not floating or (isinstance(classes, int) and classes < 1):
+            raise ModelLoadError(
+                f"{self.path} does not score classes: its output is "
+                f"{'float' if floating else 'non-float'} of shape {list(shape)}, where logits "
+                "(N, C) with C >= 1 are expected"
+            )
+        self.classes = classes if isinstance(classes, int) else None
 
     def close(self) -> None:
         """Release the model and restore any process-wide setting it changed (idempotent)."""
@@ -114,19 +149,10 @@ class Runner(abc.ABC):
             self._close()
             self._loaded = False
 
-    @property
-    def loaded(self) -> bool:
-        return self._loaded
-
     def __enter__(self) -> Runner:
         return self.load()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- inference -------------------------------------------------------------------------------
@@ -135,20 +161,52 @@ class Runner(abc.ABC):
 
         InputError for a badly shaped ``x``; a backend's own exception (a file exported with a
         fixed 28-step time axis refuses another T) becomes InferenceError naming the backend and
-        the shape. A file exported with ``--with-state`` starts from zeros (the stateless answer).
+        the shape, and so does an output that is not one row of logits per image. A file exported
+        with ``--with-state`` starts from zeros (the stateless answer).
         """
         self.load()
+        out = self._guarded(lambda: self.fetch(self.run_prepared(self.prepare(x))), x)
+        if out.ndim != 2 or out.shape[0] != len(x) or out.shape[1] < 1:
+            raise InferenceError(
+                f"{self.description} gave an output of shape {out.shape} for {len(x)} "
+                "image(s), where logits (N, C) with C >= 1 are expected"
+            )
+        return out
+
+    def _guarded(self, call: Callable[[], T], x: Any) -> T:
+        """``call()``; a backend's own exception becomes InferenceError naming the input shape."""
         try:
-            return self.fetch(self.run_prepared(self.prepare(x)))
+            return call()
         except LstmExportError:
             raise
         except Exception as exc:  # onnxruntime Fail/InvalidArgument, torch RuntimeError, ...
-            raise self._failure(exc, x) from exc
+            shape = getattr(x, "shape", "?")
+            raise InferenceError(
+                f"{self.description} failed on input of shape {shape}: {first_line(exc)}"
+            ) from exc
 
-    def _failure(self, exc: Exception, x: Any) -> InferenceError:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        shape = getattr(x, "shape", "?")
-        return InferenceError(f"{self.description} failed on input of shape {shape}: {first}")
+    def infer_all(
+        self,
+        images: np.ndarray,
+        *,
+        batch_size: int = 1000,
+        progress: Progress | None = None,
+        description: str = "predicting",
+    ) -> np.ndarray:
+        """Logits ``(N, C)`` for all ``images`` ``(N, T, 28)``, ``batch_size`` at a time."""
+        n, parts = len(images), []
+        for start in range(0, n, batch_size):
+            if progress is not None:
+                progress(description, start, n)
+            parts.append(self.infer(images[start : start + batch_size]))
+        if progress is not None:
+            progress(description, n, n)
+        return np.concatenate(parts)
+
+    @property
+    def description(self) -> str:
+        """Human-readable backend and device, e.g. ``onnxruntime (CPUExecutionProvider)``."""
+        return f"{self.name} ({self.device or 'not loaded'})"
 
     # -- streaming -------------------------------------------------------------------------------
     @property
@@ -173,16 +231,10 @@ class Runner(abc.ABC):
             )
         if state is not None:
             state = check_state(state, x.shape[0])
-        try:
-            logits, h, c = self._step(x, state)
-        except LstmExportError:
-            raise
-        except Exception as exc:
-            raise self._failure(exc, x) from exc
-        return (
-            np.asarray(logits, dtype=np.float32),
-            LstmState(np.asarray(h, dtype=np.float32), np.asarray(c, dtype=np.float32)),
+        logits, h, c = (
+            np.asarray(a, np.float32) for a in self._guarded(lambda: self._step(x, state), x)
         )
+        return logits, LstmState(h, c)
 
     def stream(
         self, chunks: Iterable[np.ndarray], state: LstmState | None = None
@@ -193,38 +245,10 @@ class Runner(abc.ABC):
             logits, state = self.step(chunk, state)
             yield logits, state
 
-    def _step(
-        self, x: np.ndarray, state: LstmState | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(logits, h_n, c_n)`` for a checked ``x`` from ``state`` (None: zeros), on the host.
-
-        Backends whose :attr:`streams` can be true implement it; it is only called then.
-        """
+    def _step(self, x: np.ndarray, state: LstmState | None) -> tuple[Any, Any, Any]:
+        """``(logits, h_n, c_n)`` for a checked ``x`` from ``state`` (None: zeros), on the host;
+        backends whose :attr:`streams` can be true implement it (it is only called then)."""
         raise InferenceError(f"the {self.name} backend cannot feed an LSTM state")
-
-    def infer_all(
-        self,
-        images: np.ndarray,
-        *,
-        batch_size: int = 1000,
-        progress: Progress | None = None,
-        description: str = "predicting",
-    ) -> np.ndarray:
-        """Logits ``(N, C)`` for all ``images`` ``(N, T, 28)``, ``batch_size`` at a time."""
-        n = len(images)
-        if progress is not None:
-            progress(description, 0, n)
-        parts = []
-        for start in range(0, n, batch_size):
-            parts.append(self.infer(images[start : start + batch_size]))
-            if progress is not None:
-                progress(description, min(start + batch_size, n), n)
-        return np.concatenate(parts)
-
-    @property
-    def description(self) -> str:
-        """Human-readable backend and device, e.g. ``onnxruntime (CPUExecutionProvider)``."""
-        return f"{self.name} ({self.device or 'not loaded'})"
 
     # -- to implement ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -248,6 +272,21 @@ class Runner(abc.ABC):
         """Free the model and undo process-wide settings made in :meth:`_load`."""
 
 
+def class_names(raw: str) -> list[str]:
+    """Class names from a model's metadata (comma-separated, or a JSON list); ModelLoadError for
+    a name given twice (whose scores would be merged)."""
+    names: list[str] = [n.strip() for n in raw.split(",")] if raw else []
+    if raw.startswith("["):
+        try:
+            names = [str(n) for n in json.loads(raw)]
+        except (ValueError, TypeError):
+            names = []
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise ModelLoadError(f"its metadata names the class {twice[0]!r} more than once")
+    return names
+
+
 def check_input(x: np.ndarray) -> np.ndarray:
     """Validate and normalise a batch: float32, C-contiguous, shape (N, T, 28), N >= 1, T >= 1.
 
@@ -269,6 +308,4 @@ def check_state(state: LstmState, batch: int) -> LstmState:
             f"an LSTM state for {batch} image(s) must be h (layers, {batch}, H_out) and "
             f"c (layers, {batch}, H), got h {h.shape} and c {c.shape}"
         )
-    return LstmState(
-        np.ascontiguousarray(h, dtype=np.float32), np.ascontiguousarray(c, dtype=np.float32)
-    )
+    return LstmState(*(np.ascontiguousarray(a, dtype=np.float32) for a in (h, c)))

@@ -5,7 +5,8 @@ The steps, in order (recorded in checkpoints through :func:`lstm_export.data.pre
 0. read: regular files only (a FIFO, device or socket gets an error, never a blocking open), of at
    most :data:`MAX_FILE_BYTES` (``$LSTM_EXPORT_MAX_IMAGE_BYTES`` or ``max_bytes`` to change it);
 1. decode with Pillow (PNG, JPEG, BMP, GIF first frame, TIFF, WebP, PNM), EXIF orientation applied
-   (JPEG, TIFF, WebP, and PNG with an ``eXIf`` chunk); images over :data:`MAX_PIXELS` refused;
+   (JPEG, TIFF, WebP, and PNG with an ``eXIf`` chunk); images over :data:`MAX_PIXELS` refused,
+   those over 2,048 pixels a side reduced by an integer factor (box average) before any float copy;
 2. alpha composited onto the background the ink does not have (dark ink on white, light on black);
 3. grayscale (ITU-R 601-2 luma), 16-bit and float images scaled to 0..255;
 4. polarity: the model wants a light digit on a dark background, so a light border (paper) is
@@ -22,9 +23,9 @@ steps in checkpoints and exported files; keep the two in step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
-import threading
 import warnings
 from collections.abc import Sequence
 from enum import Enum
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lstm_export.data.preprocess import IMAGE_SIZE, to_model_input
-from lstm_export.errors import InputError
+from lstm_export.errors import InputError, first_line
 from lstm_export.fileio import (
     FileChangedError,
     FileTooLargeError,
@@ -46,24 +47,8 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
 
 #: suffixes (lower case) treated as images; anything else is counted as skipped
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".jfif",
-        ".bmp",
-        ".dib",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".pgm",
-        ".ppm",
-        ".pbm",
-        ".pnm",
-    }
+IMAGE_EXTENSIONS = frozenset(
+    ".png .jpg .jpeg .jpe .jfif .bmp .dib .gif .tif .tiff .webp .pgm .ppm .pbm .pnm".split()  # noqa: SIM905
 )
 
 #: decode at no more than this size (JPEG draft mode), enough for ``fit`` to find the digit
@@ -71,8 +56,11 @@ _DRAFT_SIZE = 4 * IMAGE_SIZE
 #: ``fit``: the longer side of the digit's box, and the point its centre of mass lands on
 FIT_BOX = 20
 FIT_CENTRE = (14.0, 14.0)  # measured on MNIST test: (13.99, 14.01) in (row, column) pixel indices
-#: Pillow refuses images above this many pixels (decompression bombs) with a clear error
+#: images above this many pixels (decompression bombs) are refused before they are decoded
 MAX_PIXELS = 64_000_000
+#: larger images are brought down to under twice this many pixels a side by integer box
+#: averaging in Pillow, before any float copy: one image then takes at most a few hundred MB
+_WORK_SIDE = 1024
 #: no image file is read past this many bytes, so memory stays bounded whatever a folder holds
 MAX_FILE_BYTES = 64 * 2**20
 #: environment variable that overrides :data:`MAX_FILE_BYTES` (a number of bytes)
@@ -102,13 +90,9 @@ def max_file_bytes() -> int:
     raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
     if not raw:
         return MAX_FILE_BYTES
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value < 1:
+    if not raw.replace("_", "").isdigit() or int(raw) < 1:
         raise InputError(f"${MAX_FILE_BYTES_ENV} must be a positive number of bytes, not {raw!r}")
-    return value
+    return int(raw)
 
 
 def read_bytes(path: Path | str, max_bytes: int | None = None) -> bytes:
@@ -123,17 +107,12 @@ def read_bytes(path: Path | str, max_bytes: int | None = None) -> bytes:
     try:
         data = read_regular_file(path, limit)
     except FileNotFoundError as exc:
-        if os.path.islink(path):
-            raise ImageError("broken symbolic link") from exc
-        raise ImageError("file not found (removed during the run?)") from exc
-    except NotRegularFileError as exc:
-        if "folder" in str(exc):
-            raise ImageError("is a folder, not a file") from exc
-        raise ImageError(str(exc)) from exc
+        gone = "file not found (removed during the run?)"
+        raise ImageError("broken symbolic link" if os.path.islink(path) else gone) from exc
     except FileTooLargeError as exc:
         raise ImageError(f"{exc}; raise it with ${MAX_FILE_BYTES_ENV}") from exc
-    except FileChangedError as exc:
-        raise ImageError(str(exc)) from exc
+    except (NotRegularFileError, FileChangedError) as exc:
+        raise ImageError("is a folder, not a file" if "folder" in str(exc) else str(exc)) from exc
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
     if not data:
@@ -141,41 +120,21 @@ def read_bytes(path: Path | str, max_bytes: int | None = None) -> bytes:
     return data
 
 
-_quiet_lock = threading.Lock()
-_quiet = False
-
-
+@functools.cache
 def _quiet_bomb_warning() -> None:
-    """Silence Pillow's DecompressionBombWarning (once per process).
-
-    Pillow warns, in :func:`PIL.Image.open`, about images of over about 89M pixels; this module
-    refuses everything over :data:`MAX_PIXELS` (64M) itself, with the reason in the file's row, so
-    the warning would only be noise on stderr. A process-wide filter for that one warning raised by
-    Pillow (``warnings.catch_warnings`` is not safe in decode threads).
-    """
-    global _quiet
-    if _quiet:
-        return
+    """Silence Pillow's DecompressionBombWarning, raised by :func:`PIL.Image.open` for images of
+    over about 89M pixels: this module refuses everything over :data:`MAX_PIXELS` (64M) itself,
+    with the reason in the file's row. A process-wide filter for that one warning raised by Pillow
+    (``warnings.catch_warnings`` is not safe in decode threads)."""
     from PIL import Image
 
-    with _quiet_lock:
-        if not _quiet:
-            warnings.filterwarnings(
-                "ignore", category=Image.DecompressionBombWarning, module=r"PIL\."
-            )
-            _quiet = True
-
-
-#: formats whose EXIF orientation is applied (PNG only when it carries EXIF: see _has_exif)
-_EXIF_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP"})
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.")
 
 
 def _has_exif(img: PILImage.Image) -> bool:
     """Whether a decoded image may carry an EXIF orientation (cheap: no EXIF parsed here)."""
-    if img.format in _EXIF_FORMATS:
-        return True
-    info = img.info
-    return "exif" in info or "Raw profile type exif" in info or "XML:com.adobe.xmp" in info
+    keys = ("exif", "Raw profile type exif", "XML:com.adobe.xmp")
+    return img.format in ("JPEG", "MPO", "TIFF", "WEBP") or any(k in img.info for k in keys)
 
 
 def open_image(data: bytes) -> PILImage.Image:
@@ -198,77 +157,71 @@ def open_image(data: bytes) -> PILImage.Image:
         raise
     except UnidentifiedImageError as exc:
         kind = sniff_format(data)
-        if kind:
-            raise ImageError(f"corrupt or truncated {kind} file") from exc
-        raise ImageError("not a recognised image format") from exc
+        why = f"corrupt or truncated {kind} file" if kind else "not a recognised image format"
+        raise ImageError(why) from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {_first_line(exc)}") from exc
+        raise ImageError(f"image too large: {first_line(exc, 200)}") from exc
     except Exception as exc:  # OSError (truncated), SyntaxError, ValueError, EOFError, ...
-        message = _first_line(exc)
+        message = first_line(exc, 200)
         if "truncated" in message.lower() or isinstance(exc, EOFError):
             detail = message.replace("image file is truncated", "").strip(" ()")
             suffix = f" ({detail})" if detail else ""
             raise ImageError(f"truncated {sniff_format(data) or 'image'} file{suffix}") from exc
         raise ImageError(f"cannot decode image: {message}") from exc
-    out: PILImage.Image = img
     if _has_exif(img):
         with contextlib.suppress(Exception):  # a broken EXIF block is no reason to drop pixels
-            out = ImageOps.exif_transpose(img)
-    if out.width < 1 or out.height < 1:
-        raise ImageError(f"image has no pixels ({out.width}x{out.height})")
-    return out
+            ImageOps.exif_transpose(img, in_place=True)
+    if img.width < 1 or img.height < 1:
+        raise ImageError(f"image has no pixels ({img.width}x{img.height})")
+    return _shrink(img)
 
 
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
+#: modes whose bands Pillow's ``reduce`` may average (not palette indices, not 16-bit)
+_REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"})
+
+
+def _shrink(img: PILImage.Image) -> PILImage.Image:
+    """An image of over ``2 * _WORK_SIDE`` pixels a side reduced by an integer factor (box
+    averaging, in the image's own integer mode), so no full-size float copy is ever made."""
+    factor = max(img.size) // _WORK_SIDE
+    if factor < 2:
+        return img
+    if img.mode not in _REDUCIBLE or "transparency" in img.info:
+        alpha = "A" in img.mode or "transparency" in img.info
+        img = img.convert("I" if img.mode.startswith("I;16") else "RGBA" if alpha else "L")
+    return img.reduce(factor)
+
+
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP"}
+_MAGIC |= {b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 
 def sniff_format(data: bytes) -> str | None:
     """The image format ``data`` starts like (by its magic bytes), or None."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
-    return None
+    return next((name for magic, name in _MAGIC.items() if data.startswith(magic)), None)
 
 
 def to_gray(img: PILImage.Image) -> np.ndarray:
     """Pillow image -> uint8 grayscale ``(H, W)``; alpha composited, deep images scaled."""
-    mode = img.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         return _deep_to_uint8(np.asarray(img))
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32)
         return _composite(la[..., 0], la[..., 1] / 255.0)
-    if mode != "L":
-        img = img.convert("L")
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
 
 
 def _deep_to_uint8(a: np.ndarray) -> np.ndarray:
     """16-bit, 32-bit or float grayscale -> uint8 (by its nominal range)."""
-    if a.ndim == 3:
-        a = a[..., 0]
-    a = a.astype(np.float64)
+    a = a[..., 0] if a.ndim == 3 else a
     top = float(a.max()) if a.size else 0.0
     if np.issubdtype(a.dtype, np.floating) and top <= 1.0 and a.min() >= 0.0:
         scale = 255.0  # float image in [0, 1]
-    elif top <= 255:
-        scale = 1.0
-    elif top <= 65535:
-        scale = 255.0 / 65535.0
     else:
-        scale = 255.0 / top
-    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+        scale = 1.0 if top <= 255 else 255.0 / (65535.0 if top <= 65535 else top)
+    return np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
 def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -294,27 +247,16 @@ def border_ring(gray: np.ndarray) -> np.ndarray:
     return np.concatenate((gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]))
 
 
-def border_level(gray: np.ndarray) -> float:
-    """Median of the one-pixel border of ``gray`` ``(H, W)``: the background's brightness."""
-    return float(np.median(border_ring(gray)))
-
-
 def is_light_background(gray: np.ndarray) -> bool:
-    """True when most of the border is light (> 127): a dark digit on paper.
-
-    The same test as ``border_level(gray) > 127.5``, without the cost of a median.
-    """
+    """True when most of the one-pixel border is light (> 127): a dark digit on paper."""
     ring = border_ring(gray)
     return 2 * int(np.count_nonzero(ring > 127)) > ring.size
 
 
 def apply_polarity(gray: np.ndarray, invert: Invert | str = Invert.auto) -> np.ndarray:
     """uint8 ``(H, W)`` -> light digit on dark background (inverted when the border is light)."""
-    if invert == Invert.no:
-        return gray
-    if invert == Invert.yes or is_light_background(gray):
-        return 255 - gray
-    return gray
+    flip = invert == Invert.yes or (invert != Invert.no and is_light_background(gray))
+    return 255 - gray if flip else gray
 
 
 def resize_square(gray: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -326,14 +268,13 @@ def resize_square(gray: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
         return gray
     if h != w:
         side = max(h, w)
-        fill = round(border_level(gray))
+        fill = round(float(np.median(border_ring(gray))))  # the background's brightness
         square = np.full((side, side), fill, dtype=np.uint8)
         top, left = (side - h) // 2, (side - w) // 2
         square[top : top + h, left : left + w] = gray
         gray = square
     resample = Image.Resampling.BOX if gray.shape[0] > size else Image.Resampling.BICUBIC
-    out = Image.fromarray(gray).resize((size, size), resample)
-    return np.asarray(out, dtype=np.uint8)
+    return np.asarray(Image.fromarray(gray).resize((size, size), resample), dtype=np.uint8)
 
 
 def fit_mnist(gray: np.ndarray) -> np.ndarray:
@@ -347,32 +288,31 @@ def fit_mnist(gray: np.ndarray) -> np.ndarray:
     """
     from PIL import Image, ImageFilter
 
-    h, w = gray.shape
-    radius = max(0.5, min(h, w) / 56.0)
+    blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    radius = max(0.5, min(gray.shape) / 56.0)
     blurred = np.asarray(Image.fromarray(gray).filter(ImageFilter.GaussianBlur(radius)))
     threshold = _otsu(blurred)
     if threshold is None:
-        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        return blank
     mask = blurred > threshold
     inside = np.bincount(gray[mask], minlength=256)
     outside = np.bincount(gray[~mask], minlength=256)
     if not inside.any() or inside.sum() > 0.9 * gray.size:
-        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        return blank
     # Levels: background (a high percentile of what is not digit, so noise goes to 0) -> 0,
     # stroke cores (a high percentile of the digit) -> 1.
     low = min(_percentile(outside, 0.99), threshold) if outside.any() else 0.0
     high = _percentile(inside, 0.90)
     if high - low < 1.0:
-        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    top, bottom, left, right = _box(mask)
-    crop = gray[top:bottom, left:right].astype(np.float32)
+        return blank
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32)
     crop = np.clip((crop - low) / (high - low), 0.0, 1.0)
     ch, cw = crop.shape
     scale = FIT_BOX / max(ch, cw)
     nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
-    patch = np.asarray(Image.fromarray(crop).resize((nw, nh), resample), np.float32)
-    patch = np.clip(patch, 0.0, 1.0)
+    patch = np.clip(np.asarray(Image.fromarray(crop).resize((nw, nh), resample)), 0.0, 1.0)
     out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     mass = float(patch.sum())
     if mass > 0:
@@ -389,30 +329,20 @@ def fit_mnist(gray: np.ndarray) -> np.ndarray:
 def _otsu(values: np.ndarray) -> float | None:
     """Otsu's threshold of a uint8 image (pixels above it are foreground); None when flat."""
     hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
-    levels = np.arange(256, dtype=np.float64)
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
-    s0 = np.cumsum(hist * levels)
+    s0 = np.cumsum(hist * np.arange(256))
     m0 = s0 / np.maximum(w0, 1)
     m1 = (s0[-1] - s0) / np.maximum(w1, 1)
     between = w0 * w1 * (m0 - m1) ** 2
     between[(w0 == 0) | (w1 == 0)] = 0
-    if not between.any():
-        return None
-    return float(np.argmax(between))
+    return float(np.argmax(between)) if between.any() else None
 
 
 def _percentile(hist: np.ndarray, q: float) -> float:
     """The ``q`` quantile (0..1) of uint8 values given by their histogram ``(256,)``."""
     cumulative = np.cumsum(hist)
     return float(np.searchsorted(cumulative, q * cumulative[-1]))
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box ``(top, bottom, left, right)`` (exclusive ends) of the True pixels."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 # -- the whole step ------------------------------------------------------------------------------
@@ -440,7 +370,7 @@ def load_digit(
     ``max_bytes``: the file size limit (see :func:`read_bytes`).
     """
     data = source if isinstance(source, bytes) else read_bytes(source, max_bytes)
-    if not data:
+    if not data:  # bytes given as they are
         raise ImageError("empty file (0 bytes)")
     return preprocess_image(open_image(data), invert=invert, fit=fit)
 
@@ -458,11 +388,6 @@ def to_batch(digits: list[np.ndarray] | np.ndarray) -> np.ndarray:
     if stack.ndim != 3 or stack.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise InputError(f"expected digits of shape (N, 28, 28), got {stack.shape}")
     return to_model_input(stack)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def decode_files(
@@ -487,5 +412,5 @@ def decode_files(
         except ImageError as exc:
             errors[i] = str(exc)
         except Exception as exc:  # a decoder bug must not stop the run either
-            errors[i] = f"cannot decode image: {_first_line(exc)}"
+            errors[i] = f"cannot decode image: {first_line(exc, 200)}"
     return digits, errors

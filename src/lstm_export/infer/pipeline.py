@@ -1,38 +1,43 @@
 """Decode image files in parallel with batched inference, and share the cores between the two.
 
-One producer decodes batches of files in order (in its own thread, or feeding from decode
-processes); ``plan.streams`` inference threads take decoded batches as they come and run the
-model; the caller gets the results back in order. Python decoding holds the GIL while the
-inference backends release it, so one decode thread overlaps well with inference. On a small
-machine the decode thread leaves part of a core idle when inference is the slower stage: a
-second, low-priority inference stream (Linux: per-thread nice 19) that only takes batches the
-first cannot keep up with soaks that up.
+Python decoding holds the GIL while the inference backends release it, so one decode thread (or
+decode processes) overlaps well with inference; :func:`plan_run` chooses how many of each, and
+:func:`pipelined` runs them and gives the results back in order.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from lstm_export.devices import usable_cores
 from lstm_export.errors import InputError
 from lstm_export.infer.images import Invert, decode_files
+
+__all__ = ["Plan", "pipelined", "plan_run"]
+
+log = logging.getLogger(__name__)
 
 #: images per inference call on the CPU (about the fastest for one ORT thread) and on CUDA
 CPU_BATCH_SIZE = 64
 CUDA_BATCH_SIZE = 512
 #: most decode processes chosen automatically
 MAX_AUTO_WORKERS = 8
+#: most images per batch (a batch is decoded and held whole: 3 KiB per image as model input)
+MAX_BATCH_SIZE = 8192
 
 #: ``(uint8 digits (B, 28, 28), per-file error or None)``
 Decoded = tuple[np.ndarray, list[str | None]]
@@ -40,17 +45,16 @@ Decoded = tuple[np.ndarray, list[str | None]]
 
 @dataclass(frozen=True)
 class Plan:
-    """How a run shares the cores.
-
-    ``workers``: 0 decodes in the calling thread (no overlap), 1 in one background thread,
-    2 or more in that many processes. ``threads``: intra-op threads of the model.
-    ``streams``: inference threads; the ones after the first run at the lowest priority.
-    """
+    """How a run shares the cores. ``workers``: 0 decodes in the calling thread, 1 in one
+    background thread, 2 or more in that many processes; ``threads``: intra-op threads of the
+    model; ``streams``: inference threads (those after the first at the lowest priority);
+    ``notes``: knobs asked for beyond what the machine has, and what they were capped at."""
 
     workers: int
     threads: int
     batch_size: int = CPU_BATCH_SIZE
     streams: int = 1
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
         decode = {0: "inline", 1: "1 thread"}.get(self.workers, f"{self.workers} processes")
@@ -58,14 +62,6 @@ class Plan:
         return (
             f"decode {decode}, inference {self.threads} thread(s){extra}, batch {self.batch_size}"
         )
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def plan_run(
@@ -78,7 +74,8 @@ def plan_run(
     device: str = "cpu",
     cores: int | None = None,
 ) -> Plan:
-    """Choose decode workers, inference threads and streams that do not fight over ``cores``.
+    """Choose decode workers, inference threads and streams that do not fight over ``cores``
+    (default: the cores this process may use).
 
     Measured on 2 cores: a 28x28 PNG decodes in about 40 us (mostly with the GIL held), the
     fp32 ONNX model infers in about 60 us per image on one thread (33 us on two), and ORT
@@ -92,16 +89,29 @@ def plan_run(
     - streams: a second, low-priority stream where inference runs on 1 thread beside the
       decoder (it takes only the decoder's idle time); 1 on CUDA;
     - batch: 64 on the CPU, 512 on CUDA.
+
+    Workers, threads and streams asked for beyond ``cores`` are capped at ``cores`` (more would
+    only take memory and time slices from each other), a batch at :data:`MAX_BATCH_SIZE`
+    images, each with a note in :attr:`Plan.notes` and a logged warning.
     """
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        raise InputError(f"workers must be >= 0, got {workers}")
-    if threads is not None and threads < 1:
-        raise InputError(f"threads must be >= 1, got {threads}")
-    if streams is not None and streams < 1:
-        raise InputError(f"streams must be >= 1, got {streams}")
     cores = cores or usable_cores()
+    notes: list[str] = []
+
+    def capped(what: str, value: int | None, low: int, top: int) -> int | None:
+        if value is not None and value < low:
+            raise InputError(f"{what} must be >= {low}, got {value}")
+        if value is not None and value > top:
+            notes.append(
+                f"{value:,} {what} capped at {top:,}{' (the usable cores)' * (top == cores)}"
+            )
+            log.warning("%s", notes[-1])
+            return top
+        return value
+
+    batch_size = capped("images per batch", batch_size, 1, MAX_BATCH_SIZE)
+    workers = capped("decode workers", workers, 0, cores)
+    threads = capped("inference threads", threads, 1, cores)
+    streams = capped("inference streams", streams, 1, cores)
     cuda = device == "cuda"
     if workers is None:
         if cuda:
@@ -119,75 +129,59 @@ def plan_run(
         streams = 2 if not cuda and workers >= 1 and threads == 1 and cores >= 2 else 1
     if batch_size is None:
         batch_size = CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE
-    return Plan(workers=workers, threads=threads, batch_size=batch_size, streams=streams)
-
-
-def runner_options(plan: Plan, backend: str = "onnxruntime") -> dict[str, Any]:
-    """Options of the ``backend`` runner for a plan: ``threads``, and no spinning where the
-    backend has that option (spinning threads would steal the decoder's core while they wait)."""
-    import dataclasses
-
-    from lstm_export.infer.registry import RUNNERS
-
-    known = {f.name for f in dataclasses.fields(RUNNERS[backend].Options)}
-    wanted = {"threads": plan.threads, "spinning": False}
-    return {k: v for k, v in wanted.items() if k in known}
+    return Plan(workers, threads, batch_size, streams, tuple(notes))
 
 
 # -- decoding --------------------------------------------------------------------------------------
 def _decode_pool(workers: int) -> ProcessPoolExecutor:
-    """``workers`` decode processes."""
+    """``workers`` decode processes that ignore Ctrl-C (SIGINT): the run that started them
+    handles it and shuts them down, so no worker prints a traceback of its own."""
     methods = multiprocessing.get_all_start_methods()
     # forkserver: safe with the model's threads already running; spawn where there is no fork.
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=context)
+    return ProcessPoolExecutor(workers, context, _ignore_sigint)
 
 
-def chunked(paths: Sequence[str], size: int) -> list[list[str]]:
-    """``paths`` cut into consecutive batches of ``size`` (the last may be shorter)."""
-    return [list(paths[i : i + size]) for i in range(0, len(paths), size)]
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def decoded_batches(
     paths: Sequence[str], plan: Plan, *, invert: Invert | str = Invert.auto, fit: bool = False
 ) -> Generator[Decoded, None, None]:
-    """Decode ``paths`` batch by batch, in order.
-
-    With ``plan.workers <= 1`` the batches are decoded in the calling thread as they are asked
-    for; with more, that many processes work a few batches ahead. Yields
-    ``(uint8 digits (B, 28, 28), per-file error or None)`` per batch of ``plan.batch_size``.
-    """
+    """``(uint8 digits (B, 28, 28), per-file error or None)`` per batch of ``plan.batch_size``,
+    in order: decoded as asked for in the calling thread, or with ``plan.workers >= 2`` by that
+    many processes a few batches ahead."""
     mode = Invert(invert).value
-    chunks = chunked(paths, plan.batch_size)
+    chunks = [list(paths[i : i + plan.batch_size]) for i in range(0, len(paths), plan.batch_size)]
     if plan.workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
             yield decode_files(chunk, mode, fit)
         return
     pool = _decode_pool(plan.workers)
     pending: collections.deque[Future[Decoded]] = collections.deque()
-    todo = iter(chunks)
     try:
-        for chunk in todo:
+        for chunk in chunks:
             pending.append(pool.submit(decode_files, chunk, mode, fit))
             if len(pending) >= 2 * plan.workers:
-                break
+                yield _decoded(pending.popleft())
         while pending:
-            try:
-                result = pending.popleft().result()
-            except BrokenProcessPool as exc:
-                raise InputError(
-                    "a decode worker process died (out of memory, killed, or started from a"
-                    " script without an `if __name__ == '__main__':` guard); one decode worker"
-                    " decodes in a thread instead"
-                ) from exc
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(decode_files, nxt, mode, fit))
-            yield result
+            yield _decoded(pending.popleft())
     finally:
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decoded(future: Future[Decoded]) -> Decoded:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise InputError(
+            "a decode worker process died (out of memory, killed, or started from a script"
+            " without an `if __name__ == '__main__':` guard); one decode worker decodes in a"
+            " thread instead"
+        ) from exc
 
 
 # -- decoding and inference together ---------------------------------------------------------------
@@ -196,62 +190,6 @@ def lower_thread_priority() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-class WorkQueue:
-    """Decoded batches waiting for inference, bounded; closing it wakes every waiter.
-
-    Low-priority streams take only a surplus (:meth:`get` with ``surplus=True``): when decoding
-    is the slower stage the queue stays short and they stay out of the decoder's way (measured:
-    a second stream that always takes work slows the decoder by 15-20 %); when inference is the
-    slower stage the queue fills and they run on the decoder's idle time.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.items: collections.deque[tuple[int, Decoded]] = collections.deque()
-        self.finished = False  # no more batches will come
-        self.closed = False  # stop now
-        self.cond = threading.Condition()
-
-    def put(self, item: tuple[int, Decoded]) -> bool:
-        """Wait for room and add ``item``; False when the queue was closed meanwhile."""
-        with self.cond:
-            while len(self.items) >= self.capacity and not self.closed:
-                self.cond.wait()
-            if self.closed:
-                return False
-            self.items.append(item)
-            self.cond.notify_all()
-            return True
-
-    def get(self, surplus: bool = False) -> tuple[int, Decoded] | None:
-        """The oldest batch, waiting for one; None once decoding ended (or the queue closed).
-
-        ``surplus``: only take a batch when the queue is nearly full (decoding is ahead of
-        inference) or decoding has ended.
-        """
-        with self.cond:
-            while not self.closed:
-                enough = len(self.items) >= self.capacity - 1 or self.finished
-                if self.items and (enough or not surplus):
-                    item = self.items.popleft()
-                    self.cond.notify_all()
-                    return item
-                if self.finished:
-                    return None
-                self.cond.wait()
-            return None
-
-    def finish(self) -> None:
-        with self.cond:
-            self.finished = True
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
 
 
 def pipelined(
@@ -267,66 +205,87 @@ def pipelined(
     ``infer`` gets uint8 digits ``(B, 28, 28)`` and the per-file errors of one batch and may run
     in several threads at once. Yields ``(errors, infer's result)`` per batch, in order. Closing
     the generator early stops every thread it started.
+
+    One thread decodes into a short queue; ``plan.streams`` threads infer from it. The streams
+    after the first take only a surplus (the queue nearly full, or decoding ended): when decoding
+    is the slower stage they stay out of the decoder's way (measured: a second stream that always
+    takes work slows the decoder by 15-20 %); when inference is slower they run on the decoder's
+    idle time, at the lowest priority.
     """
+    batches = decoded_batches(paths, plan, invert=invert, fit=fit)
     n_batches = -(-len(paths) // plan.batch_size)
     if plan.workers == 0 or n_batches <= 1:
-        for digits, errors in decoded_batches(paths, plan, invert=invert, fit=fit):
+        for digits, errors in batches:
             yield errors, infer(digits, errors)
         return
-
-    work = WorkQueue(capacity=plan.streams + 2)
-    results: dict[int, tuple[list[str | None], Any]] = {}
+    cond = threading.Condition()
+    capacity = plan.streams + 2
+    todo: collections.deque[tuple[int, Decoded]] = collections.deque()
+    done: dict[int, tuple[list[str | None], Any]] = {}
     failures: list[BaseException] = []
-    changed = threading.Condition()
-
-    def fail(exc: BaseException) -> None:
-        with changed:
-            failures.append(exc)
-            changed.notify_all()
+    ended = {"decoding": False, "run": False}
 
     def produce() -> None:
-        batches = decoded_batches(paths, plan, invert=invert, fit=fit)
         try:
-            for index, batch in enumerate(batches):
-                if not work.put((index, batch)):
-                    return
+            for item in enumerate(batches):
+                with cond:
+                    cond.wait_for(lambda: len(todo) < capacity or ended["run"])
+                    if ended["run"]:
+                        return
+                    todo.append(item)
+                    cond.notify_all()
         except BaseException as exc:
-            fail(exc)
+            failures.append(exc)  # seen by the caller once decoding's end is announced below
         finally:
             batches.close()
-            work.finish()
+            with cond:
+                ended["decoding"] = True
+                cond.notify_all()
 
-    def consume(stream: int) -> None:
-        if stream > 0:
+    def ready(surplus: bool) -> bool:
+        """Whether a stream stops waiting: the run or decoding ended, or a batch waits for it."""
+        return ended["run"] or ended["decoding"] or len(todo) >= (capacity - 1 if surplus else 1)
+
+    def consume(surplus: bool) -> None:
+        if surplus:
             lower_thread_priority()
-        while (item := work.get(surplus=stream > 0)) is not None:
-            index, (digits, errors) = item
+        while True:
+            with cond:
+                cond.wait_for(lambda: ready(surplus))
+                if ended["run"] or not todo:
+                    return
+                index, (digits, errors) = todo.popleft()
+                cond.notify_all()
             try:
-                out = infer(digits, errors)
+                result = (errors, infer(digits, errors))
             except BaseException as exc:
-                fail(exc)
+                with cond:
+                    failures.append(exc)
+                    cond.notify_all()
                 return
-            with changed:
-                results[index] = (errors, out)
-                changed.notify_all()
+            with cond:
+                done[index] = result
+                cond.notify_all()
 
     threads = [threading.Thread(target=produce, name="lstm-export-decode", daemon=True)]
     threads += [
-        threading.Thread(target=consume, args=(s,), name=f"lstm-export-infer-{s}", daemon=True)
+        threading.Thread(target=consume, args=(s > 0,), name=f"lstm-export-infer-{s}", daemon=True)
         for s in range(plan.streams)
     ]
     for thread in threads:
         thread.start()
     try:
         for index in range(n_batches):
-            with changed:
-                while index not in results and not failures:
-                    changed.wait()
-                if index not in results:
+            with cond:
+                while index not in done and not failures:
+                    cond.wait()
+                if index not in done:
                     raise failures[0]
-                result = results.pop(index)
+                result = done.pop(index)
             yield result
     finally:
-        work.close()
+        with cond:
+            ended["run"] = True
+            cond.notify_all()
         for thread in threads:
             thread.join()

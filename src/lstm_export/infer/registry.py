@@ -64,3 +64,10 @@ def load_runner(
 ) -> Runner:
     """Build and load the runner for ``path``; use it as a context manager to release it."""
     return make_runner(path, backend, device, **options).load()
+
+
+def runner_options(plan: Any, backend: str = "onnxruntime") -> dict[str, Any]:
+    """Options of the ``backend`` runner for a run planned as ``plan`` (a
+    :class:`~lstm_export.infer.pipeline.Plan`): its inference threads, and what else the runner
+    wants beside image decoding (:meth:`Runner.planned_options`)."""
+    return RUNNERS[backend].planned_options(plan.threads)

@@ -2,20 +2,18 @@
 IR (``.xml`` + ``.bin``, written by :func:`save_ir`).
 
 ``openvino`` is an optional extra (``pip install 'lstm-export[openvino]'``), imported only when a
-runner loads, and without its usage telemetry (see :func:`import_openvino`). Tuned as OpenVINO's CPU documentation says: a performance hint (``latency``: one
-stream using every thread; ``throughput``: several streams, each running a slice of the batch as
-its own infer request), ``inference_num_threads`` and ``num_streams`` as the low-level overrides,
-inference precision ``fp32`` or ``bf16``, and one compiled model per input shape (static shapes
-spare the CPU plugin its shape inference on every call).
+runner loads, without its usage telemetry (see :func:`import_openvino`). Tuned as OpenVINO's CPU
+guide says (:class:`OpenVinoOptions`); one compiled model per input shape spares the CPU plugin
+its shape inference on every call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,8 @@ import numpy as np
 
 from lstm_export.devices import Device
 from lstm_export.errors import ConfigError, DeviceError, ModelLoadError
-from lstm_export.infer.base import Runner, check_input
+from lstm_export.infer.base import Runner, TrustOption, check_counts, check_input
+from lstm_export.trust import onnx_problem, openvino_ops_problem, refuse
 
 log = logging.getLogger(__name__)
 
@@ -31,66 +30,43 @@ log = logging.getLogger(__name__)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: how :func:`save_ir` keeps the ONNX file's metadata (class names, preprocessing) in the IR
 _RT_INFO_KEY = "lstm_export"
-
-
-class Precision(str, Enum):
-    """Inference precision of OpenVINO's CPU plugin (its ``INFERENCE_PRECISION_HINT``)."""
-
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class PerformanceHint(str, Enum):
-    """OpenVINO's high-level ``PERFORMANCE_HINT``."""
-
-    latency = "latency"
-    throughput = "throughput"
-
-
-_OV_PRECISION = {Precision.fp32: "f32", Precision.bf16: "bf16"}
+#: inference precisions of the CPU plugin, to their OpenVINO names (``INFERENCE_PRECISION_HINT``)
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+#: OpenVINO's high-level ``PERFORMANCE_HINT`` values
+HINTS = ("latency", "throughput")
 
 
 @dataclass(frozen=True)
-class OpenVinoOptions:
-    """Options of :class:`OpenVinoRunner`.
+class OpenVinoOptions(TrustOption):
+    """Options of :class:`OpenVinoRunner`: ``precision`` ``fp32`` or ``bf16`` (native with
+    AVX512-BF16 or AMX, see :func:`bf16_support`); ``hint`` ``latency`` or ``throughput``;
+    ``threads`` (``inference_num_threads``, None: OpenVINO's choice); ``streams``
+    (``num_streams``, None: the hint decides; with several, a batch runs as one slice per infer
+    request, in parallel); ``static_shapes``: compile once per input shape (cached);
+    ``trusted``: allow operations outside OpenVINO's operator sets and ONNX domains lstm-export
+    does not write."""
 
-    ``precision``: ``fp32`` or ``bf16`` (native with AVX512-BF16 or AMX, see
-    :func:`bf16_support`); ``hint``: ``latency`` or ``throughput``; ``threads``:
-    ``inference_num_threads`` (None: OpenVINO's choice); ``streams``: ``num_streams`` (None: the
-    hint decides); with more than one stream a batch is cut into one slice per infer request,
-    run in parallel. ``static_shapes`` compiles the model once per input shape (cached);
-    ``micro_batch`` runs larger inputs in slices of at most that many rows.
-    """
-
-    precision: Precision = Precision.fp32
-    hint: PerformanceHint = PerformanceHint.latency
+    precision: str = "fp32"
+    hint: str = "latency"
     threads: int | None = None
     streams: int | None = None
     static_shapes: bool = True
-    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
-        for name, kind in (("precision", Precision), ("hint", PerformanceHint)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, kind(value))
-            except ValueError:
-                choices = ", ".join(k.value for k in kind)
-                raise ConfigError(f"unknown {name} {value!r} (choose {choices})") from None
-        for name in ("threads", "streams", "micro_batch"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name, choices in (("precision", tuple(PRECISIONS)), ("hint", HINTS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"unknown {name} {getattr(self, name)!r} (choose {', '.join(choices)})"
+                )
+        check_counts(self, "threads", "streams")
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
     return set()
 
 
@@ -132,33 +108,31 @@ def import_openvino() -> Any:
     return openvino
 
 
-@functools.lru_cache(maxsize=1)
 def _core() -> Any:
-    return import_openvino().Core()
-
-
-def _import_openvino() -> Any:
-    problem = openvino_problem()
-    if problem is not None:
+    """OpenVINO's runtime core; ModelLoadError naming what to install where it is missing."""
+    if problem := openvino_problem():
         raise ModelLoadError(f"the openvino backend needs the openvino package: {problem}")
-    return import_openvino()
+    return _shared_core()
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_core() -> Any:
+    return import_openvino().Core()
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file (class names, preprocessing), without its weights."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def save_ir(onnx_path: Path | str, xml_path: Path | str) -> Path:
     """Convert an exported ONNX file to OpenVINO IR (``.xml`` + ``.bin``), keeping its metadata."""
-    ov = _import_openvino()
     model = _core().read_model(str(onnx_path))
     for key, value in onnx_metadata(Path(onnx_path)).items():
         model.set_rt_info(value, [_RT_INFO_KEY, key])
-    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    import_openvino().save_model(model, str(xml_path), compress_to_fp16=False)
     return Path(xml_path)
 
 
@@ -171,15 +145,14 @@ class OpenVinoRunner(Runner):
     options: OpenVinoOptions
 
     def _load(self) -> None:
-        ov = _import_openvino()
+        _core()
         if self.requested_device == Device.cuda:
             raise DeviceError(
                 "CUDA was asked for, but the openvino backend runs on the CPU only "
-                "(use --device cpu, or onnxruntime for CUDA)"
+                "(onnxruntime runs ONNX files on CUDA)"
             )
         if self.requested_device == Device.auto:
             self.device_note = "auto: CPU, since the openvino backend runs on the CPU only"
-        self._ov = ov
         self._check_file()
         try:
             self.model = _core().read_model(str(self.path))
@@ -187,39 +160,39 @@ class OpenVinoRunner(Runner):
             raise ModelLoadError(
                 f"{self.path} is not a model OpenVINO can read: {_last_line(exc)}"
             ) from exc
+        if not self.options.trusted and (problem := openvino_ops_problem(self.model)):
+            raise refuse(self.path, problem)
+        output, shape = self.model.outputs[0], self.model.outputs[0].get_partial_shape()
+        if shape.rank.is_static:
+            dims = [d.get_length() if d.is_static else "?" for d in shape]
+            self.check_outputs(dims, output.get_element_type().is_real())
         self.metadata = self._metadata()
         self.device = "cpu"
-        native, how = bf16_support()
-        self.bf16_note = how
-        if self.options.precision == Precision.bf16 and not native:
-            log.warning("openvino bf16 on this CPU is %s: expect it slower than fp32", how)
+        native, self.bf16_note = bf16_support()
         o = self.options
+        if o.precision == "bf16" and not native:
+            log.warning(
+                "openvino bf16 on this CPU is %s: expect it slower than fp32", self.bf16_note
+            )
         self.config: dict[str, Any] = {
-            "PERFORMANCE_HINT": o.hint.value.upper(),
-            "INFERENCE_PRECISION_HINT": _OV_PRECISION[o.precision],
+            "PERFORMANCE_HINT": o.hint.upper(),
+            "INFERENCE_PRECISION_HINT": PRECISIONS[o.precision],
+            **({"INFERENCE_NUM_THREADS": o.threads} if o.threads else {}),
+            **({"NUM_STREAMS": o.streams} if o.streams else {}),
         }
-        if o.threads:
-            self.config["INFERENCE_NUM_THREADS"] = o.threads
-        if o.streams:
-            self.config["NUM_STREAMS"] = o.streams
         self._compiled: dict[tuple[int, ...] | None, _Compiled] = {}
-        first = self._compile(None)  # dynamic batch: checks the model compiles before any input
-        self.precision_used = first.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        self.streams_used = int(first.compiled.get_property("NUM_STREAMS"))
-        self.threads_used = int(first.compiled.get_property("INFERENCE_NUM_THREADS"))
-        self.input_name = self.model.inputs[0].get_any_name()
-        self._requests = int(first.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        compiled = self._compile(None).compiled  # dynamic batch: it compiles before any input
+        self.precision_used = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.streams_used = int(compiled.get_property("NUM_STREAMS"))
+        self.threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+        self._requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def _check_file(self) -> None:
         """ModelLoadError for a file that is not ONNX or IR, before OpenVINO tries every frontend
         on it (its TensorFlow frontend prints parse errors to stderr)."""
         if self.path.suffix.lower() == ".onnx":
-            try:
-                onnx_metadata(self.path)
-            except Exception as exc:  # google.protobuf DecodeError and the like
-                raise ModelLoadError(
-                    f"{self.path} is not a loadable ONNX file: {_last_line(exc)}"
-                ) from exc
+            if problem := onnx_problem(self.path, self.options.trusted):
+                raise refuse(self.path, problem)
         else:
             with open(self.path, "rb") as f:
                 head = f.read(256).lstrip()
@@ -247,7 +220,7 @@ class OpenVinoRunner(Runner):
                 raise ModelLoadError(
                     f"OpenVINO could not compile {self.path}: {_last_line(exc)}"
                 ) from exc
-            slot = _Compiled(compiled, self._ov)
+            slot = _Compiled(compiled)
             self._compiled[shape] = slot
         return slot
 
@@ -255,19 +228,12 @@ class OpenVinoRunner(Runner):
     def description(self) -> str:
         if self.device is None:
             return f"{self.name} (not loaded)"
-        return f"{self.name} (CPU, {self.options.precision.value}, {self.options.hint.value})"
+        return f"{self.name} (CPU, {self.options.precision}, {self.options.hint})"
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return check_input(x)
 
-    def run_prepared(self, prepared: np.ndarray) -> np.ndarray:
-        step = self.options.micro_batch or 0
-        if step and prepared.shape[0] > step:
-            parts = [prepared[i : i + step] for i in range(0, len(prepared), step)]
-            return np.concatenate([self._run(np.ascontiguousarray(p)) for p in parts])
-        return self._run(prepared)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def run_prepared(self, x: np.ndarray) -> np.ndarray:
         """One input; with several infer requests, one slice per request on parallel streams."""
         n = min(self._requests, x.shape[0])
         if n <= 1:
@@ -298,11 +264,10 @@ class OpenVinoRunner(Runner):
 class _Compiled:
     """One compiled model: a reused infer request, and a queue of them for sliced batches."""
 
-    def __init__(self, compiled: Any, ov: Any) -> None:
+    def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self._queue: Any = None
-        self._ov = ov
 
     def run_one(self, x: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: x}, share_inputs=True, share_outputs=False)
@@ -311,7 +276,7 @@ class _Compiled:
     def start(self, part: np.ndarray, outputs: list[np.ndarray], index: int) -> None:
         """Start ``part`` on a free infer request; its logits land in ``outputs[index]``."""
         if self._queue is None:
-            self._queue = self._ov.AsyncInferQueue(self.compiled)
+            self._queue = import_openvino().AsyncInferQueue(self.compiled)
             self._queue.set_callback(_store_output)
         self._queue.start_async({0: np.ascontiguousarray(part)}, (outputs, index))
 

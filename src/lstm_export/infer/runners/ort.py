@@ -4,54 +4,44 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import Enum
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
-from lstm_export.devices import Device
+from lstm_export.devices import Device, usable_cores
 from lstm_export.errors import ConfigError
-from lstm_export.infer.base import Runner, check_input
+from lstm_export.infer.base import Runner, TrustOption, check_counts, check_input
 from lstm_export.ort_session import CUDA_EP, TRT_EP, cuda_diagnosis, open_session, wants_gpu
+from lstm_export.trust import onnx_problem, refuse
 
 log = logging.getLogger(__name__)
 
 
-class GraphOptimization(str, Enum):
-    """ONNX Runtime graph optimisation level."""
-
-    disable = "disable"
-    basic = "basic"
-    extended = "extended"
-    all = "all"
-
-
+#: ONNX Runtime's graph optimisation levels, by name
 _ORT_LEVEL = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
+#: ONNX Runtime's names of the output types that are logits
+_FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 
 
 @dataclass(frozen=True)
-class OrtOptions:
-    """Options of :class:`OnnxRuntimeRunner`.
+class OrtOptions(TrustOption):
+    """Options of :class:`OnnxRuntimeRunner`: ``threads`` intra-op threads (None: ONNX Runtime's
+    choice); ``optimization`` graph optimisation level; ``spinning`` lets idle pool threads spin;
+    ``tensorrt`` puts the TensorRT provider first; on CUDA ``io_binding`` keeps inputs and outputs
+    on the GPU, ``cuda_graph`` captures one CUDA graph per input shape and replays it, ``tf32``
+    lets cuDNN/cuBLAS use TF32 (off: true fp32, as the reference). ``profile_prefix``: write a
+    profile trace with this prefix. ``trusted``: allow operator domains lstm-export does not write.
 
-    ``threads`` intra-op threads (None: ONNX Runtime's choice); ``inter_op_threads``;
-    ``optimization`` graph optimisation level; ``spinning`` lets idle pool threads spin;
-    ``tensorrt`` puts the TensorRT provider first; ``io_binding`` (CUDA) keeps inputs and outputs
-    on the GPU; ``cuda_graph`` (CUDA) captures one CUDA graph per input shape and replays it;
-    ``tf32`` (CUDA) lets cuDNN/cuBLAS use TF32 for fp32 math (off: true fp32, as the reference).
-
-    CPU tuning (measured in ``benchmarks/``): ``micro_batch`` splits larger inputs into runs of
-    at most that many rows, which keeps the LSTM's per-step state in cache; ``serial_up_to``
-    runs inputs of at most that many rows on a second, single-threaded session, since waking a
-    thread pool costs more than it saves on a batch of one; ``sliced`` runs a batch of at least
-    8 rows per thread as ``threads`` slices at once, each on a single-threaded session of its own
-    (no barrier between the threads on every LSTM step, as OpenVINO's streams do). ``profile_prefix``: write an ONNX
-    Runtime profile trace with this file prefix (read it after ``session.end_profiling()``).
+    CPU tuning (measured in ``benchmarks/``): ``micro_batch`` runs larger inputs in runs of at
+    most that many rows (the LSTM's state stays in cache); ``serial_up_to`` runs inputs of at most
+    that many rows on a single-threaded session (waking a pool costs more than it saves on one
+    image); ``sliced`` runs a batch of 8+ rows per thread as ``threads`` slices at once, each on a
+    single-threaded session (no barrier between threads on every LSTM step).
     """
 
     threads: int | None = None
-    inter_op_threads: int | None = None
-    optimization: GraphOptimization = GraphOptimization.all
+    optimization: str = "all"
     spinning: bool = True
     tensorrt: bool = False
     io_binding: bool = True
@@ -63,17 +53,12 @@ class OrtOptions:
     profile_prefix: str | None = None
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "optimization", GraphOptimization(self.optimization))
-        except ValueError:
-            levels = ", ".join(g.value for g in GraphOptimization)
+        if self.optimization not in _ORT_LEVEL:
+            levels = ", ".join(_ORT_LEVEL)
             raise ConfigError(
                 f"unknown graph optimisation level {self.optimization!r} (choose {levels})"
-            ) from None
-        for name in ("threads", "inter_op_threads", "micro_batch", "serial_up_to"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+            )
+        check_counts(self, "threads", "micro_batch", "serial_up_to")
 
 
 #: the fewest rows a parallel slice gets; smaller batches run whole
@@ -98,17 +83,21 @@ class OnnxRuntimeRunner(Runner):
     Options = OrtOptions
     options: OrtOptions
 
+    @classmethod
+    def planned_options(cls, threads: int) -> dict[str, Any]:
+        """``threads``, and no spinning: idle pool threads would steal the decoder's core."""
+        return {"threads": threads, "spinning": False}
+
     def _load(self) -> None:
         import onnxruntime as ort
 
         self._ort = ort
         o = self.options
+        if problem := onnx_problem(self.path, o.trusted):
+            raise refuse(self.path, problem)
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel(_ORT_LEVEL[o.optimization.value])
-        if o.threads:
-            opts.intra_op_num_threads = o.threads
-        if o.inter_op_threads:
-            opts.inter_op_num_threads = o.inter_op_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel(_ORT_LEVEL[o.optimization])
+        opts.intra_op_num_threads = o.threads or 0  # 0: ONNX Runtime's choice
         if not o.spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -121,20 +110,19 @@ class OnnxRuntimeRunner(Runner):
         self.session = open_session(
             self.path, self.requested_device, opts, cuda_options=cuda_options, tensorrt=o.tensorrt
         )
-        got = self.session.get_providers()
-        on_gpu = CUDA_EP in got or TRT_EP in got
+        self.providers = got = self.session.get_providers()
+        self.device = "cuda" if CUDA_EP in got or TRT_EP in got else "cpu"
         if self.requested_device == Device.auto:
-            if on_gpu:
-                self.device_note = f"auto: {got[0]}"
-            elif not wants_gpu(Device.auto):
-                self.device_note = "auto: CPU, since no NVIDIA driver (libcuda.so.1 missing)"
-            else:
-                self.device_note = f"auto: CPU, since {cuda_diagnosis()}"
+            no_driver = "no NVIDIA driver (libcuda.so.1 missing)"
+            why = cuda_diagnosis() if wants_gpu(Device.auto) else no_driver
+            self.device_note = (
+                f"auto: {got[0]}" if self.device == "cuda" else f"auto: CPU, since {why}"
+            )
             log.info("device %s", self.device_note)
-        self.device = "cuda" if on_gpu else "cpu"
-        self.providers = got
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        output = self.session.get_outputs()[0]
+        self.output_name = output.name
+        self.check_outputs(output.shape or (), output.type in _FLOAT_TYPES)
         # A file exported with --with-state: h_0, c_0 inputs (fed zeros by infer) and h_n, c_n
         # outputs (left out by infer); (name, layers, width) of each state input.
         self._state_inputs = [
@@ -147,8 +135,6 @@ class OnnxRuntimeRunner(Runner):
         self._serial: Any = None
         self._slices: list[Any] = []
         self._pool: Any = None
-        from lstm_export.infer.pipeline import usable_cores
-
         slices = (o.threads or usable_cores()) if o.sliced else 0
         if self.device == "cpu" and (o.serial_up_to or slices > 1):
             opts.intra_op_num_threads = 1
@@ -211,9 +197,8 @@ class OnnxRuntimeRunner(Runner):
         if slot is None:
             ort = self._ort
             gpu_in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-            classes = self.session.get_outputs()[0].shape[-1]
             gpu_out = ort.OrtValue.ortvalue_from_shape_and_type(
-                (x.shape[0], classes if isinstance(classes, int) else 10), np.float32, "cuda", 0
+                (x.shape[0], self.classes or 10), np.float32, "cuda", 0
             )
             binding = self.session.io_binding()
             binding.bind_ortvalue_input(self.input_name, gpu_in)

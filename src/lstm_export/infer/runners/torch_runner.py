@@ -6,17 +6,20 @@ Eager PyTorch is the reference every other backend is held to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from lstm_export.devices import resolve_torch_device
-from lstm_export.errors import ConfigError, ModelLoadError
-from lstm_export.infer.base import Runner, check_input
+from lstm_export.errors import ConfigError, ModelLoadError, first_line
+from lstm_export.infer.base import Runner, TrustOption, check_counts, check_input
+from lstm_export.trust import refuse, torchscript_graph_problem, torchscript_load_problem
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +38,34 @@ class TorchOptions:
     autocast: str | None = None
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        check_counts(self, "threads")
         if self.autocast not in (None, "bf16"):
             raise ConfigError(f"autocast must be None or 'bf16', got {self.autocast!r}")
+
+
+@dataclass(frozen=True)
+class TorchScriptOptions(TorchOptions, TrustOption):
+    """:class:`TorchOptions`, and ``trusted``: run a file whose code does more than tensor math
+    (see :mod:`lstm_export.trust`)."""
 
 
 class TorchRunner(Runner):
     """A ``torch.nn.Module`` in eval mode on the CPU or CUDA; subclasses say how to load it."""
 
-    Options = TorchOptions
+    Options: ClassVar[type] = TorchOptions
     options: TorchOptions
+    #: set on CUDA when cuDNN copies the LSTM weights into one chunk on every call
+    weights_compacted_per_call = False
 
     def _load(self) -> None:
         import torch
 
         self._torch = torch
         self._threads_before: int | None = None
+        self._tf32_before: tuple[bool, bool] | None = None
         self.device, self.device_note = resolve_torch_device(self.requested_device)
         self.module: Any = self._load_module()
-        self._tf32_before: tuple[bool, bool] | None = None
+        self._probe()
         if self.device == "cuda":
             backends = torch.backends
             self._tf32_before = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
@@ -62,6 +73,30 @@ class TorchRunner(Runner):
         if self.options.threads:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(self.options.threads)
+
+    def _probe(self) -> None:
+        """Run the model once on a blank digit: its output must be float logits ``(1, C)``. On
+        CUDA, say when cuDNN compacts the LSTM weights on every call (they are not one chunk, as
+        ``export_torchscript`` packs them), which costs time."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                out = self.run_prepared(self.prepare(np.zeros((1, 28, 28), np.float32)))
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"{self.path} fails on a blank digit: {first_line(exc)}"
+                ) from exc
+        if isinstance(out, tuple) and out:  # a file exported with --with-state: (logits, h, c)
+            out = out[0]
+        tensor = isinstance(out, self._torch.Tensor)
+        self.check_outputs(tuple(out.shape) if tensor else (), tensor and out.is_floating_point())
+        if self.device == "cuda" and any("contiguous chunk" in str(w.message) for w in caught):
+            self.weights_compacted_per_call = True
+            log.warning(
+                "%s: cuDNN compacts the LSTM weights on every call (they are not one contiguous "
+                "chunk), which costs time on CUDA; exporting it again packs them",
+                self.path.name,
+            )
 
     def _load_module(self) -> Any:
         """The module on :attr:`device`, with :attr:`metadata` filled in."""
@@ -140,58 +175,46 @@ class TorchScriptRunner(TorchRunner):
 
     name = "torchscript"
     suffixes = (".ts", ".torchscript")
+    Options = TorchScriptOptions
+    options: TorchScriptOptions
 
     @property
     def streams(self) -> bool:
         """Exported with ``--with-state``: ``module(x, h_0=None, c_0=None) -> (logits, h, c)``."""
         return "state_inputs" in self.metadata
 
-    #: set on CUDA when cuDNN copies the LSTM weights into one chunk on every call
-    weights_compacted_per_call = False
-
     def _load_module(self) -> Any:
-        torch = self._torch
-        extra = {"metadata.json": ""}
-        try:
-            with warnings.catch_warnings():
-                # torch >= 2.9 calls torch.jit deprecated; loading still works and is the point
-                warnings.simplefilter("ignore", FutureWarning)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(
-                    str(self.path), map_location=self.device, _extra_files=extra
-                )
-        except Exception as exc:  # RuntimeError for foreign or truncated files
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(
-                f"{self.path} is not a loadable TorchScript file: {first}"
-            ) from exc
-        module.eval()
-        if self.device == "cuda":
-            self._warn_if_weights_are_compacted_per_call(module)
-        raw = extra["metadata.json"]
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        try:
-            recorded = json.loads(text) if text else {}
-        except ValueError:
-            recorded = {}
-        if isinstance(recorded, dict):
-            self.metadata = {
-                k: v if isinstance(v, str) else json.dumps(v) for k, v in recorded.items()
-            }
-        return module
+        trusted = self.options.trusted
+        module, self.metadata = load_torchscript(self.path, self.device or "cpu", trusted=trusted)
+        if not trusted and (problem := torchscript_graph_problem(module)):
+            raise refuse(self.path, problem)  # it would run more than tensor math when called
+        return module.eval()
 
-    def _warn_if_weights_are_compacted_per_call(self, module: Any) -> None:
-        """cuDNN wants an LSTM's weights in one contiguous chunk, laid out its way; when a frozen
-        module's weight constants are not (``export_torchscript`` packs them, a file from
-        elsewhere may not), cuDNN warns and copies them on every call. Say so."""
-        torch = self._torch
-        with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
-            warnings.simplefilter("always")
-            module(torch.zeros((1, 28, 28), device="cuda"))
-        if any("contiguous chunk" in str(w.message) for w in caught):
-            self.weights_compacted_per_call = True
-            log.warning(
-                "%s: cuDNN compacts the LSTM weights on every call (they are not one contiguous "
-                "chunk), which costs time on CUDA; exporting it again packs them",
-                self.path.name,
-            )
+
+def load_torchscript(
+    path: Path, device: str = "cpu", *, trusted: bool = False
+) -> tuple[Any, dict[str, str]]:
+    """``torch.jit.load`` of ``path`` on ``device``, and its ``metadata.json`` (values as
+    strings). Unless ``trusted``, a file that would run code while it loads is refused first."""
+    import torch
+
+    if not trusted and (problem := torchscript_load_problem(path)):
+        raise refuse(path, problem)
+    extra = {"metadata.json": ""}
+    try:
+        with warnings.catch_warnings():  # torch >= 2.9 calls torch.jit deprecated; it still loads
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:  # RuntimeError for foreign or truncated files
+        raise ModelLoadError(
+            f"{path} is not a loadable TorchScript file: {first_line(exc)}"
+        ) from exc
+    raw, metadata = extra["metadata.json"], {}
+    with contextlib.suppress(ValueError):
+        recorded = json.loads(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
+        if isinstance(recorded, dict):
+            metadata = {
+                str(k): v if isinstance(v, str) else json.dumps(v) for k, v in recorded.items()
+            }
+    return module, metadata

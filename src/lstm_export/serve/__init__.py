@@ -1,0 +1,1 @@
+"""Serving: OIP v2 server and Triton model repositories."""

@@ -85,9 +85,11 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
 
     from lstm_export.checkpoint import resolve_checkpoint
     from lstm_export.data.preprocess import to_model_input
-    from lstm_export.infer.classify import classify_folder, plan_run, runner_options, usable_cores
+    from lstm_export.devices import usable_cores
+    from lstm_export.infer.classify import classify_folder
     from lstm_export.infer.images import decode_files, to_batch
-    from lstm_export.infer.registry import load_runner
+    from lstm_export.infer.pipeline import plan_run
+    from lstm_export.infer.registry import load_runner, runner_options
     from lstm_export.infer.walk import walk_images
     from lstm_export.infer.writers import open_rows
 

@@ -88,12 +88,12 @@ def run_ray(model: Path, folder: Path, out: Path, actors: int) -> dict[str, Any]
 
     t0 = time.perf_counter()
     with RayRun(model, folder, actors=actors, progress=False) as run:
-        with run.open_rows(out, labelled=run.labelled) as writer:
+        with run.open_rows(out) as writer:
             for rows in run.batches():
                 writer.write(rows)
         last_at = time.perf_counter()
     wall = time.perf_counter() - t0
-    assert run.summary is not None
+    assert run.summary is not None and run.summary.ray is not None
     images, ray = run.summary.images, run.summary.ray
     per_actor = ray["images_per_actor_second"]
     work = ray["actor_seconds"] / actors  # the pool's work, were its actors perfectly overlapped
@@ -119,12 +119,9 @@ def driver_costs(model: Path, folder: Path, scratch: Path) -> dict[str, Any]:
     are made up here."""
     import numpy as np
 
-    from lstm_export.infer.classify import class_names_of, imagefolder_labels
-    from lstm_export.infer.ray_engine import RayRun, RaySummary
-    from lstm_export.infer.ray_worker import encode_text
-    from lstm_export.infer.report import Confusion
+    from lstm_export.infer.ray_engine import RayRun
+    from lstm_export.infer.rows import Scores
     from lstm_export.infer.walk import walk_images
-    from lstm_export.infer.writers import open_rows
 
     t0 = time.perf_counter()
     walk = walk_images(folder)
@@ -136,40 +133,33 @@ def driver_costs(model: Path, folder: Path, scratch: Path) -> dict[str, Any]:
     )
     run = RayRun(model, folder, progress=False)  # builds, walks; starts nothing
     runner = run._driver_runner.load()
-    run.class_names = class_names_of(runner)
-    run.labels, _ = imagefolder_labels(run.walk, run.class_names)
     rng = np.random.default_rng(0)
     block = 4096
+
+    def begin() -> Any:  # the run's class names, labels and a fresh summary
+        return run._begin(runner, model=str(model), backend="", device="cpu", plan=run.plan)
 
     def blocks() -> Any:
         for start in range(0, n, block):
             m = min(block, n - start)
-            yield {
-                "index": np.arange(start, start + m, dtype=np.int64),
-                "prediction": rng.integers(0, 10, m).astype(np.int16),
-                "confidence": rng.random(m),
-                "error": encode_text([None] * m),
-                "node": np.zeros(m, np.int64),
-            }
+            yield (
+                start,
+                Scores(rng.integers(0, 10, m), rng.random(m), [None] * m, None),
+            )  # as the actors return them: class indices, confidences, no error
 
-    def summary() -> RaySummary:
-        return RaySummary(folder="", model="", backend="", device="cpu",
-                          class_names=run.class_names, plan=run.plan,
-                          confusion=Confusion(run.class_names))  # fmt: skip
-
+    begin()
     data = list(blocks()) * max(1, 100_000 // max(n, 1))  # the same blocks again: >= 100k rows
-    rows_total = sum(len(out["index"]) for out in data)
-    s = summary()
+    rows_total = sum(len(scores.errors) for _, scores in data)
     t0 = time.perf_counter()
-    with open_rows(scratch / "gather.csv", labelled=True) as writer:
-        for out in data:
-            for _, rows in run._rows(s, out):
-                writer.write(rows)
+    with run.open_rows(scratch / "gather.csv") as writer:
+        for start, scores in data:
+            writer.write(run._rows(start, scores))
     gather_s = time.perf_counter() - t0
-    s = summary()
+    summary, truth = begin(), np.asarray(run.labels) if run.labels is not None else None
     t0 = time.perf_counter()
-    for out in data:
-        run._count(s, out)
+    for start, scores in data:  # --output-dir: the counts of the rows read back, no rows made
+        part = truth[start : start + len(scores.errors)] if truth is not None else None
+        summary.count(part, scores.predicted)
     count_s = time.perf_counter() - t0
     runner.close()
     return {

@@ -13,15 +13,11 @@ import pytest
 from _infer_helpers import png_bytes, uint8_test_set, write_digits
 from lstm_export.data.preprocess import to_model_input
 from lstm_export.errors import InputError, OutputError
-from lstm_export.infer.classify import (
-    Plan,
-    Prediction,
-    classify_folder,
-    imagefolder_labels,
-    plan_run,
-)
+from lstm_export.infer.classify import Prediction, classify_folder
+from lstm_export.infer.pipeline import Plan, plan_run
 from lstm_export.infer.registry import load_runner
-from lstm_export.infer.report import Confusion, save_confusion_png
+from lstm_export.infer.report import save_confusion_png
+from lstm_export.infer.rows import Confusion, imagefolder_labels
 from lstm_export.infer.walk import walk_images
 from lstm_export.infer.writers import OutputFormat, open_rows, resolve_format
 
@@ -98,7 +94,11 @@ def test_every_pipeline_plan_gives_the_same_rows(
         streams=streams,
         batch_size=16,
     )
-    assert result.summary.plan == Plan(workers, 1, 16, streams)
+    from lstm_export.devices import usable_cores
+
+    # asked-for streams and workers are capped at the cores there are
+    cores = usable_cores()
+    assert result.summary.plan == Plan(min(workers, cores), 1, 16, min(streams, cores))
     assert [r.path for r in result.rows] == sorted(expected, key=lambda p: tuple(p.split("/")))
     assert {r.path: int(r.prediction or -1) for r in result.rows} == expected
 
@@ -230,7 +230,8 @@ def test_plan_shares_the_cores(
     plan = plan_run(cores=cores, fit=fit, device=device)
     assert plan == Plan(workers, threads, batch, streams)
     assert plan_run(cores=cores, workers=0).threads == cores
-    assert plan_run(cores=cores, workers=3, threads=5, streams=2) == Plan(3, 5, 64, 2)
+    many = max(cores, 5)  # what is asked for is capped at the cores
+    assert plan_run(cores=many, workers=3, threads=5, streams=2) == Plan(3, 5, 64, 2)
 
 
 def test_plan_rejects_nonsense() -> None:
@@ -325,7 +326,7 @@ def test_a_wide_confusion_matrix_is_printed_whole_on_a_narrow_console() -> None:
 
 def test_recorded_preprocessing_is_checked_against_ours() -> None:
     from lstm_export.data.preprocess import describe
-    from lstm_export.infer.classify import check_preprocessing
+    from lstm_export.infer.rows import check_preprocessing
 
     ours = describe()
     assert check_preprocessing({"preprocessing": json.dumps(ours)}) == []
@@ -339,7 +340,10 @@ class _Scores:
     """A stand-in runner that scores ``outputs`` classes and records ``class_names``."""
 
     def __init__(self, raw: str, outputs: int) -> None:
+        from lstm_export.infer.base import class_names
+
         self.metadata = {"class_names": raw} if raw else {}
+        self.class_names = class_names(raw)
         self.outputs = outputs
         self.path = Path("m.onnx")
 
@@ -348,7 +352,7 @@ class _Scores:
 
 
 def test_class_names_come_from_the_model_metadata() -> None:
-    from lstm_export.infer.classify import class_names_of
+    from lstm_export.infer.rows import class_names_of
 
     def names(raw: str, outputs: int) -> list[str]:
         return class_names_of(_Scores(raw, outputs))  # type: ignore[arg-type]
@@ -365,7 +369,8 @@ def test_a_model_scoring_other_classes_than_it_names_is_refused(
     """A 5-output model whose metadata names the 10 digits: no rows, one clear error."""
     from lstm_export.errors import ModelLoadError
     from lstm_export.export.to_onnx import export_onnx
-    from lstm_export.infer.classify import class_names_of, classify_folder
+    from lstm_export.infer.classify import classify_folder
+    from lstm_export.infer.rows import class_names_of
 
     with pytest.raises(ModelLoadError, match=r"scores 3 classes but its metadata names 2 \(a,b\)"):
         class_names_of(_Scores("a,b", 3))  # type: ignore[arg-type]

@@ -123,13 +123,17 @@ def test_no_image_or_none_classified_exit_1(models: dict[str, Path], tmp_path: P
     empty.mkdir()
     (empty / "readme.txt").write_text("x")
     code, _, stderr = _run("infer", models["onnxruntime"], empty)
-    assert code == 1 and "no image files" in _one_line_error(stderr) and "1 other files" in stderr
+    assert (
+        code == 1
+        and "no image files" in _one_line_error(stderr)
+        and "1 other file skipped" in stderr
+    )
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.png").write_bytes(b"")
     out = tmp_path / "bad.csv"
     code, _, stderr = _run("infer", models["onnxruntime"], bad, "-o", out, "--no-progress")
-    assert code == 1 and "none of the 1 image files" in _one_line_error(stderr)
+    assert code == 1 and "none of the 1 image file could" in _one_line_error(stderr)
     assert "empty file" in out.read_text()  # the rows are still written
 
 

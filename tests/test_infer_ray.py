@@ -159,8 +159,8 @@ def _kill(pids: list[int]) -> None:
 # -- without Ray running ---------------------------------------------------------------------------
 def test_cli_and_in_process_engine_never_import_ray() -> None:
     code = (
-        "import sys, lstm_export.cli, lstm_export.infer.cli, lstm_export.infer.ray_cli, "
-        "lstm_export.infer.ray_engine, lstm_export.infer.classify; print('ray' in sys.modules)"
+        "import sys, lstm_export.cli, lstm_export.infer.cli, lstm_export.infer.ray_engine, "
+        "lstm_export.infer.classify; print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout
@@ -170,24 +170,24 @@ def test_ray_options_need_engine_ray(onnx_model: Path, folder: Path, tmp_path: P
     for extra in (["--address", "auto"], ["--actors", "2"], ["--output-dir", str(tmp_path)]):
         result = CliRunner().invoke(app, ["infer", str(onnx_model), str(folder), *extra])
         assert "only work with --engine ray" in one_line_error(result)
+    ray = ["--engine", "ray"]
+    for extra in (["--workers", "2"], ["--streams", "1"]):  # never passed on to the Ray run
+        result = CliRunner().invoke(app, ["infer", str(onnx_model), str(folder), *ray, *extra])
+        assert "only work with --engine in-process" in one_line_error(result)
 
 
 def test_ray_engine_refuses_what_it_cannot_honour(
     onnx_model: Path, folder: Path, tmp_path: Path
 ) -> None:
-    """Checked before Ray starts: in-process-only flags, -o with --output-dir, old shards."""
+    """Checked before Ray starts: -o with --output-dir, old shards, an unknown suffix."""
     base = ["infer", str(onnx_model), str(folder), "--engine", "ray"]
-    result = CliRunner().invoke(app, [*base, "--workers", "2"])
-    assert "decode workers and streams are settings of the in-process engine" in one_line_error(
-        result
-    )
     out = ["-o", str(tmp_path / "r.csv"), "--output-dir", str(tmp_path / "shards")]
     assert "choose one" in one_line_error(CliRunner().invoke(app, [*base, *out]))
     shards = tmp_path / "old"
     shards.mkdir()
     (shards / "part-000000000000.parquet").write_bytes(b"x")
     result = CliRunner().invoke(app, [*base, "--output-dir", str(shards)])
-    assert "already holds part-*.parquet shards" in one_line_error(result)
+    assert "already holds part-*.parquet files" in one_line_error(result)
     result = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "r.txt")])
     assert "cannot tell the format" in one_line_error(result)
 
@@ -221,21 +221,17 @@ def test_plan_never_gives_every_cpu_to_the_actors() -> None:
 
     for cpus in (1.0, 2.0, 3.0, 4.0, 16.0, 64.0):
         for actors in (None, 1, 2, 3, 8, 100):
-            n, per_actor, _, threads, batch, block = plan_actors(
-                cpus=cpus, gpus=0.0, device="cpu", actors=actors, threads=None,
-                batch_size=None, images=10_000,
-            )  # fmt: skip
-            assert n >= 1 and (actors is None or n == actors)
-            assert n * per_actor <= cpus - 0.5 + 1e-6, (cpus, actors)
-            assert threads == 1 and batch == 64 and block % batch == 0
+            plan = plan_actors(cpus=cpus, gpus=0.0, device="cpu", actors=actors, images=10_000)
+            assert plan.actors >= 1 and (actors is None or plan.actors == actors)
+            assert plan.actors * plan.cpus_per_actor <= cpus - 0.5 + 1e-6, (cpus, actors)
+            assert plan.threads == 1 and plan.batch_size == 64
+            assert plan.block_rows % plan.batch_size == 0
     # two actors on two CPUs: three quarters of a CPU each (and one per node on 2 x 1 CPU)
-    assert plan_actors(
-        cpus=2.0, gpus=0.0, device="cpu", actors=2, threads=None, batch_size=16, images=300
-    )[:2] == (2, 0.75)
+    plan = plan_actors(cpus=2.0, gpus=0.0, device="cpu", actors=2, batch_size=16, images=300)
+    assert (plan.actors, plan.cpus_per_actor) == (2, 0.75)
     # CUDA: one actor per GPU by default
-    assert plan_actors(
-        cpus=16.0, gpus=4.0, device="cuda", actors=None, threads=None, batch_size=None, images=1
-    )[:3] == (4, 1.0, 1.0)
+    plan = plan_actors(cpus=16.0, gpus=4.0, device="cuda", images=1)
+    assert (plan.actors, plan.cpus_per_actor, plan.gpus_per_actor) == (4, 1.0, 1.0)
 
 
 def test_actor_pool_arguments_follow_the_ray_version() -> None:
@@ -250,28 +246,11 @@ def test_actor_pool_arguments_follow_the_ray_version() -> None:
     assert (compute.min_size, compute.max_size) == (3, 3)
 
 
-def test_glob_patterns_are_walked_and_merged(folder: Path) -> None:
-    from lstm_export.infer.ray_engine import walk_folder_or_glob
-    from lstm_export.infer.walk import walk_images
-
-    whole = walk_images(folder)
-    part = walk_folder_or_glob(str(folder / "[0-4]"))
-    assert part.root == folder
-    assert part.names == [n for n in whole.names if n.split("/")[0] in "01234"]
-    assert part.paths == [
-        p for p, n in zip(whole.paths, whole.names, strict=True) if n in part.names
-    ]
-    assert walk_folder_or_glob(folder).names == whole.names  # a folder is a folder
-    with pytest.raises(Exception, match="nothing matches"):
-        walk_folder_or_glob(str(folder / "nope-*"))
-
-
 def test_parquet_rows_keep_every_name(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from lstm_export.infer.classify import Prediction
-    from lstm_export.infer.ray_engine import open_rows
-    from lstm_export.infer.writers import unescape_text
+    from lstm_export.infer.rows import Prediction
+    from lstm_export.infer.writers import open_rows, unescape_text
 
     rows = [
         Prediction("3/caf\udce9.png", "3", 0.5, None, "3", (0.5,) + (0.05,) * 9),
@@ -319,6 +298,9 @@ def test_local_two_cpu_run_finishes_with_the_in_process_rows(
     assert "ray local (started for this run, stopped after it): 1 node, 2 CPUs" in result.stderr
     assert f"classified {want['classified']:,} of {want['images']:,} images" in result.stdout
     assert "accuracy" in result.stdout
+    # Ray's own log lines (Python's and its C++ core's) go to the log, not the terminal
+    for noise in (" INFO ", " WARNING ", "core_worker.cc", "Token authentication", "[state-dump]"):
+        assert noise not in result.stderr + result.stdout, noise
     left = _processes_marked(tag)
     _kill(left)
     assert not left, f"processes of the local Ray outlived the run: {left}"
@@ -423,9 +405,10 @@ def test_an_actor_that_cannot_load_fails_the_run_with_its_error(
 import ray, sys
 ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
 from lstm_export.errors import DeviceError
-from lstm_export.infer.ray_engine import classify_on_ray
+from lstm_export.infer.ray_engine import RayRun
 try:
-    classify_on_ray({str(onnx_model)!r}, {str(folder)!r}, device="cuda", progress=False)
+    with RayRun({str(onnx_model)!r}, {str(folder)!r}, device="cuda", progress=False) as run:
+        list(run.batches())
 except DeviceError as exc:
     print("DeviceError:", exc)
     sys.exit(3)
@@ -448,8 +431,45 @@ def test_block_sizes_cover_every_image_once() -> None:
     from lstm_export.infer.ray_engine import MAX_BLOCKS, plan_actors
 
     for images in (1, 15, 16, 17, 300, 10_000, 100_000_000):
-        _, _, _, _, batch, block = plan_actors(
-            cpus=2.0, gpus=0.0, device="cpu", actors=2, threads=None, batch_size=16, images=images
-        )
-        assert block % batch == 0 and block >= batch
-        assert -(-images // block) <= MAX_BLOCKS
+        plan = plan_actors(cpus=2.0, gpus=0.0, device="cpu", actors=2, batch_size=16, images=images)
+        assert plan.block_rows % 16 == 0 and plan.block_rows >= 16
+        assert -(-images // plan.block_rows) <= MAX_BLOCKS
+
+
+@pytest.mark.ray
+def test_external_data_and_40000_classes_give_the_in_process_rows(
+    make_checkpoint: Any, mnist_dir: Path, tmp_path: Path, short_tmp: Path
+) -> None:
+    """An ONNX file whose weights are in a file beside it, scoring 40,000 classes (more than a
+    16-bit integer holds): the actors get every file the model needs, and the same rows."""
+    import onnx
+
+    from lstm_export.checkpoint import load_checkpoint, save_checkpoint
+    from lstm_export.export.to_onnx import export_onnx
+    from lstm_export.infer.classify import classify_folder
+
+    path = make_checkpoint(hidden_size=16, num_layers=1, num_classes=40_000)
+    ckpt = load_checkpoint(path)
+    ckpt["class_names"] = [f"c{i}" for i in range(40_000)]
+    ckpt["state_dict"]["fc.bias"][[35_000, 39_999]] += 5.0  # where int16 would overflow
+    save_checkpoint(ckpt, path)
+    exported = Path(export_onnx(path, tmp_path / "tmp.onnx", validate=False).path)
+    onnx_model = tmp_path / "wide" / "model.onnx"
+    onnx_model.parent.mkdir()
+    onnx.save(onnx.load(str(exported)), str(onnx_model), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)  # fmt: skip
+    assert (onnx_model.parent / "weights.bin").stat().st_size > 40_000 * 16 * 4
+    folder = tmp_path / "digits"
+    write_digits(folder, uint8_test_set(mnist_dir)[0][:40], None)
+    expected = classify_folder(onnx_model, folder, batch_size=16)
+    assert {r.prediction for r in expected.rows} <= {"c35000", "c39999"}
+    out = tmp_path / "rows.csv"
+    result = _cli(
+        "infer", onnx_model, folder, "-o", out, "--engine", "ray", "--actors", "1",
+        "--batch-size", "16", "--no-progress",
+        env={"LSTM_EXPORT_RAY_CPUS": "2", "RAY_TMPDIR": str(short_tmp)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = _csv_rows(out)
+    assert list(rows) == [r.path for r in expected.rows]
+    _assert_same_rows(rows, expected)

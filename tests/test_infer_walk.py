@@ -19,8 +19,7 @@ def _touch(root: Path, *names: str) -> None:
 
 
 def _relative(root: Path, recursive: bool = True) -> list[str]:
-    walk = walk_images(root, recursive=recursive)
-    return [walk.relative(p) for p in walk.files]
+    return walk_images(root, recursive=recursive).names
 
 
 def test_nested_spaces_non_ascii_and_upper_case_extensions(tmp_path: Path) -> None:
@@ -38,7 +37,7 @@ def test_nested_spaces_non_ascii_and_upper_case_extensions(tmp_path: Path) -> No
         "z/README",
     )
     walk = walk_images(tmp_path)
-    assert [walk.relative(p) for p in walk.files] == [
+    assert walk.names == [
         "A.PNG",
         "b.png",
         "sub folder/deeper/still/x.tiff",
@@ -61,7 +60,7 @@ def test_order_is_by_path_parts_and_stable(tmp_path: Path) -> None:
 def test_hidden_files_and_folders_are_left_out(tmp_path: Path) -> None:
     _touch(tmp_path, "ok.png", ".hidden.png", ".git/objects/x.png", "d/.DS_Store", "d/.cache/y.png")
     walk = walk_images(tmp_path)
-    assert [walk.relative(p) for p in walk.files] == ["ok.png"]
+    assert walk.names == ["ok.png"]
     assert walk.hidden == 4  # .hidden.png, .git, .DS_Store, .cache (folders counted once)
     assert walk.skipped == 0
 
@@ -103,14 +102,14 @@ def test_unreadable_folder_is_reported_not_fatal(
 
     monkeypatch.setattr("lstm_export.infer.walk.os.scandir", scandir)
     walk = walk_images(tmp_path)
-    assert [walk.relative(p) for p in walk.files] == ["ok.png"]
+    assert walk.names == ["ok.png"]
     assert walk.unreadable == ["locked: Permission denied"]
 
 
 def test_a_single_image_file_and_missing_folders(tmp_path: Path) -> None:
     _touch(tmp_path, "one.png", "notes.txt")
     walk = walk_images(tmp_path / "one.png")
-    assert [walk.relative(p) for p in walk.files] == ["one.png"]
+    assert walk.names == ["one.png"] and walk.paths == [str(tmp_path / "one.png")]
     with pytest.raises(InputError, match="does not exist"):
         walk_images(tmp_path / "nope")
     with pytest.raises(InputError, match="image extension"):
@@ -119,7 +118,7 @@ def test_a_single_image_file_and_missing_folders(tmp_path: Path) -> None:
 
 def test_empty_folder_finds_nothing(tmp_path: Path) -> None:
     walk = walk_images(tmp_path)
-    assert walk.files == [] and walk.skipped == 0
+    assert walk.paths == [] and walk.skipped == 0
 
 
 def test_folder_must_be_a_folder_or_a_regular_file(tmp_path: Path) -> None:
@@ -138,7 +137,7 @@ def test_fifos_devices_and_odd_names_inside_the_folder_are_listed(tmp_path: Path
     """They get rows (with their error from decoding); any bytes in a name are kept."""
     _touch(tmp_path, "ok.png")
     os.mkfifo(tmp_path / "fifo.png")
-    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")  # out of the folder: a row, never read
     odd = [b"caf\xe9.png", b"cr\rname.png", b"=1+1.png", b"n" * 251 + b".png"]
     for name in odd:
         with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
@@ -148,3 +147,57 @@ def test_fifos_devices_and_odd_names_inside_the_folder_are_listed(tmp_path: Path
         [b"ok.png", b"fifo.png", b"zero.png", *odd]
     )
     assert walk.skipped == 0 and walk.unreadable == []
+    zero = walk.names.index("zero.png")
+    assert set(walk.refused) == {zero}
+    assert walk.refused[zero] == (
+        "symbolic link to /dev/zero, which is a character device, not a regular file, outside "
+        "the folder: not followed"
+    )
+
+
+def test_links_out_of_the_folder_are_not_followed(tmp_path: Path) -> None:
+    """A link to ``/`` is reported, never walked; a file link out is a refused row; inside links
+    are followed; ``follow_links`` follows them all (loops still end)."""
+    import time
+
+    root, outside = tmp_path / "digits", tmp_path / "elsewhere"
+    _touch(root, "a/x.png")
+    _touch(outside, "secret.png", "deep/y.png")
+    (root / "everything").symlink_to("/", target_is_directory=True)
+    (root / "away").symlink_to(outside, target_is_directory=True)
+    (root / "stolen.png").symlink_to(outside / "secret.png")
+    (root / "here.png").symlink_to(root / "a" / "x.png")  # inside: followed
+    started = time.perf_counter()
+    walk = walk_images(root)
+    assert time.perf_counter() - started < 5
+    assert walk.names == ["a/x.png", "here.png", "stolen.png"]
+    assert walk.refused == {
+        2: f"symbolic link to {outside / 'secret.png'}, outside the folder: not followed"
+    }
+    assert walk.unreadable == [
+        f"away: symbolic link to {outside}, outside the folder: not followed",
+        "everything: symbolic link to /, outside the folder: not followed",
+    ]
+    followed = walk_images(root / "away", follow_links=False)  # a link as FOLDER is the folder
+    assert followed.names == ["deep/y.png", "secret.png"]
+    (root / "everything").unlink()
+    walk = walk_images(root, follow_links=True)
+    assert walk.names == ["a/x.png", "away/deep/y.png", "away/secret.png", "here.png", "stolen.png"]
+    assert walk.refused == {} and walk.unreadable == []
+
+
+def test_glob_patterns_are_walked_and_merged(tmp_path: Path) -> None:
+    _touch(tmp_path, "0/a.png", "3/b.png", "3/c.png", "7/d.png", "notes.txt")
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "out.png").symlink_to("/dev/zero")
+    whole = walk_images(tmp_path)
+    part = walk_images(str(tmp_path / "[0-5]"))
+    assert part.root == tmp_path
+    assert part.names == ["0/a.png", "3/b.png", "3/c.png", "5/out.png"]
+    assert part.paths == [
+        p for p, n in zip(whole.paths, whole.names, strict=True) if n in part.names
+    ]
+    assert list(part.refused) == [3] and "outside the folder" in part.refused[3]
+    assert walk_images(str(tmp_path / "*" / "c.png")).names == ["3/c.png"]
+    with pytest.raises(InputError, match="nothing matches"):
+        walk_images(str(tmp_path / "nope-*"))

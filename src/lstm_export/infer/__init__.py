@@ -18,26 +18,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lstm_export.devices import Device
     from lstm_export.infer.base import Runner
-    from lstm_export.infer.classify import (
-        FolderResult,
-        FolderRun,
-        Prediction,
-        Summary,
-        classify_folder,
-        plan_run,
-    )
+    from lstm_export.infer.classify import FolderResult, FolderRun, classify_folder
     from lstm_export.infer.images import Invert, load_digit, load_digits
+    from lstm_export.infer.pipeline import plan_run
     from lstm_export.infer.registry import RUNNERS, Backend, load_runner, make_runner
+    from lstm_export.infer.rows import Prediction, Summary
 
 _EXPORTS = {
     "Device": "base",
     "FolderRun": "classify",
     "Runner": "base",
     "FolderResult": "classify",
-    "Prediction": "classify",
-    "Summary": "classify",
+    "Prediction": "rows",
+    "Summary": "rows",
     "classify_folder": "classify",
-    "plan_run": "classify",
+    "plan_run": "pipeline",
     "Invert": "images",
     "load_digit": "images",
     "load_digits": "images",

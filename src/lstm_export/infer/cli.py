@@ -1,285 +1,380 @@
-"""``lstm-export infer``: classify a folder of images with any backend, rows to CSV or JSON Lines."""
+"""``lstm-export infer``: classify a folder of images with any backend, in this process or on Ray;
+rows to CSV, JSON Lines or Parquet."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import TextColumn
 
-from lstm_export.console import console, err_console, make_progress, print_whole
+from lstm_export.cli_options import OUTPUT, RAY, TUNING, ProgressFlag, ThreadsOption
+from lstm_export.console import console, err_console, make_progress, plain
 from lstm_export.devices import Device
+from lstm_export.errors import ConfigError, InferenceError, InputError, OutputError
 from lstm_export.infer.images import Invert
-from lstm_export.infer.ray_cli import Engine
 from lstm_export.infer.registry import Backend
-from lstm_export.infer.writers import OutputFormat, printable_text
+from lstm_export.infer.report import SHOWN_ERRORS
+from lstm_export.infer.writers import OutputFormat
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from lstm_export.infer.rows import Prediction, Run, Summary
 
-    from lstm_export.infer.classify import Prediction, Summary
 
-#: error rows listed on the terminal (all of them are in the output)
-SHOWN_ERRORS = 10
+class Engine(str, Enum):
+    """Where ``infer`` runs: in this process, or on a Ray cluster through Ray Data."""
+
+    in_process = "in-process"
+    ray = "ray"
+
+
+def _flag(name: str, help: str, panel: str | None = None, **extra: Any) -> Any:
+    """``typer.Option(name, help=help)`` in the ``--help`` panel ``panel`` (``short``: its
+    one-letter form)."""
+    names = [name, *([extra.pop("short")] if "short" in extra else [])]
+    return typer.Option(*names, help=help, rich_help_panel=panel, **extra)
+
+
+# the options of ``infer`` alone (those shared with other commands are in cli_options)
+# fmt: off
+ModelArg = Annotated[Path, typer.Argument(
+    help="Model: .pt checkpoint (eager), .ts TorchScript, .onnx ONNX, .xml OpenVINO IR, or a run "
+    "folder (its model.pt).", show_default=False)]
+FolderArg = Annotated[Path, typer.Argument(
+    help="Folder of images, one image file, or a quoted glob pattern.", show_default=False)]
+OutputOpt = Annotated[Path | None, _flag(
+    "--output", "Write the rows to this .csv, .jsonl or .parquet file (atomically). Default: CSV "
+    "on stdout.", OUTPUT, short="-o")]
+FormatOpt = Annotated[OutputFormat, _flag(
+    "--format", "Row format; auto: from the -o suffix, CSV on stdout.", OUTPUT)]
+BackendOpt = Annotated[Backend, _flag("--backend", "auto: from MODEL's suffix.")]
+DeviceOpt = Annotated[Device, _flag(
+    "--device", "auto: CUDA when it really loads, else CPU (and says which).")]
+BatchOpt = Annotated[int | None, _flag(
+    "--batch-size", "Images per inference call.", TUNING, min=1,
+    show_default="64 on CPU, 512 on CUDA")]
+WorkersOpt = Annotated[int | None, _flag(
+    "--workers", "Decode workers: 0 inline, 1 a thread, N>=2 processes (in-process only).",
+    TUNING, min=0, show_default="auto")]
+StreamsOpt = Annotated[int | None, _flag(
+    "--streams", "Batches inferred at once; the 2nd+ at low priority, on cores decoding leaves "
+    "idle (in-process only).", TUNING, min=1, show_default="auto")]
+RecursiveFlag = Annotated[bool, _flag("--recursive/--no-recursive", "Descend into subfolders.")]
+FollowFlag = Annotated[bool, _flag(
+    "--follow-links", "Follow symbolic links that lead out of FOLDER (without it such a file is "
+    "an error row and such a folder is not entered).")]
+InvertOpt = Annotated[Invert, _flag(
+    "--invert", "Polarity. auto: a light border (dark digit on paper) is inverted.")]
+FitFlag = Annotated[bool, _flag(
+    "--fit", "Photo-like digits: crop to the digit, 20 px box, centre of mass centred (as MNIST).")]
+ProbabilitiesFlag = Annotated[bool, _flag(
+    "--probabilities", "Add one probability column per class.", OUTPUT)]
+StrictFlag = Annotated[bool, _flag("--strict", "Exit 1 when any image (or folder) could not be read.")]
+ConfusionOpt = Annotated[Path | None, _flag(
+    "--confusion-png", "Labelled folders: also draw the confusion matrix here.", OUTPUT)]
+SummaryOpt = Annotated[Path | None, _flag(
+    "--summary-json", "Also write counts, accuracy and timing as JSON here.", OUTPUT)]
+EngineOpt = Annotated[Engine, _flag(
+    "--engine", "ray: Ray Data actors, on this machine or a cluster (needs the ray extra: pip "
+    "install 'lstm-export\\[ray]').", RAY)]
+AddressOpt = Annotated[str | None, _flag(
+    "--address", "Join this Ray cluster and leave it running. Default $RAY_ADDRESS, else a local "
+    "Ray for the run.", RAY, show_default=False)]
+ActorsOpt = Annotated[int | None, _flag(
+    "--actors", "Inference actors.", RAY, min=1, show_default="one per free CPU")]
+OutputDirOpt = Annotated[Path | None, _flag(
+    "--output-dir", "The cluster writes the rows as Parquet files here (runs too big to gather "
+    "with -o).", RAY)]
+# fmt: on
 
 
 def infer(
-    model: Path = typer.Argument(
-        ...,
-        help="Model: .pt checkpoint (eager), .ts TorchScript or .onnx ONNX.",
-        show_default=False,
-    ),
-    folder: Path = typer.Argument(
-        ..., help="Folder of images (or one image file).", show_default=False
-    ),
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        help="Write the rows to this .csv or .jsonl file (atomically). Default: CSV on stdout.",
-    ),
-    fmt: OutputFormat = typer.Option(
-        OutputFormat.auto, "--format", help="Row format; auto: from the -o suffix, CSV on stdout."
-    ),
-    backend: Backend = typer.Option(
-        Backend.auto, "--backend", help="auto: from MODEL's suffix (.pt, .ts, .onnx)."
-    ),
-    device: Device = typer.Option(
-        Device.auto, "--device", help="auto: CUDA when it really loads, else CPU (and says which)."
-    ),
-    batch_size: int | None = typer.Option(
-        None,
-        "--batch-size",
-        min=1,
-        help="Images per inference call.",
-        show_default="64 on CPU, 512 on CUDA",
-    ),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        min=0,
-        help="Decode workers: 0 inline, 1 a thread, N>=2 processes.",
-        show_default="auto",
-    ),
-    threads: int | None = typer.Option(
-        None,
-        "--threads",
-        min=1,
-        help="Inference threads of the model (the cores decoding leaves free).",
-        show_default="auto",
-    ),
-    streams: int | None = typer.Option(
-        None,
-        "--streams",
-        min=1,
-        help="Batches inferred at once; the 2nd+ at low priority, on cores decoding leaves idle.",
-        show_default="auto",
-    ),
-    recursive: bool = typer.Option(
-        True, "--recursive/--no-recursive", help="Descend into subfolders."
-    ),
-    invert: Invert = typer.Option(
-        Invert.auto,
-        "--invert",
-        help="Polarity. auto: a light border (dark digit on paper) is inverted.",
-    ),
-    fit: bool = typer.Option(
-        False,
-        "--fit",
-        help="Photo-like digits: crop to the digit, 20 px box, centre of mass centred (as MNIST).",
-    ),
-    probabilities: bool = typer.Option(
-        False, "--probabilities", help="Add one probability column per class."
-    ),
-    strict: bool = typer.Option(
-        False, "--strict", help="Exit 1 when any image (or folder) could not be read."
-    ),
-    confusion_png: Path | None = typer.Option(
-        None, "--confusion-png", help="Labelled folders: also draw the confusion matrix here."
-    ),
-    summary_json: Path | None = typer.Option(
-        None, "--summary-json", help="Also write counts, accuracy and timing as JSON here."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
-    engine: Engine = typer.Option(
-        Engine.in_process,
-        "--engine",
-        help="ray: on Ray Data actors, on this machine or a cluster (pip install 'lstm-export\\[ray]').",
-    ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="--engine ray: join this Ray cluster and leave it running. Default $RAY_ADDRESS, else a local Ray for the run.",
-        show_default=False,
-    ),
-    actors: int | None = typer.Option(
-        None,
-        "--actors",
-        min=1,
-        help="--engine ray: inference actors.",
-        show_default="one per free CPU",
-    ),
-    output_dir: Path | None = typer.Option(
-        None,
-        "--output-dir",
-        help="--engine ray: the workers write the rows as Parquet shards here (runs too big to gather with -o).",
-    ),
+    model: ModelArg,
+    folder: FolderArg,
+    output: OutputOpt = None,
+    fmt: FormatOpt = OutputFormat.auto,
+    backend: BackendOpt = Backend.auto,
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOption = None,
+    streams: StreamsOpt = None,
+    recursive: RecursiveFlag = True,
+    follow_links: FollowFlag = False,
+    invert: InvertOpt = Invert.auto,
+    fit: FitFlag = False,
+    probabilities: ProbabilitiesFlag = False,
+    strict: StrictFlag = False,
+    confusion_png: ConfusionOpt = None,
+    summary_json: SummaryOpt = None,
+    progress: ProgressFlag = True,
+    engine: EngineOpt = Engine.in_process,
+    address: AddressOpt = None,
+    actors: ActorsOpt = None,
+    output_dir: OutputDirOpt = None,
 ) -> None:
     r"""Classify every image under FOLDER with MODEL.
 
-    Rows: path (relative to FOLDER), \[label,] prediction, confidence, error. Every file with an image extension gets exactly one row; unreadable ones get an error and the run goes on. Other files are counted as skipped; hidden ones are left out.
+    Rows: path (relative to FOLDER), \[label,] prediction, confidence, error. Every file with an image extension gets exactly one row; unreadable ones get an error and the run goes on. Other files are counted as skipped; hidden ones are left out. Symbolic links leading out of FOLDER are not followed unless asked.
 
-    On an ImageFolder layout (first-level folders named 0..9) accuracy and a confusion matrix are printed.
+    On an ImageFolder layout (first-level folders named after the classes) accuracy and a confusion matrix are printed.
 
     The summary goes to stdout with -o, to stderr when the rows go to stdout. Exit code 1 when no image could be classified, or with --strict on any error.
     """
-    from lstm_export.errors import InputError, OutputError
     from lstm_export.fileio import check_outputs_against_inputs
-    from lstm_export.infer.ray_cli import folder_run, resolve_output_format, rows_opener
-    from lstm_export.infer.writers import open_rows
 
+    ray_only = {"--address": address, "--actors": actors, "--output-dir": output_dir}
+    in_process_only = {"--workers": workers, "--streams": streams}
+    _check_flags(engine, ray_only, in_process_only, output, fmt, confusion_png)
+    if model.is_dir():
+        from lstm_export.checkpoint import resolve_checkpoint
+
+        model = resolve_checkpoint(model)
+    settings: dict[str, Any] = {
+        "backend": backend.value, "device": device, "batch_size": batch_size, "threads": threads,
+        "recursive": recursive, "follow_links": follow_links, "invert": invert, "fit": fit,
+        "probabilities": probabilities,
+    }  # fmt: skip
+    run: Run
+    if engine == Engine.ray:
+        from lstm_export.infer.ray_engine import RayRun
+
+        run = RayRun(model, folder, address=address, actors=actors, output_dir=output_dir,
+                     progress=progress, **settings)  # fmt: skip
+    else:
+        from lstm_export.infer.classify import FolderRun
+
+        run = FolderRun(model, folder, workers=workers, streams=streams, **settings)
+    run.walk.require_images()
+    outputs, stdout = [output, summary_json, confusion_png], sys.stdout  # the rows' stream
+
+    def work() -> None:
+        check_outputs_against_inputs(outputs, [model, *run.walk.paths])
+        quiet = _quiet_ray() if engine == Engine.ray else contextlib.nullcontext()
+        with quiet, contextlib.ExitStack() as stack:
+            with err_console.status(f"loading {plain(model)}"):
+                stack.enter_context(run)
+            bar = progress and engine != Engine.ray  # Ray Data reports its own
+            summary, errors = _classify(run, output, fmt, stdout, bar)
+        _finish(summary, errors, output, output_dir, summary_json, confusion_png, strict, model)
+
+    with _made_folders_removed_on_failure([*outputs, output_dir]):
+        _in_a_child(work) if engine == Engine.ray else work()
+
+
+def _check_flags(
+    engine: Engine,
+    ray_only: dict[str, Any],
+    in_process_only: dict[str, Any],
+    output: Path | None,
+    fmt: OutputFormat,
+    confusion_png: Path | None,
+) -> None:
+    """Usage errors found before any work: each flag used with the engine it belongs to, and
+    output names whose format is known."""
+    from lstm_export.infer.writers import resolve_format
+
+    wrong, other = (in_process_only, "in-process") if engine == Engine.ray else (ray_only, "ray")
+    given = [flag for flag, value in wrong.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} only work with --engine {other}")
+    if output is not None and ray_only["--output-dir"] is not None:
+        raise ConfigError(
+            "-o gathers every row here, --output-dir has the cluster write them: choose one"
+        )
     try:  # a bad -o suffix fails before any work
-        resolve_output_format(engine, output, fmt)
+        parquet = resolve_format(output, fmt) == OutputFormat.parquet
     except OutputError as exc:
         raise OutputError(f"{exc} (--format)") from exc
+    if parquet and output is None:
+        raise OutputError("Parquet rows need a file: give -o NAME.parquet")
     if confusion_png is not None and confusion_png.suffix.lower() != ".png":
         raise OutputError(f"--confusion-png {confusion_png} must end in .png")
-    run = folder_run(
-        engine,
-        model,
-        folder,
-        backend=backend.value,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        threads=threads,
-        streams=streams,
-        recursive=recursive,
-        invert=invert,
-        fit=fit,
-        probabilities=probabilities,
-        address=address,
-        actors=actors,
-        output=output,
-        output_dir=output_dir,
-        progress=progress,
-    ).require_images()
-    open_rows = rows_opener(run, open_rows)  # Ray: also .parquet; --output-dir: workers write
-    check_outputs_against_inputs([output, summary_json, confusion_png], [model, *run.walk.paths])
-    with err_console.status(f"loading {escape(str(model))}"):
-        run.load()
-    report = console if output is not None else err_console  # stdout is free with -o
+
+
+@contextlib.contextmanager
+def _made_folders_removed_on_failure(paths: list[Path | None]) -> Iterator[None]:
+    """The folders that checking or writing ``paths`` creates are removed again (when empty)
+    if the run fails: a failed run leaves nothing behind."""
+    missing: list[Path] = []
+    for path in paths:
+        parent = None if path is None else Path(os.path.abspath(path)).parent
+        while parent is not None and not parent.exists() and parent not in missing:
+            missing.append(parent)
+            parent = parent.parent
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(missing, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty
+        raise
+
+
+def _in_a_child(work: Callable[[], None]) -> None:
+    """``work()`` in a forked child, waited for. Ray ends a driver whose raylet died on the spot,
+    with no Python left to say so: the parent does, in one line. The child's own errors come
+    back to be reported as usual; Ctrl-C, SIGTERM and SIGHUP are passed on to it."""
+    import pickle
+    import signal
+
+    from lstm_export.fileio import Terminated, terminating
+
+    read, write = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: report what ends the work through the pipe, then leave
+        os.close(read)
+        code = 1
+        try:
+            work()
+            code = 0
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                os.write(write, pickle.dumps(exc))
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+    os.close(write)
+    try:
+        with terminating(), os.fdopen(read, "rb") as pipe:
+            sent = pipe.read()  # until the child ends
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM or SIGHUP (Terminated): pass it on
+        if isinstance(stop, Terminated) or os.getpgid(pid) != os.getpgrp():  # Ray moved it
+            os.kill(pid, getattr(stop, "signum", signal.SIGINT))
+        os.waitpid(pid, 0)
+        raise
+    status = os.waitpid(pid, 0)[1]
+    if sent:
+        try:
+            error = pickle.loads(sent)
+        except Exception:
+            error = InferenceError("the Ray run failed with an error that could not be read back")
+        raise error
+    if status:
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {status >> 8}"
+        raise InferenceError(
+            f"the Ray run ended abruptly ({how}): Ray stops a driver whose raylet died (Ray's "
+            "logs say why)"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """Ray's own output goes to the log's stream only with ``-v``: what it prints on stdout (a
+    raylet's state dump) and what its C++ core writes straight to the stderr descriptor."""
+    import logging
+
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    saved, stderr = os.dup(2), sys.stderr
+    terminal: dict[str, Any] = {
+        "encoding": stderr.encoding,
+        "errors": "backslashreplace",
+        "buffering": 1,
+    }
+    with (
+        open(os.devnull, "w") as devnull,
+        os.fdopen(os.dup(saved), "w", **terminal) as python_stderr,
+    ):
+        os.dup2(devnull.fileno(), 2)
+        sys.stderr = python_stderr  # Python's stderr (rich, logging, progress) stays the terminal
+        try:
+            with contextlib.redirect_stdout(devnull):
+                yield
+        finally:
+            python_stderr.flush()
+            sys.stderr = stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _classify(
+    run: Run, output: Path | None, fmt: OutputFormat, stdout: IO[str], show_bar: bool
+) -> tuple[Summary, list[Prediction]]:
+    """Write the rows as they come, with a progress bar; the summary and the first errors."""
+    from lstm_export.infer.report import print_start
+
+    print_start(run, err_console)
     errors: list[Prediction] = []
-    with run:
-        runner, walk = run.runner, run.walk
-        note = f" ({runner.device_note})" if runner.device_note else ""
-        _say(
-            f"model    {escape(str(model))}: {runner.description} on {runner.device}{escape(note)}"
-        )
-        _say(
-            f"folder   {escape(str(folder))}: {len(walk.paths):,} images, {walk.skipped:,} other "
-            f"files skipped, {walk.hidden:,} hidden; {escape(run.summary.labels if run.summary else '')}"
-        )
-        _say(f"plan     {run.plan.describe()}")
-        bar = make_progress(TextColumn("{task.fields[speed]:>8,.0f} img/s"))
-        bar.disable = not progress or engine == Engine.ray  # Ray Data reports its own
-        started = time.perf_counter()
-        with (
-            open_rows(
-                output,
-                fmt,
-                labelled=run.labelled,
-                class_names=run.class_names if probabilities else None,
-                stream=sys.stdout,
-            ) as writer,
-            bar,
-        ):
-            task = bar.add_task("classifying", total=len(walk.paths), speed=0.0)
-            for rows in run.batches():
-                writer.write(rows)
-                errors.extend(r for r in rows if r.error is not None)
-                speed = (bar.tasks[task].completed + len(rows)) / max(
-                    time.perf_counter() - started, 1e-9
-                )
-                bar.update(task, advance=len(rows), speed=speed)
-    summary = run.summary
-    assert summary is not None
-    _print_summary(summary, errors, report)
+    bar = make_progress(TextColumn("{task.fields[speed]:>8,.0f} img/s"))
+    bar.disable = not show_bar
+    started = time.perf_counter()
+    with run.open_rows(output, fmt.value, stdout) as writer, bar:
+        task = bar.add_task("classifying", total=len(run.walk.paths), speed=0.0)
+        for rows in run.batches():
+            writer.write(rows)
+            errors += [r for r in rows if r.error is not None][: SHOWN_ERRORS - len(errors)]
+            done = bar.tasks[task].completed + len(rows)
+            bar.update(
+                task, advance=len(rows), speed=done / max(time.perf_counter() - started, 1e-9)
+            )
+    assert run.summary is not None
+    return run.summary, errors
+
+
+def _finish(
+    summary: Summary,
+    errors: list[Prediction],
+    output: Path | None,
+    output_dir: Path | None,
+    summary_json: Path | None,
+    confusion_png: Path | None,
+    strict: bool,
+    model: Path,
+) -> None:
+    """The summary, the files beside the rows, and the exit status."""
+    from lstm_export.console import count
+    from lstm_export.infer.report import print_summary
+
+    report = console if output is not None or output_dir is not None else err_console
+    say: dict[str, Any] = {"highlight": False, "soft_wrap": True}
+    print_summary(summary, errors, report, err_console)
     if output is not None:
-        console.print(f"predictions: {escape(str(output))}", highlight=False, soft_wrap=True)
+        console.print(f"predictions: {plain(output)}", **say)
     if output_dir is not None:
-        console.print(f"predictions: {escape(str(output_dir))}/part-*.parquet", highlight=False)
+        console.print(f"predictions: {plain(output_dir)}/part-*.parquet", **say)
     if summary_json is not None:
         import json
 
         from lstm_export.fileio import write_text_atomic
 
-        write_text_atomic(summary_json, json.dumps(summary.to_dict(), indent=2) + "\n")
-        report.print(f"summary: {escape(str(summary_json))}", highlight=False, soft_wrap=True)
+        write_text_atomic(
+            summary_json, json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n"
+        )
+        report.print(f"summary: {plain(summary_json)}", **say)
     if confusion_png is not None:
-        if summary.confusion is None:
-            err_console.print(
-                f"[yellow]warning:[/] no confusion matrix drawn: the folder is {escape(summary.labels)}",
-                highlight=False,
-                soft_wrap=True,
-            )
-        else:
-            from lstm_export.infer.report import save_confusion_png
+        from lstm_export.infer.report import PNG_CLASSES, save_confusion_png
 
+        c, why = summary.confusion, f"the folder is {summary.labels}"
+        if c is not None and len(c.class_names) > PNG_CLASSES:
+            why = f"{len(c.class_names):,} classes are too many to draw"
+        if c is None or len(c.class_names) > PNG_CLASSES:
+            err_console.print(f"[yellow]warning:[/] no confusion matrix drawn: {plain(why)}", **say)
+        else:
             save_confusion_png(
-                summary.confusion, confusion_png, title=f"{folder.name} · {model.name}"
+                c, confusion_png, title=f"{Path(summary.folder).name} · {model.name}"
             )
-            report.print(
-                f"confusion matrix: {escape(str(confusion_png))}", highlight=False, soft_wrap=True
-            )
+            report.print(f"confusion matrix: {plain(confusion_png)}", **say)
     if summary.classified == 0:
         raise InputError(
-            f"none of the {summary.images:,} image files could be classified (see the error column)"
+            f"none of the {count(summary.images, 'image file')} could be classified (see the "
+            "error column)"
         )
     if strict and (summary.errors or summary.unreadable_folders):
-        what = f"{summary.errors:,} of {summary.images:,} images could not be classified"
+        what = f"{summary.errors:,} of {count(summary.images, 'image')} could not be classified"
         if summary.unreadable_folders:
-            what += f" and {len(summary.unreadable_folders)} folders could not be read"
+            what += f" and {count(len(summary.unreadable_folders), 'folder')} could not be read"
         raise InputError(f"--strict: {what}")
-
-
-def _say(text: str) -> None:
-    err_console.print(text, highlight=False, soft_wrap=True)
-
-
-def _print_summary(summary: Summary, errors: list[Prediction], report: Console) -> None:
-    """Counts, speed, errors (first few), and accuracy with the confusion matrix when labelled."""
-    from lstm_export.infer.report import confusion_table
-
-    report.print(
-        f"classified {summary.classified:,} of {summary.images:,} images in "
-        f"{summary.seconds:.2f} s ({summary.images_per_second:,.0f} images/s); "
-        f"{summary.errors:,} errors, {summary.skipped:,} other files skipped",
-        highlight=False,
-        soft_wrap=True,
-    )
-    for row in errors[:SHOWN_ERRORS]:
-        err_console.print(
-            f"  [red]error[/] {escape(printable_text(row.path))}: {escape(row.error or '')}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if len(errors) > SHOWN_ERRORS:
-        err_console.print(f"  ... and {len(errors) - SHOWN_ERRORS:,} more (see the error column)")
-    for problem in summary.unreadable_folders:
-        err_console.print(
-            f"  [red]unreadable folder[/] {escape(problem)}", highlight=False, soft_wrap=True
-        )
-    if summary.confusion is not None and summary.accuracy is not None:
-        c = summary.confusion
-        report.print(
-            f"accuracy {summary.accuracy * 100:.2f} % ({c.correct:,} of {c.total:,} labelled "
-            f"images{'; errors not counted' if summary.errors else ''})",
-            highlight=False,
-            soft_wrap=True,
-        )
-        print_whole(report, confusion_table(c))

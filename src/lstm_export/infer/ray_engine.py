@@ -1,200 +1,85 @@
 """``lstm-export infer --engine ray``: the same rows as the in-process engine, on Ray Data.
 
-The driver walks the folder (the same :func:`~lstm_export.infer.walk.walk_images`, in the same
-stable order), reads the labels and the model's class names, and hands Ray Data blocks of paths.
-A pool of actors (:class:`~lstm_export.infer.ray_worker.Classifier`), each holding one runner
-loaded once from the model's bytes, reads, decodes and classifies each block where it runs;
-a file that cannot be read or decoded becomes an error in its row, never a failed task. The
-rows come back to the driver (and are written with ``-o`` as CSV, JSON Lines or Parquet, in the
-folder's order), or with ``output_dir`` each block is written by its actor as a Parquet shard
-and only the predicted class and errors come back, for the counts, accuracy and confusion.
-
-:class:`RayRun` has the interface of :class:`~lstm_export.infer.classify.FolderRun` (``walk``,
-``plan``, ``runner``, ``load``, ``batches``, ``summary``), so the CLI drives both the same way.
-"""
+The driver walks the folder, reads labels and class names as in-process, and hands Ray Data
+blocks of paths; a pool of actors (:class:`Classifier`), each with one runner loaded from the
+model's files, scores them with :func:`~lstm_export.infer.rows.scored_batches`. Ray Data keeps
+the blocks in order (``preserve_order``) and writes ``output_dir`` (``Dataset.write_parquet``).
+Ray is imported only when a run starts."""
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from lstm_export.devices import Device
-from lstm_export.errors import (
-    ConfigError,
-    DeviceError,
-    InferenceError,
-    InputError,
-    LstmExportError,
-    ModelLoadError,
-    OutputError,
-)
-from lstm_export.infer.classify import (
-    Plan,
-    Prediction,
-    Summary,
-    check_preprocessing,
-    class_names_of,
-    imagefolder_labels,
-    usable_cores,
-)
+from lstm_export import errors
+from lstm_export.devices import Device, usable_cores
+from lstm_export.errors import ConfigError, DeviceError, InferenceError, LstmExportError
 from lstm_export.infer.images import Invert
-from lstm_export.infer.pipeline import CPU_BATCH_SIZE, CUDA_BATCH_SIZE
-from lstm_export.infer.ray_worker import (
-    SHARD_PREFIX,
-    SHARD_SUFFIX,
-    Classifier,
-    decode_text,
-    node_key,
-    parquet_table,
-)
-from lstm_export.infer.report import Confusion
-from lstm_export.infer.walk import Walk, walk_images
-from lstm_export.infer.writers import OutputFormat
+from lstm_export.infer.pipeline import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, Plan
+from lstm_export.infer.registry import runner_options
+from lstm_export.infer.rows import Prediction, Run, Scores, make_rows, scored_batches
+from lstm_export.infer.walk import walk_images
+from lstm_export.infer.writers import escape_text, rows_table, unescape_text
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "RAY_CPUS_ENV",
-    "RAY_FLOOR",
-    "RayPlan",
-    "RayRun",
-    "RaySummary",
-    "actor_pool_args",
-    "classify_on_ray",
-    "open_rows",
-    "resolve_format",
-    "walk_folder_or_glob",
-]
-
-#: the oldest ray the ``ray`` extra allows (tested: see docs/scale-out.md)
-RAY_FLOOR = (2, 40)
-#: ray from which ``map_batches(concurrency=...)`` is deprecated for ``compute=ActorPoolStrategy``
-RAY_COMPUTE_API = (2, 51)
+#: the oldest ray the ``ray`` extra allows; the first that deprecates ``map_batches(concurrency=)``
+RAY_FLOOR, RAY_COMPUTE_API = "2.40", "2.51"
 #: CPUs of a local Ray started for one run (default: the cores this process may use)
 RAY_CPUS_ENV = "LSTM_EXPORT_RAY_CPUS"
 #: most blocks a run is cut into, and the most images in one block (unless that would exceed it)
-MAX_BLOCKS = 20_000
-MAX_BLOCK_ROWS = 4096
-#: seconds the actors may take to start (load the model) before the run fails saying so
-ACTORS_START_TIMEOUT_S = 600
-#: actors at most this many blocks ahead of each other (where ray lets us say so)
-TASKS_IN_FLIGHT_PER_ACTOR = 2
-
-
-# -- ray versions ----------------------------------------------------------------------------------
-def ray_version_tuple(version: str) -> tuple[int, int]:
-    """``"2.60.0"`` -> ``(2, 60)`` (``"2.9.0rc1"`` -> ``(2, 9)``)."""
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit()) or "0"
-        parts.append(int(digits))
-    while len(parts) < 2:
-        parts.append(0)
-    return parts[0], parts[1]
+MAX_BLOCKS, MAX_BLOCK_ROWS = 20_000, 4096
+#: seconds the actors may take to start (load the model); blocks an actor may be given ahead
+ACTORS_START_TIMEOUT_S, TASKS_IN_FLIGHT_PER_ACTOR = 600, 2
+#: CPUs asked for each Parquet write task (out of the share the actors always leave free)
+WRITE_TASK_CPUS = 0.1
 
 
 def actor_pool_args(actors: int, version: str, *, in_flight: int | None = None) -> dict[str, Any]:
-    """The ``map_batches`` arguments for a fixed pool of ``actors``, for ray ``version``.
+    """The ``map_batches`` arguments for a fixed pool of ``actors``, for ray ``version``."""
+    from packaging.version import Version
 
-    Ray >= 2.51 deprecates ``concurrency=`` in favour of ``compute=ActorPoolStrategy(size=n)``;
-    older releases (down to :data:`RAY_FLOOR`) take ``concurrency=n`` (their ``compute=`` is the
-    deprecated form there).
-    """
-    if ray_version_tuple(version) >= RAY_COMPUTE_API:
-        from ray.data import ActorPoolStrategy
+    if Version(version) < Version(RAY_COMPUTE_API):
+        return {"concurrency": actors}
+    from ray.data import ActorPoolStrategy
 
-        kwargs: dict[str, Any] = {"size": actors}
-        if in_flight is not None:
-            kwargs["max_tasks_in_flight_per_actor"] = in_flight
-        return {"compute": ActorPoolStrategy(**kwargs)}
-    return {"concurrency": actors}
+    extra: dict[str, Any] = (
+        {} if in_flight is None else {"max_tasks_in_flight_per_actor": in_flight}
+    )
+    return {"compute": ActorPoolStrategy(size=actors, **extra)}
 
 
-def import_ray(*, local: bool) -> Any:
-    """``import ray`` (ImportError -> ConfigError saying how to install it).
+def import_ray() -> Any:
+    """``import ray`` (ImportError or a ray older than :data:`RAY_FLOOR` -> ConfigError)."""
+    from packaging.version import Version
 
-    ``local``: a Ray started for this run listens on the loopback address only (set before ray is
-    first imported: ray reads it once; a cluster of one machine needs no other address).
-    """
-    if local and "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray: loopback only
     try:
         import ray
         import ray.data
     except ImportError as exc:
-        raise ConfigError(
-            "the Ray engine needs Ray Data: pip install 'lstm-export[ray]' "
-            f"(or 'ray[data]>={RAY_FLOOR[0]}.{RAY_FLOOR[1]}'); {exc}"
-        ) from exc
-    if ray_version_tuple(ray.__version__) < RAY_FLOOR:
-        raise ConfigError(
-            f"ray {ray.__version__} is too old for the Ray engine: "
-            f"need >= {RAY_FLOOR[0]}.{RAY_FLOOR[1]} (pip install 'lstm-export[ray]')"
-        )
+        raise ConfigError(f"the Ray engine needs pip install 'lstm-export[ray]': {exc}") from exc
+    if Version(ray.__version__) < Version(RAY_FLOOR):
+        raise ConfigError(f"the Ray engine needs ray {RAY_FLOOR}+, not {ray.__version__}")
     return ray
 
 
-# -- the folder or glob ----------------------------------------------------------------------------
-_GLOB_CHARS = frozenset("*?[")
-
-
-def walk_folder_or_glob(folder: Path | str, *, recursive: bool = True) -> Walk:
-    """:func:`walk_images` of a folder or image file; or of every match of a glob pattern.
-
-    A pattern (``'digits/[0-4]'``, ``'/data/batch-*/'``; quote it from the shell) is taken when no
-    file or folder has that exact name. Its matches are walked in sorted order and merged, each
-    row's path relative to the folder part before the first wildcard (``digits``, ``/data``);
-    the same file reached through two matches is listed once.
-    """
-    text = os.fspath(folder)
-    if not (_GLOB_CHARS & set(text)) or os.path.lexists(text):
-        return walk_images(Path(text), recursive=recursive)
-    matches = sorted(glob.glob(text, recursive=True))
-    if not matches:
-        raise InputError(f"nothing matches {text}")
-    parts = Path(text).parts
-    literal = [p for p in parts[: next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))]]
-    base = Path(*literal) if literal else Path(".")
-    merged = Walk(root=base)
-    seen: set[str] = set()
-    for match in matches:
-        part = walk_images(Path(match), recursive=recursive)
-        prefix = Path(os.path.relpath(match, base)).as_posix()
-        single = Path(match).is_file()
-        for path, name in zip(part.paths, part.names, strict=True):
-            rel = prefix if single else f"{prefix}/{name}"
-            if rel in seen:
-                continue
-            seen.add(rel)
-            merged.paths.append(path)
-            merged.names.append(rel)
-        merged.skipped += part.skipped
-        merged.hidden += part.hidden
-        merged.unreadable += [f"{prefix}/{u}" for u in part.unreadable]
-    order = sorted(range(len(merged.names)), key=lambda i: merged.names[i].split("/"))
-    merged.paths = [merged.paths[i] for i in order]
-    merged.names = [merged.names[i] for i in order]
-    return merged
-
-
-# -- plan and summary ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RayPlan(Plan):
-    """How a Ray run shares the cluster: ``actors``, each with one runner of ``threads`` threads
-    and a decode thread, asking Ray for ``cpus_per_actor`` (and ``gpus_per_actor``); blocks of
-    ``block_rows`` images, inferred ``batch_size`` at a time. ``cluster``: which, and its size."""
+    """How a Ray run shares the cluster: ``actors``, each a decode thread and a runner of
+    ``threads`` threads on ``cpus_per_actor`` (and ``gpus_per_actor``); ``block_rows`` images
+    per block, ``batch_size`` per inference call; ``cluster``: which, and its size."""
 
     actors: int = 1
     cpus_per_actor: float = 1.0
@@ -204,11 +89,9 @@ class RayPlan(Plan):
 
     def describe(self) -> str:
         gpus = f", {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
-        pool = (
-            f"{self.actors} actor{'s' if self.actors != 1 else ''} x (decode 1 thread, inference "
-            f"{self.threads} thread(s); {self.cpus_per_actor:g} CPU{gpus})"
-        )
-        return f"{self.cluster}; {pool}, blocks of {self.block_rows}, batch {self.batch_size}"
+        return (f"{self.cluster}; {self.actors} actor{'s' * (self.actors != 1)} x (decode 1 "
+                f"thread, inference {self.threads} thread(s); {self.cpus_per_actor:g} CPU{gpus}),"
+                f" blocks of {self.block_rows}, batch {self.batch_size}")  # fmt: skip
 
 
 def plan_actors(
@@ -216,75 +99,135 @@ def plan_actors(
     cpus: float,
     gpus: float,
     device: str,
-    actors: int | None,
-    threads: int | None,
-    batch_size: int | None,
+    actors: int | None = None,
+    threads: int | None = None,
+    batch_size: int | None = None,
     images: int,
-) -> tuple[int, float, float, int, int, int]:
-    """``(actors, cpus_per_actor, gpus_per_actor, threads, batch_size, block_rows)``.
-
-    The actors never ask for every CPU: at least half a CPU (one from 4 CPUs up) stays free, so
-    whatever task Ray Data starts beside the pool (reading, writing) is never starved, which on a
-    small machine would hang the run. By default one actor per CPU left (one per GPU with
-    ``cuda``), each a decode thread and a 1-thread runner; fractional CPUs when there are more
-    actors than that. Blocks: about 4 per actor, between one batch and 4096 images, and at
-    most 20,000 blocks.
-    """
-    reserve = 0.5 if cpus < 4 else 1.0
-    free = max(cpus - reserve, 0.1)
-    threads = threads or 1
-    cuda = device == "cuda"
+    cluster: str = "",
+) -> RayPlan:
+    """The pool for ``images`` on a cluster of ``cpus`` and ``gpus``. The actors never ask for
+    every CPU: half a CPU (one from 4 CPUs up) stays free, so a task Ray Data starts beside them
+    (writing) is never starved, which would hang a small machine. Default: one actor per CPU left
+    (per GPU with ``cuda``), each a decode thread and a 1-thread runner; fractional CPUs for more
+    actors. Blocks: about 4 per actor, one batch to 4096 images, at most 20,000 blocks."""
+    free = max(cpus - (0.5 if cpus < 4 else 1.0), 0.1)
+    threads, cuda = threads or 1, device == "cuda"
     if actors is None:
         actors = max(1, int(gpus)) if cuda else max(1, int(free))
-    cpus_per_actor = max(0.001, math.floor(min(float(threads), free / actors) * 1000) / 1000)
-    gpus_per_actor = math.floor(min(1.0, gpus / actors) * 1000) / 1000 if cuda else 0.0
     batch_size = batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
     target = min(MAX_BLOCK_ROWS, max(batch_size, images // (4 * actors)))
     target = max(target, math.ceil(images / MAX_BLOCKS))
-    block_rows = math.ceil(target / batch_size) * batch_size
-    return actors, cpus_per_actor, gpus_per_actor, threads, batch_size, block_rows
+    return RayPlan(
+        workers=1, threads=threads, batch_size=batch_size, actors=actors, cluster=cluster,
+        cpus_per_actor=max(0.001, math.floor(min(float(threads), free / actors) * 1000) / 1000),
+        gpus_per_actor=math.floor(min(1.0, gpus / actors) * 1000) / 1000 if cuda else 0.0,
+        block_rows=math.ceil(target / batch_size) * batch_size,
+    )  # fmt: skip
 
 
-@dataclass
-class RaySummary(Summary):
-    """:class:`~lstm_export.infer.classify.Summary` with what the cluster did: ``ray`` holds the
-    cluster's nodes, CPUs and GPUs, the seconds to start (or join) it and to the first block, and
-    rows per node."""
+def model_files(model: Path) -> dict[str, bytes]:
+    """The model file and every file it reads beside it (an ONNX file's external data, OpenVINO
+    IR's ``.bin``), by name relative to its folder. ModelLoadError for a name that leaves it."""
+    names = [model.name]
+    if model.suffix.lower() == ".onnx":
+        import onnx
 
-    ray: dict[str, Any] = field(default_factory=dict)
+        graph = onnx.load(str(model), load_external_data=False).graph
+        tensors = [*graph.initializer]
+        tensors += [a.t for node in graph.node for a in node.attribute if a.HasField("t")]
+        names += sorted({e.value for t in tensors for e in t.external_data if e.key == "location"})
+    elif model.suffix.lower() == ".xml":
+        names.append(model.with_suffix(".bin").name)
+    folder = os.path.join(os.path.realpath(model.parent), "")
+    for name in names:
+        if not os.path.realpath(model.parent / name).startswith(folder):
+            raise errors.ModelLoadError(f"{model} needs {name!r}, which is outside its folder")
+    try:  # the driver's runner loaded them already
+        return {name: (model.parent / name).read_bytes() for name in names}
+    except OSError as exc:
+        raise errors.ModelLoadError(f"{model}: {exc.strerror or exc}: {exc.filename}") from exc
 
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["ray"] = self.ray
-        return out
+
+def _bytes(values: list[str | None]) -> list[bytes]:
+    """Text (file names may hold ``surrogateescape`` bytes) as bytes, ``b""`` for None."""
+    return [b"" if v is None else os.fsencode(v) for v in values]
 
 
-@dataclass
-class ClusterRunner:
-    """What the CLI shows of the model: the backend and device the actors run it on."""
+def _text(values: Any) -> list[str | None]:
+    return [os.fsdecode(v) if v else None for v in values]
 
-    path: Path
-    description: str
+
+@dataclass(frozen=True)
+class Job:
+    """What every actor is told: the model file's ``name`` (among the files sent), how to run
+    it, the class names, and whether it returns the rows as a table (``rows``: for Parquet)."""
+
+    name: str
+    backend: str
     device: str
-    device_note: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
+    plan: Plan
+    invert: str
+    fit: bool
+    probabilities: bool
+    class_names: list[str]
+    rows: bool
+    labelled: bool
 
 
-# -- the run ---------------------------------------------------------------------------------------
-class RayRun:
-    """One run over one folder on Ray Data; the same rows as
-    :class:`~lstm_export.infer.classify.FolderRun`.
+class Classifier:
+    """A Ray Data callable class: one loaded runner per actor, one block of paths per call.
 
-    ``address`` (or ``$RAY_ADDRESS``): join that cluster (``"auto"``: the one ``ray start`` made
-    here) and leave it running; without one a local Ray is started for the run (with
-    ``local_cpus`` or ``$LSTM_EXPORT_RAY_CPUS`` CPUs, default the usable cores) and shut down by
-    :meth:`close`. A process already connected (``ray.init`` done) keeps its connection.
-    ``actors``: size of the pool (default: see :func:`plan_actors`); ``threads``: runner threads
-    per actor; ``batch_size``: images per inference call. ``device``: ``auto`` and ``cpu`` run on
-    the actors' CPUs, ``cuda`` asks Ray for GPUs. ``output``: the ``-o`` file the rows will be
-    written to (checked against ``output_dir``); ``output_dir``: the actors write the rows as
-    Parquet shards there and :meth:`batches` yields only the error rows. ``progress``: Ray Data's
-    progress bars.
+    A block: ``index`` (int64, position in the walk), ``path``, ``refused`` (why it is not read,
+    ``b""`` for none) and with ``job.rows`` ``name``, ``label``, when it returns the rows (Arrow,
+    the CSV's columns). Else per row: ``index``, ``prediction`` (int64, -1: error),
+    ``confidence``, ``error``, [``probabilities`` ``(N, C)``,] ``node``, ``actor_seconds``."""
+
+    def __init__(self, files: dict[str, Any], job: Job) -> None:
+        import ray
+
+        from lstm_export.infer.registry import make_runner
+
+        with tempfile.TemporaryDirectory(prefix="lstm-export-model-") as folder:
+            for name, ref in files.items():  # the runners read files: the model's, privately
+                Path(folder, name).write_bytes(ray.get(ref))
+            options = runner_options(job.plan, job.backend)
+            self.runner = make_runner(Path(folder, job.name), job.backend, job.device, **options)
+            self.runner.load()
+        if job.device == "cuda" and self.runner.device != "cuda":  # pragma: no cover
+            raise DeviceError(f"CUDA was asked for, but {self.runner.description} runs on the CPU")
+        self.node = int(ray.get_runtime_context().get_node_id()[:15], 16)
+        self.job = job
+
+    def __call__(self, block: dict[str, np.ndarray]) -> Any:
+        started, job = time.perf_counter(), self.job
+        paths = [os.fsdecode(p) for p in block["path"]]
+        refused = {i: os.fsdecode(e) for i, e in enumerate(block["refused"]) if e}
+        # decode in a thread, overlapping inference (inline for a block of one batch)
+        plan = Plan(int(len(paths) > job.plan.batch_size), job.plan.threads, job.plan.batch_size)
+        s = Scores.concat(list(scored_batches(
+            paths, plan, self.runner, len(job.class_names), refused=refused, invert=job.invert,
+            fit=job.fit, probabilities=job.probabilities,
+        )))  # fmt: skip
+        if job.rows:
+            labels = _text(block["label"]) if job.labelled else None
+            rows = make_rows(_text(block["name"]), labels, job.class_names, s)  # type: ignore[arg-type]
+            names = job.class_names if job.probabilities else None
+            return rows_table(rows, labelled=job.labelled, class_names=names)
+        n, took = len(paths), time.perf_counter() - started  # each row: its share of the time
+        out = {"index": block["index"], "prediction": s.predicted, "confidence": s.confidence,
+               "error": np.array(_bytes(s.errors), object), "node": np.full(n, self.node),
+               "actor_seconds": np.full(n, took / n)}  # fmt: skip
+        return out if s.probabilities is None else {**out, "probabilities": s.probabilities}
+
+
+class RayRun(Run):
+    """One run over one folder on Ray Data, with the in-process engine's rows; use it with
+    ``with`` (a :class:`~lstm_export.infer.rows.Run`), which also stops a Ray it started.
+
+    ``address`` (or ``$RAY_ADDRESS``): join that cluster, and leave it running; else a local Ray
+    (``local_cpus`` or ``$LSTM_EXPORT_RAY_CPUS`` CPUs) runs for the run. ``actors``: see
+    :func:`plan_actors`; ``device``: ``cuda`` asks Ray for GPUs, else the actors use CPUs.
+    ``output_dir``: the cluster writes the rows there (Parquet). Ray logs at ERROR unless ``-v``.
     """
 
     def __init__(
@@ -295,430 +238,229 @@ class RayRun:
         backend: str = "auto",
         device: Device | str = Device.auto,
         batch_size: int | None = None,
-        workers: int | None = None,
         threads: int | None = None,
-        streams: int | None = None,
         recursive: bool = True,
+        follow_links: bool = False,
         invert: Invert | str = Invert.auto,
         fit: bool = False,
         probabilities: bool = False,
         address: str | None = None,
         actors: int | None = None,
-        output: Path | None = None,
         output_dir: Path | str | None = None,
         progress: bool = True,
         local_cpus: float | None = None,
     ) -> None:
         from lstm_export.infer.registry import backend_for, make_runner
 
-        if workers is not None or streams is not None:
-            raise ConfigError(
-                "decode workers and streams are settings of the in-process engine; on Ray each "
-                "actor decodes in one thread (ask for more actors instead)"
-            )
-        if batch_size is not None and batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {batch_size}")
-        if threads is not None and threads < 1:
-            raise InputError(f"threads must be >= 1, got {threads}")
-        if actors is not None and actors < 1:
-            raise InputError(f"actors must be >= 1, got {actors}")
-        if output is not None and output_dir is not None:
-            raise ConfigError(
-                "an output file gathers every row on this machine, an output folder has the "
-                "workers write them: choose one"
-            )
         self.model_path = Path(model)
         if not self.model_path.is_file():
-            raise ModelLoadError(f"model file {model} not found")
+            raise errors.ModelLoadError(f"model file {model} not found")
         self.backend = backend_for(model) if backend == "auto" else backend
-        self.requested_device = Device(device)
-        self.device = "cuda" if self.requested_device == Device.cuda else "cpu"
-        self.invert = Invert(invert)
-        self.fit = fit
-        self.probabilities = probabilities
+        self.auto = Device(device) == Device.auto
+        self.device = "cuda" if Device(device) == Device.cuda else "cpu"
+        self.invert, self.fit, self.probabilities = Invert(invert), fit, probabilities
         self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.local_cpus = local_cpus
+        self.local_cpus, self.progress = local_cpus or _env_cpus(), progress
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.progress = progress
-        self.recursive = recursive
         self._choice = {"actors": actors, "threads": threads, "batch_size": batch_size}
+        if any(value is not None and value < 1 for value in self._choice.values()):
+            raise ConfigError(f"actors, threads and batch size must be >= 1: {self._choice}")
         # the driver loads the model once, on its CPU, for its class names and metadata
-        self._driver_runner = make_runner(self.model_path, self.backend, Device.cpu, threads=1)
-        self.walk = walk_folder_or_glob(folder, recursive=recursive)
-        actors_, cpus, gpus, threads_, batch, block = plan_actors(
-            cpus=float(local_cpus or usable_cores()),
-            gpus=0.0,
-            device=self.device,
-            images=len(self.walk.paths),
-            **self._choice,
-        )
-        self.plan = RayPlan(
-            workers=1, threads=threads_, batch_size=batch, actors=actors_,
-            cpus_per_actor=cpus, gpus_per_actor=gpus, block_rows=block,
-            cluster="ray (not started yet)",
-        )  # fmt: skip
-        self.runner = ClusterRunner(self.model_path, f"{self.backend} (not loaded)", self.device)
-        self.class_names: list[str] = []
-        self.labels: list[int] | None = None
-        self.summary: RaySummary | None = None
-        #: ``(index of the block's first row, rows, node id)`` per block, as they came back
-        self.batch_nodes: list[tuple[int, int, str]] = []
+        options = runner_options(Plan(1, 1), self.backend)
+        self._driver_runner = make_runner(self.model_path, self.backend, Device.cpu, **options)
+        self.walk = walk_images(folder, recursive=recursive, follow_links=follow_links)
+        self.plan = self._plan(self.local_cpus or usable_cores(), 0.0, "ray (not started yet)")
+        self.class_names, self.labels, self.summary = [], None, None
         self._ray: Any = None
         self._shutdown = False  # whether close() disconnects (started here or joined here)
-        self._node_ids: dict[int, str] = {}
 
-    def require_images(self) -> RayRun:
-        """InputError when the folder holds no image file (a run over it would do nothing)."""
-        if not self.walk.paths:
-            where = "" if self.recursive else "; subfolders not searched"
-            raise InputError(
-                f"no image files in {self.walk.root} ({self.walk.skipped} other files skipped, "
-                f"{self.walk.hidden} hidden left out{where})"
-            )
-        return self
+    def _plan(self, cpus: float, gpus: float, cluster: str) -> RayPlan:
+        images = len(self.walk.paths)
+        return plan_actors(cpus=cpus, gpus=gpus, device=self.device, images=images,
+                           cluster=cluster, **self._choice)  # fmt: skip
 
     @property
-    def labelled(self) -> bool:
-        return self.labels is not None
+    def model_line(self) -> str:
+        n, auto = self.plan.actors, ", auto: CPU" if self.auto else ""
+        return f"{self.backend} on {self.device} ({n} Ray actor{'s' * (n != 1)}{auto})"
 
-    # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> RayRun:
         """Load the model here (its class names), start or join Ray, plan the pool. Idempotent."""
         if self.summary is not None:
             return self
-        try:
-            self._load()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _load(self) -> None:
         runner = self._driver_runner.load()
-        self.class_names = class_names_of(runner)
-        self.labels, labels_note = imagefolder_labels(self.walk, self.class_names)
-        for problem in check_preprocessing(runner.metadata):
-            log.warning("%s: %s", self.model_path.name, problem)
-        if self.output_dir is not None:
-            self._check_output_dir(self.output_dir)
-        if self.device == "cuda" and self.address is None and not _ray_connected():
+        if self.output_dir is not None and any(self.output_dir.glob("part-*.parquet")):
+            raise errors.OutputError(f"{self.output_dir} already holds part-*.parquet files")
+        ray = sys.modules.get("ray")  # a process already connected keeps its connection
+        if self.device == "cuda" and self.address is None and not (ray and ray.is_initialized()):
             self._cuda_here()  # a local Ray has the GPUs of this machine: fail before starting it
         started = time.perf_counter()
         cluster = self._connect()
         connect_s = time.perf_counter() - started
         resources = self._ray.cluster_resources()
         nodes = [n for n in self._ray.nodes() if n.get("Alive", n.get("alive"))]
-        self._node_ids = {node_key(n["NodeID"]): n["NodeID"] for n in nodes}
         cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
         if self.device == "cuda" and gpus < 1e-9:
-            self._no_gpu_error()
-        actors, cpa, gpa, threads, batch, block = plan_actors(
-            cpus=cpus, gpus=gpus, device=self.device, images=len(self.walk.paths), **self._choice
-        )
-        size = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, {cpus:g} CPUs, {gpus:g} GPUs"
-        self.plan = RayPlan(
-            workers=1, threads=threads, batch_size=batch, actors=actors, cpus_per_actor=cpa,
-            gpus_per_actor=gpa, block_rows=block, cluster=f"ray {cluster}: {size}",
-        )  # fmt: skip
-        provider = {"onnxruntime": "CUDAExecutionProvider" if self.device == "cuda" else
-                    "CPUExecutionProvider"}.get(self.backend, self.device)  # fmt: skip
-        self.runner = ClusterRunner(
-            self.model_path,
-            f"{self.backend} ({provider})",
-            self.device,
-            device_note=f"on {actors} Ray actor{'s' if actors != 1 else ''}"
-            + (", auto: CPU" if self.requested_device == Device.auto else ""),
-            metadata=dict(runner.metadata),
-        )
-        self.summary = RaySummary(
-            folder=str(self.walk.root),
-            model=str(self.model_path),
-            backend=self.runner.description,
-            device=self.device,
-            class_names=self.class_names,
-            plan=self.plan,
-            images=len(self.walk.paths),
-            skipped=self.walk.skipped,
-            hidden=self.walk.hidden,
-            unreadable_folders=list(self.walk.unreadable),
-            labels=labels_note,
-            confusion=Confusion(self.class_names) if self.labels is not None else None,
-            ray={
-                "ray_version": self._ray.__version__,
-                "cluster": cluster,
-                "nodes": len(nodes),
-                "cpus": cpus,
-                "gpus": gpus,
-                "actors": actors,
-                "connect_seconds": round(connect_s, 3),
-            },
-        )
+            self._cuda_here()
+            raise DeviceError("CUDA was asked for, but the Ray cluster has no GPUs")
+        size = f"{len(nodes)} node{'s' * (len(nodes) != 1)}, {cpus:g} CPUs, {gpus:g} GPUs"
+        self.plan = self._plan(cpus, gpus, f"ray {cluster}: {size}")
+        summary = self._begin(runner, model=str(self.model_path), backend=self.backend,
+                              device=self.device, plan=self.plan)  # fmt: skip
+        summary.ray = {
+            "ray_version": self._ray.__version__, "cluster": cluster, "nodes": len(nodes),
+            "cpus": cpus, "gpus": gpus, "actors": self.plan.actors,
+            "connect_seconds": round(connect_s, 3),
+        }  # fmt: skip
+        return self
 
     def _connect(self) -> str:
-        """Start or join Ray; a phrase saying which cluster it is."""
-        ray = self._ray = import_ray(local=self.address is None)
+        """Start or join Ray, its own log lines routed to the log; which cluster it is."""
+        ray = self._ray = import_ray()
+        level = logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.ERROR
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(level)
         if ray.is_initialized():
             return "(this process's existing connection)"
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
-        if self.address is not None:
-            _probe(self.address)
-            try:
-                ray.init(address=self.address, **quiet)
-            except Exception as exc:
-                raise ConfigError(
-                    f"cannot join the Ray cluster at {self.address}: {_first_line(exc)}"
-                ) from exc
-            self._shutdown = True
-            return f"cluster at {self.address} (joined; left running)"
-        cpus = self.local_cpus or _env_cpus() or usable_cores()
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
+        quiet = {"logging_level": level, "log_to_driver": level == logging.INFO}
         self._shutdown = True
-        return "local (started for this run, stopped after it)"
+        if self.address is None:
+            cpus = self.local_cpus or usable_cores()
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
+            return "local (started for this run, stopped after it)"
+        _probe(self.address)
+        try:
+            ray.init(address=self.address, **quiet)
+        except Exception as exc:
+            why = errors.first_line(exc)
+            raise ConfigError(f"cannot join the Ray cluster at {self.address}: {why}") from exc
+        return f"cluster at {self.address} (joined; left running)"
 
     def _cuda_here(self) -> None:
         """The DeviceError of the in-process engine when CUDA is not usable on this machine."""
-        from lstm_export.infer.registry import make_runner
+        from lstm_export.infer.registry import load_runner
 
-        with make_runner(self.model_path, self.backend, Device.cuda, threads=1):
-            pass
-
-    def _no_gpu_error(self) -> None:
-        """``--device cuda`` on a cluster without GPUs: the in-process engine's error when this
-        machine has no usable CUDA either, else one saying the cluster has none."""
-        self._cuda_here()
-        raise DeviceError(
-            "CUDA was asked for, but the Ray cluster has no GPUs (ray.cluster_resources() lists "
-            "none)"
-        )
-
-    @staticmethod
-    def _check_output_dir(directory: Path) -> None:
-        if directory.exists() and not directory.is_dir():
-            raise OutputError(f"output folder {directory} is not a folder")
-        if directory.is_dir() and any(directory.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}")):
-            raise OutputError(
-                f"output folder {directory} already holds {SHARD_PREFIX}*{SHARD_SUFFIX} shards: "
-                "remove them or choose another folder"
-            )
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {directory}: {exc.strerror or exc}") from exc
+        load_runner(self.model_path, self.backend, Device.cuda, threads=1).close()
 
     def close(self) -> None:
         """Release the driver's runner; stop the local Ray started here, or leave the cluster."""
         self._driver_runner.close()
         if self._shutdown and self._ray is not None:
-            self._ray.shutdown()
             self._shutdown = False
+            self._ray.shutdown()
 
-    def __enter__(self) -> RayRun:
-        return self.load()
-
-    def open_rows(
-        self,
-        path: Path | None,
-        fmt: OutputFormat | str = OutputFormat.auto,
-        *,
-        labelled: bool,
-        class_names: Sequence[str] | None = None,
-        stream: IO[str] | None = None,
-    ) -> Any:
-        """:func:`open_rows` for this run (nothing is written here with ``output_dir``)."""
-        return open_rows(
-            path, fmt, labelled=labelled, class_names=class_names, stream=stream,
-            output_dir=self.output_dir,
-        )  # fmt: skip
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- the run ---------------------------------------------------------------------------------
     def dataset(self) -> Any:
         """The Ray Data pipeline: blocks of paths -> the actor pool -> rows (lazy)."""
         import pyarrow as pa
 
-        ray = self._ray
-        plan = self.plan
-        n = len(self.walk.paths)
-        labels = np.asarray(self.labels if self.labels is not None else [-1] * n, np.int16)
-        tables = []
-        for start in range(0, n, plan.block_rows):
-            stop = min(start + plan.block_rows, n)
-            columns: dict[str, Any] = {
-                "index": pa.array(np.arange(start, stop, dtype=np.int64)),
-                "path": pa.array(
-                    [os.fsencode(os.path.abspath(p)) for p in self.walk.paths[start:stop]],
-                    pa.binary(),
-                ),  # absolute: the workers' working folder is not the driver's
-            }
-            if self.output_dir is not None:
-                columns["name"] = pa.array(
-                    [os.fsencode(p) for p in self.walk.names[start:stop]], pa.binary()
-                )
-                columns["label"] = pa.array(labels[start:stop])
-            tables.append(pa.table(columns))
+        ray, plan, walk, rows = self._ray, self.plan, self.walk, self.output_dir is not None
+        n = len(walk.paths)
+        columns = {
+            "index": np.arange(n, dtype=np.int64),
+            # absolute: the workers' working folder is not the driver's
+            "path": pa.array([os.fsencode(os.path.abspath(p)) for p in walk.paths], pa.binary()),
+            "refused": pa.array(_bytes([walk.refused.get(i) for i in range(n)]), pa.binary()),
+        }
+        if rows:  # the actors make the rows: their paths and labels
+            labels = [self.class_names[c] for c in self.labels or []]
+            columns["name"] = pa.array(_bytes(list(walk.names)), pa.binary())
+            columns["label"] = pa.array(_bytes(list(labels)) if labels else [b""] * n, pa.binary())
+        table = pa.table(columns)
+        blocks = [table.slice(start, plan.block_rows) for start in range(0, n, plan.block_rows)]
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = self.progress
+        context.execution_options.preserve_order = True  # blocks come back in the folder's order
         with warnings.catch_warnings():  # deprecated (ray manages it) from ray 2.60 on
             warnings.simplefilter("ignore", DeprecationWarning)
             # blocks are lists of paths: where one lies does not matter, an idle actor does
             context.execution_options.actor_locality_enabled = False
-        if hasattr(context, "wait_for_min_actors_s"):
-            # every actor up (or a clear error) before the first block: a pool the cluster
-            # cannot place never hangs, and the first actor up does not take every block
-            context.wait_for_min_actors_s = ACTORS_START_TIMEOUT_S
-        model = ray.put(self.model_path.read_bytes())
-        remote: dict[str, Any] = {"num_cpus": plan.cpus_per_actor}
-        if plan.gpus_per_actor:
-            remote["num_gpus"] = plan.gpus_per_actor
-        return ray.data.from_arrow(tables).map_batches(
-            Classifier,
-            fn_constructor_kwargs={
-                "model": model,
-                "suffix": self.model_path.suffix,
-                "backend": self.backend,
-                "device": self.device,
-                "threads": plan.threads,
-                "batch_size": plan.batch_size,
-                "invert": self.invert.value,
-                "fit": self.fit,
-                "probabilities": self.probabilities,
-                "class_names": self.class_names,
-                "labelled": self.labels is not None,
-                "output_dir": str(self.output_dir) if self.output_dir is not None else None,
-            },
-            batch_size=plan.block_rows,  # one whole block per call
-            batch_format="numpy",
-            **actor_pool_args(plan.actors, ray.__version__, in_flight=TASKS_IN_FLIGHT_PER_ACTOR),
-            **remote,
-        )
+        # every actor up (or a clear error) before the first block: a pool the cluster cannot
+        # place never hangs, and the first actor up does not take every block
+        context.wait_for_min_actors_s = ACTORS_START_TIMEOUT_S
+        files = {name: ray.put(data) for name, data in model_files(self.model_path).items()}
+        job = Job(self.model_path.name, self.backend, self.device, Plan(1, plan.threads,
+                  plan.batch_size), self.invert.value, self.fit, self.probabilities,
+                  self.class_names, rows, self.labels is not None)  # fmt: skip
+        gpus = {"num_gpus": plan.gpus_per_actor} if plan.gpus_per_actor else {}
+        pool = actor_pool_args(plan.actors, ray.__version__, in_flight=TASKS_IN_FLIGHT_PER_ACTOR)
+        return ray.data.from_arrow(blocks).map_batches(
+            Classifier, fn_constructor_args=(files, job), batch_size=plan.block_rows,
+            batch_format="numpy", num_cpus=plan.cpus_per_actor, **gpus, **pool,
+        )  # fmt: skip  # one whole block per call
 
     def batches(self) -> Iterator[list[Prediction]]:
-        """Rows block by block, in the folder's stable order; every image file exactly once.
-
-        With ``output_dir`` the rows are in the shards and only the error rows are yielded (as
-        they come). Progress is Ray Data's own.
-        """
+        """Rows block by block, in the folder's stable order; every image file exactly once,
+        with what the cluster did in the summary. With ``output_dir`` only the error rows (the
+        rows are in its Parquet files). Progress is Ray Data's own."""
         summary = self.load().summary
         assert summary is not None
-        started = time.perf_counter()
-        pending: dict[int, list[Prediction]] = {}
-        following = 0
-        rows_per_node: dict[str, int] = {}
-        summary.ray["rows_per_node"] = rows_per_node
-        busy = 0.0  # seconds the actors spent on blocks, all together
-        quiet = logging.getLogger("ray.data")
-        level = quiet.level
-        if not self.progress:
-            quiet.setLevel(logging.ERROR)  # no progress bars, nor the lines saying so
+        started, done = time.perf_counter(), 0
         try:
-            stream = self.dataset().iter_batches(batch_size=None, batch_format="numpy")
-            for out in _ray_errors(stream):
-                if "first_block_seconds" not in summary.ray:
-                    summary.ray["first_block_seconds"] = round(time.perf_counter() - started, 3)
-                self._count_nodes(out, rows_per_node)
-                busy += float(np.sum(out["actor_seconds"]))
-                if self.output_dir is not None:
-                    rows = self._count(summary, out)
-                    summary.seconds = time.perf_counter() - started
-                    if rows:
-                        yield rows
-                    continue
-                for first, rows in self._rows(summary, out):
-                    pending[first] = rows
-                while following in pending:
-                    rows = pending.pop(following)
-                    following += len(rows)
-                    summary.seconds = time.perf_counter() - started
-                    yield rows
-            if pending:  # pragma: no cover - every index comes back exactly once
-                raise InferenceError(
-                    f"rows from {min(pending)} on came back without row {following}"
-                )
-            done = summary.classified + summary.errors
+            for count, rows in self._written() if self.output_dir else self._gathered(started):
+                done += count
+                summary.seconds = time.perf_counter() - started
+                yield rows
             if done != summary.images:
                 raise InferenceError(f"Ray returned {done:,} rows for {summary.images:,} images")
         finally:
             summary.seconds = time.perf_counter() - started
-            summary.ray["actor_seconds"] = round(busy, 3)
-            if busy > 0:  # what one actor does in a second of work: the rate to scale out from
-                done = summary.classified + summary.errors
-                summary.ray["images_per_actor_second"] = round(done / busy, 1)
-            quiet.setLevel(level)
 
-    def _count_nodes(self, out: dict[str, np.ndarray], rows_per_node: dict[str, int]) -> None:
-        keys, counts = np.unique(np.asarray(out["node"]), return_counts=True)
-        index = np.asarray(out["index"])
-        for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
-            node = self._node_ids.get(key, f"{key:015x}")
-            rows_per_node[node] = rows_per_node.get(node, 0) + count
-            first = int(index[np.asarray(out["node"]) == key].min())
-            self.batch_nodes.append((first, count, node))
-            log.debug("rows %d.. (%d) classified on node %s", first, count, node)
+    def _gathered(self, started: float) -> Iterator[tuple[int, list[Prediction]]]:
+        """The rows of each block the actors return, in order."""
+        assert self.summary is not None and self.summary.ray is not None
+        info, done, busy, nodes = self.summary.ray, 0, 0.0, Counter[str]()
+        try:
+            for out in self.dataset().iter_batches(batch_size=None):
+                info.setdefault("first_block_seconds", round(time.perf_counter() - started, 3))
+                if int(out["index"][0]) != done:
+                    raise InferenceError(f"Ray returned rows out of order after row {done:,}")
+                probs = out["probabilities"] if self.probabilities else None
+                scores = Scores(out["prediction"], out["confidence"], _text(out["error"]), probs)
+                rows = self._rows(done, scores)
+                nodes.update(f"{key:015x}" for key in out["node"].tolist())
+                busy, done = busy + float(out["actor_seconds"].sum()), done + len(rows)
+                yield len(rows), rows
+        except LstmExportError:
+            raise
+        except Exception as exc:
+            raise _library_error(exc) from exc
+        finally:
+            if busy:  # what one actor does in a second of work: the rate to scale out from
+                info |= {"rows_per_node": dict(nodes), "actor_seconds": round(busy, 3),
+                         "images_per_actor_second": round(done / busy, 1)}  # fmt: skip
 
-    def _count(self, summary: RaySummary, out: dict[str, np.ndarray]) -> list[Prediction]:
-        """``output_dir``: counts and confusion of a block; its error rows."""
-        index = np.asarray(out["index"], np.int64)
-        predicted = np.asarray(out["prediction"], np.int64)
-        ok = predicted >= 0
-        summary.classified += int(ok.sum())
-        summary.errors += int((~ok).sum())
-        if summary.confusion is not None and self.labels is not None and ok.any():
-            labels = np.asarray(self.labels, np.int64)
-            summary.confusion.add(labels[index[ok]], predicted[ok])
-        rows = []
-        if not ok.all():
-            errors = decode_text(out["error"])
-            for k in np.flatnonzero(~ok).tolist():
-                i = int(index[k])
-                label = self.class_names[self.labels[i]] if self.labels is not None else None
-                rows.append(Prediction(self.walk.names[i], None, None, errors[k], label))
-        return rows
+    def _written(self) -> Iterator[tuple[int, list[Prediction]]]:
+        """``output_dir``: Ray Data writes the rows there; their predictions and errors are read
+        back, in the folder's order, for the counts (vectorised) and the error rows."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+        from ray.data.datasource import FilenameProvider
 
-    def _rows(
-        self, summary: RaySummary, out: dict[str, np.ndarray]
-    ) -> list[tuple[int, list[Prediction]]]:
-        """A block's rows, as ``(index of the first, rows)`` for each run of consecutive indices."""
-        index = np.asarray(out["index"], np.int64)
-        order = np.argsort(index, kind="stable")
-        idx = index[order].tolist()
-        predicted = np.asarray(out["prediction"], np.int64)[order]
-        classes = predicted.tolist()
-        confidence = np.asarray(out["confidence"], np.float64)[order].tolist()
-        errors = decode_text(np.asarray(out["error"], dtype=object)[order])
-        every = (
-            np.asarray(out["probabilities"], np.float64)[order].tolist()
-            if self.probabilities
-            else None
-        )
-        names, walk_names, labels = self.class_names, self.walk.names, self.labels
-        runs: list[tuple[int, list[Prediction]]] = []
-        rows: list[Prediction] = []
-        for k, i in enumerate(idx):
-            if rows and i != idx[k - 1] + 1:
-                runs.append((idx[k - len(rows)], rows))
-                rows = []
-            label = names[labels[i]] if labels is not None else None
-            error = errors[k]
-            if error is not None:
-                rows.append(Prediction(walk_names[i], None, None, error, label))
-            else:
-                probabilities = tuple(every[k]) if every is not None else None
-                rows.append(
-                    Prediction(
-                        walk_names[i], names[classes[k]], confidence[k], None, label, probabilities
-                    )
-                )
-        if rows:
-            runs.append((idx[len(idx) - len(rows)], rows))
-        ok = predicted >= 0
-        summary.classified += int(ok.sum())
-        summary.errors += int((~ok).sum())
-        if summary.confusion is not None and labels is not None and ok.any():
-            truth = np.asarray(labels, np.int64)[np.asarray(idx, np.int64)[ok]]
-            summary.confusion.add(truth, predicted[ok])
-        return runs
+        class Parts(FilenameProvider):  # sorted names: the folder's order
+            def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+                return f"part-{task_index:06d}-{write_uuid}.parquet"
+
+        assert self.output_dir is not None and self.summary is not None
+        try:
+            self.dataset().write_parquet(str(self.output_dir), filename_provider=Parts(),
+                                         ray_remote_args={"num_cpus": WRITE_TASK_CPUS})  # fmt: skip
+        except Exception as exc:
+            raise _library_error(exc) from exc
+        names, labels, done = pa.array(map(escape_text, self.class_names)), self.labels, 0
+        for part in sorted(self.output_dir.glob("part-*.parquet")):
+            table = pq.read_table(part, columns=["prediction", "error"])
+            found = pc.index_in(table["prediction"], value_set=names).fill_null(-1)
+            predicted, stop = found.to_numpy().astype(np.int64), done + table.num_rows
+            self.summary.count(None if labels is None else np.array(labels[done:stop]), predicted)
+            bad = np.flatnonzero(predicted < 0).tolist()
+            why = table["error"].take(pa.array(bad, pa.int64())).to_pylist()
+            yield table.num_rows, [
+                Prediction(self.walk.names[done + k], None, None, unescape_text(e),
+                           None if labels is None else self.class_names[labels[done + k]])
+                for k, e in zip(bad, why, strict=True)
+            ]  # fmt: skip
+            done = stop
 
 
 def _probe(address: str, timeout_s: float = 10.0) -> None:
@@ -732,185 +474,27 @@ def _probe(address: str, timeout_s: float = 10.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise ConfigError(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
-            "(start one with `ray start --head`, or give no address and unset $RAY_ADDRESS for a "
-            "local Ray)"
-        ) from None
-
-
-def _ray_connected() -> bool:
-    """Whether this process already has a Ray connection (without importing ray)."""
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
+        why = f"{exc.strerror or exc} (`ray start --head` starts one; no address: a local Ray)"
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {why}") from None
 
 
 def _env_cpus() -> float | None:
     raw = os.environ.get(RAY_CPUS_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
+    if raw and (not re.fullmatch(r"\d*\.?\d+", raw) or float(raw) == 0):
         raise ConfigError(f"${RAY_CPUS_ENV} must be a positive number of CPUs, not {raw!r}")
-    return value
+    return float(raw) if raw else None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+_NAMED = re.compile(r"^(?:lstm_export\.errors\.)?([A-Z]\w*Error): (.+)$")
 
 
-def _ray_errors(stream: Any) -> Iterator[dict[str, np.ndarray]]:
-    """``stream``'s batches; a failure inside Ray becomes the library error it carries (a
-    DeviceError raised in an actor stays a DeviceError), else an InferenceError."""
-    try:
-        yield from stream
-    except LstmExportError:
-        raise
-    except Exception as exc:
-        cause: BaseException | None = exc
-        seen = 0
-        while cause is not None and seen < 20:
-            if isinstance(cause, LstmExportError):
-                raise type(cause)(str(cause)) from exc
-            inner = getattr(cause, "cause", None)
-            cause = inner if isinstance(inner, BaseException) else cause.__cause__
-            seen += 1
-        found = _library_error_in(str(exc))
-        if found is not None:
-            raise found from exc
-        raise InferenceError(f"the Ray job failed: {_first_line(exc)}") from exc
-
-
-def _library_error_in(text: str) -> LstmExportError | None:
-    """A library error named in a Ray traceback's text (``lstm_export.errors.DeviceError: ...``)."""
-    import lstm_export.errors as errors
-
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        for name in (
-            "DeviceError",
-            "ModelLoadError",
-            "InferenceError",
-            "InputError",
-            "ConfigError",
-        ):
-            for prefix in (f"lstm_export.errors.{name}: ", f"{name}: "):
-                if line.startswith(prefix):
-                    cls = getattr(errors, name)
-                    return cls(line[len(prefix) :])
-    return None
-
-
-# -- outputs ---------------------------------------------------------------------------------------
-def resolve_format(path: Path | None, fmt: OutputFormat | str = OutputFormat.auto) -> str:
-    """``"parquet"`` for a ``.parquet`` output, else the format :mod:`writers` gives."""
-    from lstm_export.infer.writers import resolve_format as rows_format
-
-    auto = OutputFormat(fmt) == OutputFormat.auto
-    if path is not None and auto and Path(path).suffix.lower() == ".parquet":
-        return "parquet"
-    return rows_format(path, fmt).value
-
-
-class ParquetRowWriter:
-    """Rows into one Parquet file, a row group per ``write`` (the columns of the CSV)."""
-
-    def __init__(self, sink: Any, *, labelled: bool, class_names: Sequence[str] | None) -> None:
-        self.sink = sink
-        self.labelled = labelled
-        self.class_names = list(class_names) if class_names else None
-        self.count = 0
-        self._writer: Any = None
-
-    def write(self, rows: Sequence[Prediction]) -> None:
-        if not rows:
-            return
-        import pyarrow.parquet as pq
-
-        probs = None
-        if self.class_names:
-            probs = np.array(
-                [r.probabilities if r.probabilities else [np.nan] * len(self.class_names)
-                 for r in rows], np.float64,
-            )  # fmt: skip
-        table = parquet_table(
-            [r.path for r in rows],
-            [r.label for r in rows] if self.labelled else None,
-            [r.prediction for r in rows],
-            [r.confidence for r in rows],
-            [r.error for r in rows],
-            probs,
-            self.class_names,
-        )
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.sink, table.schema)
-        self._writer.write_table(table)
-        self.count += len(rows)
-
-    def close(self) -> None:
-        import pyarrow.parquet as pq
-
-        if self._writer is None:  # no rows: still a valid file with the columns
-            table = parquet_table([], [] if self.labelled else None, [], [], [], None,
-                                  self.class_names)  # fmt: skip
-            self._writer = pq.ParquetWriter(self.sink, table.schema)
-        self._writer.close()
-
-
-class DiscardRows:
-    """``--output-dir``: the actors wrote the rows; nothing to write here."""
-
-    count = 0
-
-    def write(self, rows: Sequence[Prediction]) -> None:
-        self.count += len(rows)
-
-
-@contextmanager
-def open_rows(
-    path: Path | None,
-    fmt: OutputFormat | str = OutputFormat.auto,
-    *,
-    labelled: bool,
-    class_names: Sequence[str] | None = None,
-    stream: IO[str] | None = None,
-    output_dir: Path | None = None,
-) -> Iterator[Any]:
-    """:func:`lstm_export.infer.writers.open_rows`, plus Parquet (``.parquet``, written
-    atomically) and ``output_dir`` (nothing written here: the workers wrote the shards)."""
-    from lstm_export.fileio import atomic_open
-    from lstm_export.infer.writers import open_rows as open_text_rows
-
-    if output_dir is not None:
-        yield DiscardRows()
-        return
-    if resolve_format(path, fmt) != "parquet":
-        with open_text_rows(
-            path, fmt, labelled=labelled, class_names=class_names, stream=stream
-        ) as writer:
-            yield writer
-        return
-    assert path is not None
-    with atomic_open(Path(path), "wb") as out:
-        parquet = ParquetRowWriter(out, labelled=labelled, class_names=class_names)
-        yield parquet
-        parquet.close()
-
-
-def classify_on_ray(
-    model: Path | str,
-    folder: Path | str,
-    **settings: Any,
-) -> tuple[list[Prediction], RaySummary]:
-    """Every row (in the folder's stable order) and the summary, on Ray: the Python API of
-    ``--engine ray``. ``settings``: those of :class:`RayRun`."""
-    rows: list[Prediction] = []
-    with RayRun(model, folder, **settings) as run:
-        for batch in run.batches():
-            rows.extend(batch)
-    assert run.summary is not None
-    return rows, run.summary
+def _library_error(exc: Exception) -> LstmExportError:
+    """The library error a Ray failure carries, as itself and one line (a DeviceError raised in
+    an actor stays a DeviceError), else an InferenceError quoting Ray's first line. Ray wraps it
+    (an actor that failed to start keeps only its text): the last line naming one is taken."""
+    for line in reversed(str(exc).splitlines()):
+        match = _NAMED.match(line.strip())
+        cls = getattr(errors, match.group(1), None) if match else None
+        if match and isinstance(cls, type) and issubclass(cls, LstmExportError):
+            return cls(match.group(2))
+    return InferenceError(f"the Ray job failed: {errors.first_line(exc)}")

@@ -1,62 +1,87 @@
-"""Accuracy and confusion matrix of a labelled run; the matrix as a rich table or a PNG."""
+"""How ``infer`` shows a run: the opening lines, the summary, errors, accuracy and the confusion
+matrix (a table up to 20 classes, else its most confused pairs), and the matrix as a PNG.
+
+Everything that comes from outside (paths, folder and class names, error text) goes through
+:func:`lstm_export.console.plain` before rich prints it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lstm_export.console import count, plain, print_whole
 from lstm_export.errors import OutputError
 from lstm_export.fileio import atomic_path
+from lstm_export.infer.rows import Confusion, Prediction, Summary
+from lstm_export.infer.writers import printable_text
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
+    from lstm_export.infer.rows import Run
 
-class Confusion:
-    """A running confusion matrix ``(C, C)``: rows are true classes, columns predictions."""
+#: error rows listed on the terminal (all of them are in the output)
+SHOWN_ERRORS = 10
+#: most classes shown as a full table; more get the confused pairs and per-class figures
+TABLE_CLASSES = 20
+#: most classes drawn as a PNG (cell counts written in up to 30)
+PNG_CLASSES = 1000
 
-    def __init__(self, class_names: Sequence[str]) -> None:
-        self.class_names = list(class_names)
-        n = len(self.class_names)
-        self.matrix = np.zeros((n, n), dtype=np.int64)
 
-    def add(
-        self, labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray
-    ) -> None:
-        """Count pairs of class indices, ``labels`` and ``predictions`` both ``(N,)``."""
-        n = len(self.class_names)
-        np.add.at(self.matrix, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
-        assert self.matrix.shape == (n, n)
+def print_start(run: Run, err: Console) -> None:
+    """The model, the folder and the plan, before the first row."""
+    walk, summary = run.walk, run.summary
+    assert summary is not None
+    for line in (
+        f"model    {plain(summary.model)}: {plain(run.model_line)}",
+        f"folder   {plain(walk.root)}: {count(len(walk.paths), 'image')}, "
+        f"{count(walk.skipped, 'other file')} skipped, {walk.hidden:,} hidden; "
+        f"{plain(summary.labels)}",
+        f"plan     {plain(run.plan.describe())}",
+    ):
+        err.print(line, highlight=False, soft_wrap=True)
 
-    @property
-    def total(self) -> int:
-        return int(self.matrix.sum())
 
-    @property
-    def correct(self) -> int:
-        return int(np.trace(self.matrix))
-
-    @property
-    def accuracy(self) -> float | None:
-        """Fraction correct, None when nothing was counted."""
-        return self.correct / self.total if self.total else None
-
-    def per_class_recall(self) -> np.ndarray:
-        """float64 ``(C,)``: correct / true count per class (NaN where a class has no images)."""
-        counts = self.matrix.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(counts > 0, np.diag(self.matrix) / counts, np.nan)
+def print_summary(summary: Summary, errors: list[Prediction], out: Console, err: Console) -> None:
+    """Counts, speed, errors (the first few), and accuracy with the confusion when labelled."""
+    s = summary.to_dict()
+    say: dict[str, Any] = {"highlight": False, "soft_wrap": True}
+    out.print(
+        f"classified {s['classified']:,} of {count(s['images'], 'image')} in "
+        f"{s['seconds']:.2f} s ({s['images_per_second']:,.0f} images/s); "
+        f"{count(s['errors'], 'error')}, {count(s['skipped'], 'other file')} skipped",
+        **say,
+    )
+    for row in errors[:SHOWN_ERRORS]:  # a file name may hold anything: printable_text
+        err.print(f"  [red]error[/] {plain(printable_text(row.path))}: {plain(row.error)}", **say)
+    if s["errors"] > min(len(errors), SHOWN_ERRORS):
+        more = s["errors"] - min(len(errors), SHOWN_ERRORS)
+        err.print(f"  ... and {more:,} more (see the error column)")
+    for problem in s["unreadable_folders"]:
+        err.print(f"  [red]folder not read[/] {plain(problem)}", **say)
+    c = summary.confusion
+    if c is None or s["accuracy"] is None:
+        return
+    out.print(
+        f"accuracy {s['accuracy'] * 100:.2f} % ({c.correct:,} of {count(c.total, 'labelled image')}"
+        f"{'; errors not counted' if s['errors'] else ''})",
+        **say,
+    )
+    if len(c.class_names) <= TABLE_CLASSES:
+        print_whole(out, confusion_table(c))
+    else:
+        print_many_classes(c, out)
 
 
 def confusion_table(confusion: Confusion) -> Table:
     """A rich table of the matrix with per-class recall; the diagonal in bold green."""
-    from rich.markup import escape
     from rich.table import Table
 
-    names = [escape(n) for n in confusion.class_names]
+    names = [plain(n) for n in confusion.class_names]
     table = Table(
         title="confusion matrix (rows: true class, columns: predicted)",
         title_justify="left",
@@ -68,40 +93,68 @@ def confusion_table(confusion: Confusion) -> Table:
     for name in names:
         table.add_column(name, justify="right")
     table.add_column("recall", justify="right")
-    recall = confusion.per_class_recall()
+    matrix, recall = confusion.matrix.tolist(), confusion.per_class_recall()
     for i, name in enumerate(names):
         cells = []
-        for j in range(len(names)):
-            value = int(confusion.matrix[i, j])
+        for j, value in enumerate(matrix[i]):
             text = str(value) if value else "[dim]·[/]"
             cells.append(
                 f"[bold green]{text}[/]" if i == j else (f"[red]{text}[/]" if value else text)
             )
-        r = recall[i]
-        cells.append("-" if np.isnan(r) else f"{r * 100:.1f} %")
+        cells.append("-" if np.isnan(recall[i]) else f"{recall[i] * 100:.1f} %")
         table.add_row(name, *cells)
     return table
 
 
+def print_many_classes(confusion: Confusion, out: Console, top: int = 10) -> None:
+    """Too many classes for a table: per-class recall at a glance, and the most confused pairs."""
+    from rich.table import Table
+
+    recall = confusion.per_class_recall()
+    seen = np.flatnonzero(~np.isnan(recall))
+    worst = seen[np.argsort(recall[seen], kind="stable")[:3]].tolist()
+    out.print(
+        f"{len(confusion.class_names):,} classes (too many for a table), "
+        f"{len(seen):,} of them in the folder; recall per class: median "
+        f"{np.median(recall[seen]) * 100:.1f} %, lowest "
+        + ", ".join(f"{plain(confusion.class_names[i])} {recall[i] * 100:.1f} %" for i in worst),
+        highlight=False,
+        soft_wrap=True,
+    )
+    pairs = confusion.top_mistakes(top)
+    if not pairs:
+        return
+    table = Table(title="most confused (true -> predicted)", title_justify="left", show_edge=False)
+    for column in ("true", "predicted", "images"):
+        table.add_column(column, justify="right")
+    for true, predicted, images in pairs:
+        table.add_row(plain(true), plain(predicted), f"{images:,}")
+    print_whole(out, table)
+
+
 def save_confusion_png(confusion: Confusion, path: Path, *, title: str = "") -> Path:
-    """Write the matrix as a PNG heat map (atomically); returns ``path``."""
+    """Write the matrix as a PNG heat map (atomically); returns ``path``. OutputError beyond
+    :data:`PNG_CLASSES` classes."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    path, n = Path(path), len(confusion.class_names)
     if path.suffix.lower() != ".png":
         raise OutputError(f"confusion matrix image {path} must end in .png")
+    if n > PNG_CLASSES:
+        raise OutputError(f"{n:,} classes are too many to draw (at most {PNG_CLASSES:,})")
     m = confusion.matrix
-    names = confusion.class_names
-    size = max(4.0, 0.55 * len(names) + 1.5)
+    names = [name.replace("$", r"\$") for name in confusion.class_names]  # no mathtext
+    size = min(24.0, max(4.0, 0.55 * n + 1.5))
     fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=120)
     try:
         shown = np.log1p(m)  # the diagonal would otherwise wash out every mistake
         ax.imshow(shown, cmap="Blues")
-        ax.set_xticks(range(len(names)), names)
-        ax.set_yticks(range(len(names)), names)
+        if n <= 50:
+            ax.set_xticks(range(n), names)
+            ax.set_yticks(range(n), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         acc = confusion.accuracy
@@ -110,11 +163,9 @@ def save_confusion_png(confusion: Confusion, path: Path, *, title: str = "") -> 
             heading += f" — accuracy {acc * 100:.2f} % ({confusion.correct}/{confusion.total})"
         ax.set_title(heading, fontsize=9)
         limit = shown.max() / 2 if shown.max() > 0 else 1
-        for i in range(len(names)):
-            for j in range(len(names)):
-                if m[i, j]:
-                    color = "white" if shown[i, j] > limit else "black"
-                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color=color)
+        for i, j in zip(*np.nonzero(m), strict=True) if n <= 30 else ():
+            color = "white" if shown[i, j] > limit else "black"
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color=color)
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")

@@ -1,4 +1,4 @@
-r"""Prediction rows to CSV or JSON Lines, streamed into a temporary file renamed on success.
+r"""Prediction rows to CSV, JSON Lines or Parquet, into a temporary file renamed on success.
 
 Every row survives any bytes in any file name, in both formats, and reads back to the exact name.
 How text cells (``path``, ``label``, ``prediction``, ``error``) are written:
@@ -28,15 +28,37 @@ import csv
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
+
+import numpy as np
 
 from lstm_export.errors import OutputError
 from lstm_export.fileio import atomic_open
 
-if TYPE_CHECKING:
-    from lstm_export.infer.classify import Prediction
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One image file's row. ``error`` is None when the image was classified."""
+
+    #: relative to the folder, ``/``-separated
+    path: str
+    #: class name predicted (``"0"``..``"9"``), None on error
+    prediction: str | None
+    #: softmax probability of the prediction, None on error
+    confidence: float | None
+    #: why the file could not be classified, None when it was
+    error: str | None = None
+    #: true class from an ImageFolder layout (first-level folder name), None when unlabelled
+    label: str | None = None
+    #: softmax probabilities ``(C,)`` when asked for
+    probabilities: tuple[float, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 class OutputFormat(str, Enum):
@@ -45,9 +67,15 @@ class OutputFormat(str, Enum):
     auto = "auto"
     csv = "csv"
     jsonl = "jsonl"
+    parquet = "parquet"
 
 
-_SUFFIXES = {".csv": OutputFormat.csv, ".jsonl": OutputFormat.jsonl, ".ndjson": OutputFormat.jsonl}
+_SUFFIXES = {
+    ".csv": OutputFormat.csv,
+    ".jsonl": OutputFormat.jsonl,
+    ".ndjson": OutputFormat.jsonl,
+    ".parquet": OutputFormat.parquet,
+}
 
 
 def resolve_format(path: Path | None, fmt: OutputFormat | str = OutputFormat.auto) -> OutputFormat:
@@ -61,7 +89,7 @@ def resolve_format(path: Path | None, fmt: OutputFormat | str = OutputFormat.aut
         return _SUFFIXES[Path(path).suffix.lower()]
     except KeyError:
         raise OutputError(
-            f"cannot tell the format of {path}: use a .csv or .jsonl name, or name the format"
+            f"cannot tell the format of {path}: use a .csv, .jsonl or .parquet name, or name the format"
         ) from None
 
 
@@ -154,14 +182,18 @@ def decode_cell(cell: str, fmt: OutputFormat | str) -> str:
 
 
 def columns(*, labelled: bool, class_names: Sequence[str] | None = None) -> list[str]:
-    """Column names: ``path, [label,] prediction, confidence, error[, p_<class>...]``."""
-    cols = ["path"]
-    if labelled:
-        cols.append("label")
-    cols += ["prediction", "confidence", "error"]
-    if class_names:
-        cols += [f"p_{name}" for name in class_names]
-    return cols
+    """Column names: ``path, [label,] prediction, confidence, error[, p_<class>...]``.
+
+    OutputError when two class names are the same: their columns would merge.
+    """
+    cols = ["path", *(["label"] if labelled else []), "prediction", "confidence", "error"]
+    names = list(class_names or ())
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})[:3]
+        raise OutputError(
+            f"class names repeat ({', '.join(map(repr, twice))}): columns would merge"
+        )
+    return cols + [f"p_{name}" for name in names]
 
 
 class RowWriter:
@@ -182,6 +214,7 @@ class RowWriter:
         self.fmt = fmt
         self.labelled = labelled
         self.class_names = list(class_names) if class_names else None
+        header = columns(labelled=labelled, class_names=self.class_names)
         self.count = 0
         self._csv: Any = None
         self._csv_quoted: Any = None
@@ -190,16 +223,16 @@ class RowWriter:
             # With "\n" line ends the csv module leaves a lone "\r" unquoted, and readers then
             # split the row there: rows with a "\r" anywhere are written fully quoted.
             self._csv_quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
-            header = columns(labelled=labelled, class_names=self.class_names)
             self._write_csv([encode_cell(c, OutputFormat.csv) for c in header])
 
     def write(self, rows: Iterable[Prediction]) -> None:
-        """Append rows (in the order given)."""
+        """Append rows (in the order given). JSON is strict: no NaN or infinity."""
         for row in rows:
             if self._csv is not None:
                 self._write_csv(self._csv_cells(row))
             else:
-                self.stream.write(json.dumps(self._record(row), ensure_ascii=False) + "\n")
+                record = self._record(row)
+                self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
             self.count += 1
 
     def _write_csv(self, cells: list[str]) -> None:
@@ -210,14 +243,9 @@ class RowWriter:
         def text(value: str | None) -> str:
             return "" if value is None else encode_cell(value, OutputFormat.csv)
 
-        cells = [text(row.path)]
-        if self.labelled:
-            cells.append(text(row.label))
-        cells += [
-            text(row.prediction),
-            "" if row.confidence is None else f"{row.confidence:.6f}",
-            text(row.error),
-        ]
+        cells = [text(row.path), *([text(row.label)] if self.labelled else [])]
+        confidence = "" if row.confidence is None else f"{row.confidence:.6f}"
+        cells += [text(row.prediction), confidence, text(row.error)]
         if self.class_names:
             probs = row.probabilities
             cells += [f"{p:.6f}" for p in probs] if probs else [""] * len(self.class_names)
@@ -235,18 +263,67 @@ class RowWriter:
         record["error"] = text(row.error)
         if self.class_names:
             probs = row.probabilities
-            record["probabilities"] = (
-                dict(
-                    zip(
-                        (escape_text(n) for n in self.class_names),
-                        (round(p, 6) for p in probs),
-                        strict=True,
-                    )
-                )
-                if probs
-                else None
-            )
+            keys = (escape_text(n) for n in self.class_names)
+            values = (round(p, 6) for p in probs) if probs else None
+            record["probabilities"] = dict(zip(keys, values, strict=True)) if values else None
         return record
+
+
+def rows_table(
+    rows: Sequence[Prediction], *, labelled: bool, class_names: Sequence[str] | None = None
+) -> Any:
+    """The rows as a ``pyarrow.Table`` with the CSV's columns (probabilities float64 ``(N, C)``,
+    null on error rows). Text is escaped as in JSON Lines (:func:`escape_text`): Parquet strings
+    are UTF-8."""
+    import pyarrow as pa
+
+    def text(values: Iterable[str | None]) -> Any:
+        return pa.array([None if v is None else escape_text(v) for v in values], pa.string())
+
+    names = columns(labelled=labelled, class_names=class_names)
+    cells = [text(r.path for r in rows), *([text(r.label for r in rows)] if labelled else [])]
+    cells += [
+        text(r.prediction for r in rows),
+        pa.array([r.confidence for r in rows], pa.float64()),
+    ]
+    cells.append(text(r.error for r in rows))
+    if class_names:
+        missing = np.array([r.probabilities is None for r in rows], bool)
+        blank = (np.nan,) * len(class_names)
+        probs = np.array([r.probabilities or blank for r in rows], np.float64)
+        probs = probs.reshape(len(rows), len(class_names))
+        cells += [pa.array(probs[:, c], pa.float64(), mask=missing) for c in range(probs.shape[1])]
+    return pa.table(cells, names=[escape_text(n) for n in names])
+
+
+class ParquetRows:
+    """Rows into one Parquet file (a row group per :meth:`write`), the columns of the CSV."""
+
+    def __init__(self, sink: IO[bytes], *, labelled: bool, class_names: Sequence[str] | None):
+        self.sink, self.labelled, self.class_names = sink, labelled, class_names
+        self.count = 0
+        self._writer: Any = None
+
+    def write(self, rows: Sequence[Prediction]) -> None:
+        import pyarrow.parquet as pq
+
+        table = rows_table(rows, labelled=self.labelled, class_names=self.class_names)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.sink, table.schema)
+        if rows:
+            self._writer.write_table(table)
+        self.count += len(rows)
+
+    def close(self) -> None:
+        self.write([])  # no rows: still a valid file with the columns
+        self._writer.close()
+
+
+class NoRows:
+    """The rows are written elsewhere (by the Ray workers): nothing to write here."""
+
+    def write(self, rows: Sequence[Prediction]) -> None:
+        pass
 
 
 @contextlib.contextmanager
@@ -257,20 +334,34 @@ def open_rows(
     labelled: bool,
     class_names: Sequence[str] | None = None,
     stream: IO[str] | None = None,
-) -> Iterator[RowWriter]:
-    """A :class:`RowWriter` on ``path`` (atomic: renamed into place only on success).
+) -> Iterator[RowWriter | ParquetRows]:
+    """A writer of rows on ``path`` (atomic: renamed into place only on success).
 
     Whatever ends the run early (an exception, Ctrl-C, SIGTERM, SIGHUP, and where Linux's
     ``O_TMPFILE`` works even SIGKILL) leaves ``path`` as it was and no temporary file: see
     :func:`lstm_export.fileio.atomic_open`. With ``path=None`` the rows go to ``stream`` (the CLI
-    passes stdout). ``class_names`` adds one probability column per class.
+    passes stdout). ``class_names`` adds one probability column per class. Parquet needs
+    ``pyarrow`` (installed with the ``ray`` extra).
     """
     concrete = resolve_format(path, fmt)
-    if path is None:
+    if concrete == OutputFormat.parquet:
+        if path is None:
+            raise OutputError("Parquet rows need an output file, not the terminal")
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError as exc:
+            raise OutputError(
+                f"Parquet needs pyarrow: pip install 'lstm-export[ray]' ({exc})"
+            ) from exc
+        with atomic_open(Path(path), "wb") as out:
+            parquet = ParquetRows(out, labelled=labelled, class_names=class_names)
+            yield parquet
+            parquet.close()
+    elif path is None:
         if stream is None:
             raise OutputError("no output: give a path or a stream")
         yield RowWriter(stream, concrete, labelled=labelled, class_names=class_names)
         stream.flush()
-        return
-    with atomic_open(Path(path), "w", encoding="utf-8", newline="") as out:
-        yield RowWriter(out, concrete, labelled=labelled, class_names=class_names)
+    else:
+        with atomic_open(Path(path), "w", encoding="utf-8", newline="") as out:
+            yield RowWriter(out, concrete, labelled=labelled, class_names=class_names)

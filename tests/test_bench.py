@@ -134,11 +134,7 @@ def _parity(backend: str, precision: str, accuracy: float, agreement: float) -> 
     logits[:wrong, 0], logits[:wrong, 1] = 0, 1
     assert parity.compare(logits, reference, labels).agreement == pytest.approx(agreement)
     variant = Variant(backend, VARIANTS[0].artifact, "eager", frozenset(), precision)
-    return _parity_row(variant, _Settings(), logits, reference, labels)
-
-
-class _Settings:
-    device = BenchDevice.cpu
+    return _parity_row(variant, "cpu", logits, reference, labels)
 
 
 def test_reduced_precision_is_allowed_three_tenths_of_a_point() -> None:
@@ -320,7 +316,10 @@ def test_plot_and_markdown_show_every_backend(tmp_path: Path) -> None:
     text = markdown(result)
     for name in names:
         assert f"| {name} | 1 |" in text
-    assert "⚠" in text and "*unstable*" in text and "skipped x: not installed" in text
+    assert "| eager | 1 | 0.150 | 1.10 | 6,667 | 1.00x | 1.00x | 3 |  |" in text  # no note
+    assert "| noisy calls |" in text and "| rounds disagree |" in text
+    assert "noisy calls: the slowest tenth of the calls took over 1.5x the median" in text
+    assert "rounds disagree: after the last round" in text and "skipped x: not installed" in text
 
 
 def test_time_runner_counts_iterations(make_checkpoint: Callable[..., Path]) -> None:

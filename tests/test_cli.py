@@ -63,7 +63,7 @@ def test_data_verifies_folder(mnist_dir: Path) -> None:
 
 
 def test_data_json(mnist_dir: Path) -> None:
-    from lstm_export.data.mnist import MD5
+    from lstm_export.data.files import MD5
 
     result = runner.invoke(app, ["data", "--data-dir", str(mnist_dir), "--json"])
     assert result.exit_code == 0, result.output
@@ -88,7 +88,7 @@ def test_data_fetches_a_missing_cache_and_says_so(
     mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lstm_export.data import fetch
-    from lstm_export.data.mnist import MD5, find_file
+    from lstm_export.data.files import MD5, find_file
 
     cache = _cache_env(tmp_path, monkeypatch)
 

@@ -16,17 +16,15 @@ import pytest
 
 from lstm_export.data import fetch
 from lstm_export.data.fetch import pickle_to_idx, write_idx_from_wheel
+from lstm_export.data.files import MD5, check_dir, verify_dir
 from lstm_export.data.idx import encode_idx, parse_idx, read_idx
 from lstm_export.data.mnist import (
     ENV_VAR,
-    MD5,
     CorruptCacheError,
-    check_dir,
     ensure_mnist,
     load_mnist,
     load_split,
     locate,
-    verify_dir,
 )
 from lstm_export.data.safe_pickle import loads_numpy_only
 from lstm_export.errors import DataError
@@ -59,10 +57,12 @@ def test_idx_truncated_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_idx_wrong_magic_is_rejected() -> None:
-    with pytest.raises(DataError, match="magic"):
+    with pytest.raises(DataError, match=r"not an IDX file \(magic number 0x12340801"):
         parse_idx(b"\x12\x34\x08\x01" + b"\x00" * 8)
-    with pytest.raises(DataError, match="too short"):
+    with pytest.raises(DataError, match="not an IDX file"):
         parse_idx(b"\x00")
+    with pytest.raises(DataError, match="not an IDX file"):
+        parse_idx(b"\x00\x00\x08\x02\x00\x00")  # a header cut short
 
 
 def test_truncated_gzip_is_a_data_error(tmp_path: Path) -> None:
@@ -258,8 +258,8 @@ def test_wheel_with_wrong_sha256_is_rejected(tmp_path: Path) -> None:
 
 
 def test_md5_table_matches_shared_copies(mnist_dir: Path) -> None:
+    from lstm_export.data.files import find_file
     from lstm_export.data.idx import read_idx_bytes
-    from lstm_export.data.mnist import find_file
 
     for name, md5 in MD5.items():
         path = find_file(mnist_dir, name)

@@ -75,7 +75,7 @@ def test_onnx_human_output_and_fp16(tmp_path: Path, small_run: Path, mnist_dir: 
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert f"wrote {out}" in text and "pixels: float32 [batch, 28, 28]" in text
-    assert "1 native node(s): LSTM forward hidden 16" in text
+    assert "1 native node: LSTM forward hidden 16" in text
     assert "batch 512" in text and "argmax agreement 512/512" in text
     assert (tmp_path / "sub" / "digits.fp16.onnx").is_file()
 
@@ -133,8 +133,8 @@ def test_with_state_export_and_inspect(tmp_path: Path, small_run: Path, mnist_di
         "output    c_n: float32 [1, batch, 16]",
         "LSTM forward hidden 16, time axis time",
         "batch 64 x 100",
-        "stream    1 digit(s) in chunks 7+7+14 with the state carried vs all at once",
-        "stream    64 digit(s) in chunks 7+7+14",
+        "stream    1 digit in chunks 7+7+14 with the state carried vs all at once",
+        "stream    64 digits in chunks 7+7+14",
     ):
         assert line in text, text
     shown = run("inspect", out).stdout
@@ -142,7 +142,7 @@ def test_with_state_export_and_inspect(tmp_path: Path, small_run: Path, mnist_di
         "input     pixels: float32 [batch, time, 28]",
         "input     c_0: float32 [1, batch, 16]",
         "output    h_n: float32 [1, batch, 16]",
-        "1 native node(s): LSTM forward hidden 16, time axis time",
+        "1 native node: LSTM forward hidden 16, time axis time",
         "seq_len: any",
         "state_inputs: h_0: float32 [1, batch, 16], c_0: float32 [1, batch, 16]",
     ):

@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from lstm_export import __version__
-from lstm_export.console import err_console, setup_logging
+from lstm_export.console import err_console, plain, setup_logging
 from lstm_export.errors import DeviceError, LstmExportError
 from lstm_export.fileio import terminated_by
 
@@ -68,7 +68,8 @@ class _OneLineErrors(TyperGroup):
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One ``error:`` line; ``message`` may quote paths, names and metadata, so it is escaped."""
+    err_console.print(f"[red]error:[/] {plain(message)}", highlight=False, soft_wrap=True)
     sys.exit(1)
 
 
@@ -104,6 +105,8 @@ def _register() -> None:
     from lstm_export.export import cli as export_cli
     from lstm_export.infer import cli as infer_cli
     from lstm_export.pipeline import cli as demo_cli
+    from lstm_export.serve import cli as serve_cli
+    from lstm_export.serve import triton_cli
     from lstm_export.train import cli as train_cli
 
     app.command("data")(data_cli.data)
@@ -115,6 +118,8 @@ def _register() -> None:
     app.command("infer")(infer_cli.infer)
     app.command("bench")(bench_cli.bench)
     app.command("demo")(demo_cli.demo)
+    app.command("serve")(serve_cli.serve)
+    app.command("triton")(triton_cli.triton)
 
 
 _register()

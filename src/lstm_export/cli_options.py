@@ -6,6 +6,7 @@ Panels group the flags a first-time reader can skip in ``--help``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -39,5 +40,31 @@ ThreadsOption = Annotated[
 ]
 ProgressFlag = Annotated[
     bool,
-    typer.Option("--progress/--no-progress", help="Progress bar on stderr.", rich_help_panel=OUTPUT),
+    typer.Option(
+        "--progress/--no-progress", help="Progress bar on stderr.", rich_help_panel=OUTPUT
+    ),
 ]
+CheckpointArg = Annotated[
+    Path, typer.Argument(help="Run folder or checkpoint file (model.pt).", show_default=False)
+]
+
+
+def cap_threads(threads: int | None) -> int | None:
+    """``--threads`` capped at the cores this process may use, saying so on stderr."""
+    from lstm_export.console import count, err_console
+    from lstm_export.devices import usable_cores
+
+    cores = usable_cores()
+    if threads is None or threads <= cores:
+        return threads
+    err_console.print(
+        f"note: --threads {threads} is more than the {count(cores, 'core')} here; using {cores}"
+    )
+    return cores
+
+
+def positive_finite(value: float | None) -> float | None:
+    """A typer callback: the value must be a finite number above 0 (``inf`` and ``nan`` parse)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value}")
+    return value

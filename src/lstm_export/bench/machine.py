@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from lstm_export.infer.pipeline import usable_cores
+from lstm_export.devices import usable_cores
 
 
 def cpu_model() -> str:

@@ -4,12 +4,19 @@ The parent sends a :class:`MeasureJob`; the child loads the runner, computes log
 images and times every batch size, posting progress, each batch size's figures as soon as they
 are measured, and then the raw result on a queue. :func:`check_in_child` loads every runner
 once, briefly, before anything is measured.
+
+A child never outlives the bench: the parent kills it whenever it stops waiting for it (an error,
+Ctrl-C, SIGTERM), and on Linux the kernel kills it when the parent dies (``PR_SET_PDEATHSIG``),
+even of SIGKILL.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_module
+import signal
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +26,16 @@ import numpy as np
 
 from lstm_export import errors
 from lstm_export.bench.stats import latency_stats
-from lstm_export.bench.timing import time_runner
+from lstm_export.bench.timing import time_runner, warm_up
 from lstm_export.bench.variants import Variant
-from lstm_export.errors import BenchError
+from lstm_export.console import count
+from lstm_export.errors import BenchError, first_line
 from lstm_export.infer.base import Runner
+
+#: prctl(2) option: the signal this process gets when its parent dies
+PR_SET_PDEATHSIG = 1
+#: the warm-up round runs each batch size for at least this long (besides ``warmup`` calls)
+WARMUP_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -72,17 +85,18 @@ def measure(job: MeasureJob, report: Any = None, measured: Any = None) -> Measur
     with runner:
         result = Measurement(description=_describe(job, runner), logits=np.empty(0))
         if job.parity:
-            say(f"parity on {n} images")
+            say(f"parity on {count(n, 'image')}")
             result.logits = runner.infer_all(images)
+        for batch in job.batch_sizes:  # a warm-up round: every batch size runs before any is timed
+            say(f"warming up, batch {batch}")
+            warm_up(runner, batch_of(images, batch), calls=job.warmup, seconds=WARMUP_SECONDS)
         for batch in job.batch_sizes:
             say(f"batch {batch}")
+            seconds = None if job.iterations else job.seconds
             timings = time_runner(
-                runner,
-                batch_of(images, batch),
-                warmup=job.warmup,
-                iterations=job.iterations,
-                seconds=None if job.iterations else job.seconds,
-            )
+                runner, batch_of(images, batch), warmup=job.warmup, iterations=job.iterations,
+                seconds=seconds,
+            )  # fmt: skip
             result.compute[batch], result.copies[batch] = timings.compute, timings.copies
             if measured is not None:
                 measured(batch, latency_stats(timings.compute, batch).to_dict())
@@ -91,7 +105,7 @@ def measure(job: MeasureJob, report: Any = None, measured: Any = None) -> Measur
 
 def measure_in_child(job: MeasureJob, report: Any = None, measured: Any = None) -> Measurement:
     """Run :func:`measure` in a fresh spawned process and return its result."""
-    result: Measurement = _in_child(_measure_main, job, job.variant.name, report, measured)
+    result: Measurement = _in_child(measure, job, job.variant.name, report, measured)
     return result
 
 
@@ -111,11 +125,11 @@ def check_in_child(job: CheckJob, report: Any = None) -> None:
     Raises the runner's typed error (or BenchError) as one line naming the backend that failed,
     before any time is spent measuring the others.
     """
-    _in_child(_check_main, job, "check", report, None)
+    _in_child(check, job, "check", report, None)
 
 
-def check(job: CheckJob, report: Any = None) -> None:
-    """:func:`check_in_child`'s work, in this process."""
+def check(job: CheckJob, report: Any = None, measured: Any = None) -> None:
+    """:func:`check_in_child`'s work, in this process (``measured`` is not called)."""
     from lstm_export.infer.registry import make_runner
 
     say = report or (lambda _text: None)
@@ -129,16 +143,16 @@ def check(job: CheckJob, report: Any = None) -> None:
         except errors.LstmExportError as exc:
             raise type(exc)(f"backend {variant.name!r} cannot run: {exc}") from exc
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise BenchError(f"backend {variant.name!r} cannot run: {first}") from exc
+            raise BenchError(f"backend {variant.name!r} cannot run: {first_line(exc)}") from exc
 
 
-def _in_child(target: Any, job: Any, name: str, report: Any, measured: Any) -> Any:
-    """Run ``target(job, channel)`` in a spawned process; relay its messages; return its result."""
+def _in_child(work: Any, job: Any, name: str, report: Any, measured: Any) -> Any:
+    """Run ``work(job, ...)`` in a spawned process; relay its messages; return its result."""
     ctx = mp.get_context("spawn")
     channel = ctx.Queue()
-    child = ctx.Process(target=target, args=(job, channel), daemon=True)
+    child = ctx.Process(target=_child_main, args=(work, job, name, channel), daemon=True)
     child.start()
+    finished = False
     try:
         while True:
             try:
@@ -154,37 +168,33 @@ def _in_child(target: Any, job: Any, name: str, report: Any, measured: Any) -> A
             elif kind == "measured" and measured is not None:
                 measured(*payload)
             elif kind == "result":
+                finished = True
                 return payload
             elif kind == "error":
                 cls_name, message = payload
-                cls = getattr(errors, cls_name, BenchError)
-                raise cls(message)
+                raise getattr(errors, cls_name, BenchError)(message)
     finally:
-        child.join(timeout=10)
-        if child.is_alive():
+        if finished:
+            child.join(timeout=10)
+        if child.is_alive():  # stopped waiting (an error, Ctrl-C, SIGTERM): the child goes too
             child.kill()
+            child.join(timeout=10)
 
 
-def _measure_main(job: MeasureJob, channel: Any) -> None:
-    _guard(
-        job.variant.name,
-        channel,
-        lambda: measure(
-            job,
-            lambda text: channel.put(("progress", text)),
-            lambda batch, stats: channel.put(("measured", (batch, stats))),
-        ),
-    )
+def _child_main(work: Any, job: Any, name: str, channel: Any) -> None:
+    """The child: dies with the parent (Linux), runs ``work``, posts its messages, then its result
+    or its error as one line (the detail in the last frame)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-
-def _check_main(job: CheckJob, channel: Any) -> None:
-    _guard("check", channel, lambda: check(job, lambda text: channel.put(("progress", text))))
-
-
-def _guard(name: str, channel: Any, work: Any) -> None:
-    """Post ``work()``'s result, or its error as one line (the detail in the last frame)."""
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    parent = mp.parent_process()
+    if parent is not None and not parent.is_alive():  # it died before the request
+        os._exit(1)
     try:
-        channel.put(("result", work()))
+        progress = lambda text: channel.put(("progress", text))  # noqa: E731
+        measured = lambda batch, stats: channel.put(("measured", (batch, stats)))  # noqa: E731
+        channel.put(("result", work(job, progress, measured)))
     except errors.LstmExportError as exc:
         channel.put(("error", (type(exc).__name__, str(exc))))
     except BaseException as exc:

@@ -1,12 +1,14 @@
-"""Bench output: the JSON file, a markdown summary and the latency/throughput plot."""
+"""Bench output: tables on the terminal or in markdown, the JSON file and the plot."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lstm_export.bench.stats import DISTURBED_SPREAD, STABLE_SPREAD
+from lstm_export.console import count
 from lstm_export.fileio import atomic_path, write_text_atomic
 
 
@@ -15,83 +17,142 @@ def write_json(result: dict[str, Any], path: Path) -> None:
     write_text_atomic(path, json.dumps(result, indent=2) + "\n")
 
 
-def _fmt_ratio(value: float | None, suffix: str = "x") -> str:
-    return "-" if value is None else f"{value:.2f}{suffix}"
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _ms(value: float) -> str:
+    """Milliseconds with four significant figures at most: 0.113, 7.512, 65.64, 812.7."""
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
+
+
+def _notes(row: dict[str, Any]) -> list[str]:
+    return ["noisy calls"] * bool(row.get("disturbed")) + ["rounds disagree"] * (
+        row.get("stable") is False
+    )
+
+
+#: what a row's note means (shown under a table that has such a row)
+LEGEND = {
+    "noisy calls": f"noisy calls: the slowest tenth of the calls took over {DISTURBED_SPREAD}x "
+    "the median (p90/p50): something else ran on the machine; the median is still reported",
+    "rounds disagree": "rounds disagree: after the last round the rounds' figures still spread "
+    f"over {STABLE_SPREAD * 100:.0f} % of their median (interquartile range); treat it as rough",
+}
+#: (terminal heading, markdown heading, cell) of each column
+_Column = tuple[str, str, Callable[[dict[str, Any]], str]]
+_LATENCY: list[_Column] = [
+    ("backend", "backend", lambda r: r["backend"]),
+    ("batch", "batch", lambda r: str(r["batch_size"])),
+    ("p50 ms", "p50 ms", lambda r: _ms(r["p50_ms"])),
+    ("p90/p50", "p90/p50", lambda r: f"{min(r['spread'], 99):.2f}"),
+    ("img/s", "images/s", lambda r: f"{r['throughput']:,.0f}"),
+    ("lat/eager", "latency vs eager", lambda r: _ratio(r["latency_ratio"])),
+    ("speedup", "throughput vs eager", lambda r: _ratio(r["speedup"])),
+    ("rounds", "rounds", lambda r: str(r["rounds"])),
+    ("note", "note", lambda r: ", ".join(_notes(r))),
+]
+_PARITY: list[_Column] = [
+    ("backend", "backend", lambda p: p["backend"]),
+    ("prec", "precision", lambda p: p["precision"]),
+    ("accuracy", "accuracy", lambda p: f"{p['accuracy'] * 100:.2f} %"),
+    ("Δ eager", "Δ vs eager", lambda p: f"{p['accuracy_delta'] * 100:+.2f} pt"),
+    ("agree", "agreement with eager", lambda p: f"{p['agreement'] * 100:.2f} %"),
+    ("max |Δ|", "max abs diff", lambda p: f"{p['max_abs_diff']:.1e}"),
+    ("mean |Δ|", "mean abs diff", lambda p: f"{p['mean_abs_diff']:.1e}"),
+    ("note", "note", lambda p: "out of bounds" if p["flagged"] else ""),
+]
+#: columns of words (the others hold numbers, right-aligned)
+_LEFT = {"backend", "prec", "note", "fastest", "ours", "peer", "ahead"}
+_BEST: list[_Column] = [
+    ("batch", "batch", lambda b: str(b["batch_size"])),
+    ("fastest", "fastest (latency vs eager)", lambda b: _named(b, "best")),
+    ("ours", "best of our exports", lambda b: _named(b, "best_export")),
+    ("peer", "best peer", lambda b: _named(b, "best_peer")),
+    (
+        "ahead",
+        "ours at least as fast",
+        lambda b: {True: "yes", False: "**no**"}.get(b["export_ahead"], "-"),
+    ),
+]
+
+
+def _named(best: dict[str, Any], key: str) -> str:
+    speedup = best[f"{key}_speedup"]
+    return "-" if best[key] is None else f"{best[key]} ({_ratio(1 / speedup if speedup else None)})"
+
+
+def _where(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    return str(m.get("gpu") or f"{m['cpu']}, {count(m['cores'], 'core')}")
+
+
+def _after(result: dict[str, Any]) -> list[str]:
+    """The lines under the tables: what the notes mean, parity problems, skipped backends."""
+    shown = {note for r in result["latency"] for note in _notes(r)}
+    lines = [text for note, text in LEGEND.items() if note in shown]
+    lines += [f"{p['backend']}: {x}" for p in result["parity"] for x in p.get("problems", [])]
+    return lines + [f"skipped {x['backend']}: {x['reason']}" for x in result.get("skipped", [])]
 
 
 def markdown(result: dict[str, Any]) -> str:
     """Latency, parity and best-per-batch tables as GitHub markdown, with the machine named."""
-    m = result["machine"]
-    where = m.get("gpu") or f"{m['cpu']}, {m['cores']} cores"
-    s = result["settings"]
+    m, s = result["machine"], result["settings"]
     versions = f"torch {m['torch']}, onnxruntime {m['onnxruntime']}"
-    if m.get("openvino"):
-        versions += f", openvino {m['openvino']}"
+    versions += f", openvino {m['openvino']}" if m.get("openvino") else ""
+    load = f"; load average {m['load_average']}" if m.get("load_average") else ""
     lines = [
-        f"Machine: {where}; {versions}; device {s['device']}, {s['threads']} threads"
-        + (f"; load average {m['load_average']}" if m.get("load_average") else "")
-        + ".",
+        f"Machine: {_where(result)}; {versions}; device {s['device']}, {count(s['threads'], 'thread')}{load}.",
         "",
         "Every figure is a median: p50 of the calls of the median round; images/s = batch / p50;"
-        " the ratios are p50 against eager's p50 at the same batch size. ⚠: p90/p50 above "
-        f"{DISTURBED_SPREAD} (the machine was disturbed); *unstable*: the rounds' interquartile "
-        f"range was still above {STABLE_SPREAD * 100:.0f} % of their median after the last round.",
-        "",
-        "| backend | batch | p50 ms | p90/p50 | images/s | latency vs eager | "
-        "throughput vs eager | rounds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        " the ratios are p50 against eager's p50 at the same batch size.",
     ]
-    for r in result["latency"]:
-        spread = f"{r['spread']:.2f}" + (" ⚠" if r["disturbed"] else "")
-        rounds = str(r["rounds"]) + (" *unstable*" if r.get("stable") is False else "")
+    tables = [(_LATENCY, result["latency"], 2), (_PARITY, result["parity"], 2)]
+    tables += [(_BEST, result["best"], 1)] if result.get("best") else []
+    for columns, rows, left in tables:
+        lines += ["", "| " + " | ".join(c[1] for c in columns) + " |"]
         lines.append(
-            f"| {r['backend']} | {r['batch_size']} | {r['p50_ms']:.3f} | {spread} | "
-            f"{r['throughput']:,.0f} | {_fmt_ratio(r['latency_ratio'])} | "
-            f"{_fmt_ratio(r['speedup'])} | {rounds} |"
+            "|" + "|".join("---" if i < left else "---:" for i in range(len(columns))) + "|"
         )
-    lines += [
-        "",
-        "| backend | precision | accuracy | Δ vs eager | agreement with eager | max abs diff | "
-        "mean abs diff |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for p in result["parity"]:
-        flag = " ⚠" if p["flagged"] else ""
-        lines.append(
-            f"| {p['backend']} | {p['precision']} | {p['accuracy'] * 100:.2f} % | "
-            f"{p['accuracy_delta'] * 100:+.2f} pt{flag} | {p['agreement'] * 100:.2f} %{flag} | "
-            f"{p['max_abs_diff']:.2e} | {p['mean_abs_diff']:.2e} |"
-        )
-    problems = [f"{p['backend']}: {x}" for p in result["parity"] for x in p.get("problems", [])]
-    if problems:
-        lines += ["", *[f"- ⚠ {x}" for x in problems]]
-    if result.get("best"):
-        lines += [
-            "",
-            "| batch | fastest (latency vs eager) | best of our exports | best peer | "
-            "ours at least as fast |",
-            "|---:|---|---|---|---|",
-        ]
-        for b in result["best"]:
-            ahead = {True: "yes", False: "**no**", None: "-"}[b["export_ahead"]]
-            lines.append(
-                f"| {b['batch_size']} | {_named(b['best'], b['best_speedup'])} | "
-                f"{_named(b['best_export'], b['best_export_speedup'])} | "
-                f"{_named(b['best_peer'], b['best_peer_speedup'])} | {ahead} |"
+        lines += ["| " + " | ".join(c[2](row) for c in columns) + " |" for row in rows]
+    after = _after(result)
+    return "\n".join(lines + ([""] if after else []) + [f"- {x}" for x in after]) + "\n"
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    """Rich tables on stdout: latency with ratios against eager (all from the median), parity,
+    and what their notes mean."""
+    from rich import box
+    from rich.table import Table
+
+    from lstm_export.console import console, plain, print_whole
+
+    s = result["settings"]
+    images = result["parity"][0]["images"] if result["parity"] else 0
+    titles = (
+        f"Latency on {_where(result)} ({s['device']}, {count(s['threads'], 'thread')}; medians)",
+        f"Parity with eager PyTorch on {count(images, 'test image')}",
+    )
+    for title, columns, rows in zip(
+        titles, (_LATENCY, _PARITY), (result["latency"], result["parity"]), strict=True
+    ):
+        table = Table(title=plain(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+        for column in columns:
+            table.add_column(
+                column[0], justify="left" if column[0] in _LEFT else "right", no_wrap=True
             )
-    if result.get("skipped"):
-        lines += ["", *[f"- skipped {x['backend']}: {x['reason']}" for x in result["skipped"]]]
-    return "\n".join(lines) + "\n"
-
-
-def _named(name: str | None, speedup: float | None) -> str:
-    if name is None:
-        return "-"
-    return f"{name} ({_fmt_ratio(None if not speedup else 1 / speedup)})"
+        for row in rows:
+            style = "red" if row.get("flagged") else None
+            table.add_row(*(plain(c[2](row)) for c in columns), style=style)
+        print_whole(console, table)
+    for line in _after(result):
+        console.print(plain(line), highlight=False, soft_wrap=True)
 
 
 #: line styles: eager a thick black line, our exports solid, peers dashed; markers tell apart
 _MARKERS = "osD^vP*Xh<>p"
+#: a red ring around a noisy figure
+_RING = {"s": 150, "facecolors": "none", "edgecolors": "red", "linewidths": 1.2, "zorder": 3}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -124,45 +185,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
             style.update(color="black", linewidth=2.6, label=f"{name} (reference)")
         ax_lat.plot(sizes, [r["p50_ms"] for r in mine], **style)
         ax_tp.plot(sizes, [r["throughput"] for r in mine], **style)
-        shaky = [r for r in mine if r.get("stable") is False or r.get("disturbed")]
+        shaky = [r for r in mine if _notes(r)]
+        label = "noisy calls or rounds disagree" if shaky and not marked else None
         for ax, key in ((ax_lat, "p50_ms"), (ax_tp, "throughput")):
-            ax.scatter(
-                [r["batch_size"] for r in shaky],
-                [r[key] for r in shaky],
-                s=150,
-                facecolors="none",
-                edgecolors="red",
-                linewidths=1.2,
-                zorder=3,
-                label="unstable or disturbed" if shaky and not marked else None,
-            )
+            xs, ys = [r["batch_size"] for r in shaky], [r[key] for r in shaky]
+            ax.scatter(xs, ys, **_RING, label=label)
         marked = marked or bool(shaky)
     ax_lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="median latency (ms)")
-    ax_tp.set(
-        xscale="log", yscale="log", xlabel="batch size", ylabel="throughput (images/s, median)"
-    )
+    ax_tp.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (median)")
     sizes_all = sorted({r["batch_size"] for r in rows})
     for ax in (ax_lat, ax_tp):
-        ax.grid(True, which="both", alpha=0.3)
         ax.set_xticks(sizes_all, [str(b) for b in sizes_all])
         ax.minorticks_off()
         ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax_lat.get_legend_handles_labels()
-    fig.legend(
-        handles,
-        labels,
-        loc="lower center",
-        ncol=min(4, max(1, len(labels))),
-        fontsize=10,
-        frameon=False,
-        handlelength=3,
-    )
-    m = result["machine"]
-    where = m.get("gpu") or f"{m['cpu']} ({m['cores']} cores)"
-    fig.suptitle(
-        f"lstm-export bench on {where}, {result['settings']['threads']} threads "
-        "(medians; dashed: peer runtimes)"
-    )
+    columns = min(4, max(1, len(labels)))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False, handlelength=3)
+    threads = count(result["settings"]["threads"], "thread")
+    fig.suptitle(f"lstm-export bench on {_where(result)}, {threads} (medians; dashed: peers)")
     rows_of_legend = -(-len(labels) // 4)
     fig.tight_layout(rect=(0, 0.04 + 0.045 * rows_of_legend, 1, 1))
     with atomic_path(Path(path)) as tmp:

@@ -21,7 +21,13 @@ import numpy as np
 
 from lstm_export.bench.artifacts import ensure_artifacts
 from lstm_export.bench.machine import machine_info, usable_cores
-from lstm_export.bench.measure import CheckJob, MeasureJob, check_in_child, measure_in_child
+from lstm_export.bench.measure import (
+    CheckJob,
+    MeasureJob,
+    Measurement,
+    check_in_child,
+    measure_in_child,
+)
 from lstm_export.bench.stats import is_stable, latency_stats, round_spread
 from lstm_export.bench.variants import (
     REDUCED_PRECISIONS,
@@ -56,27 +62,24 @@ class BenchSettings:
     iterations: int | None = None  # fixed count per batch size, or ...
     seconds: float | None = 1.0  # ... a time budget per batch size
     rounds: int = 3  # backends measured in turn at least this many times; medians reported
-    max_rounds: int | None = None  # ... and at most this many while a figure is unstable
-    #                                  (None: rounds + 4)
+    #: ... and at most this many while a figure is unstable (None: rounds + 4)
+    max_rounds: int | None = None
     threads: int | None = None  # intra-op threads for torch and ONNX Runtime; None: all cores
     parity_images: int = 0  # 0: the whole 10k test set
     reexport: bool = False
     data_dir: Path | None = None
 
     def check(self) -> None:
-        if not self.batch_sizes:
-            raise BenchError("give at least one batch size")
-        bad = [b for b in self.batch_sizes if b < 1]
-        if bad:
-            raise BenchError(f"batch sizes must be >= 1, got {bad[0]}")
-        if self.warmup < 0:
-            raise BenchError(f"warmup must be >= 0, got {self.warmup}")
-        if self.iterations is not None and self.iterations < 1:
-            raise BenchError(f"iterations must be >= 1, got {self.iterations}")
-        if self.seconds is not None and self.seconds <= 0:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise BenchError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
+        for name in ("warmup", "parity_images"):
+            if getattr(self, name) < 0:
+                raise BenchError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("iterations", "rounds", "threads"):
+            if (getattr(self, name) or 1) < 1:
+                raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seconds is not None and not self.seconds > 0:
             raise BenchError(f"seconds must be > 0, got {self.seconds}")
-        if self.rounds < 1:
-            raise BenchError(f"rounds must be >= 1, got {self.rounds}")
         if self.max_rounds is not None and self.max_rounds < self.rounds:
             raise BenchError(f"max rounds ({self.max_rounds}) must be >= rounds ({self.rounds})")
 
@@ -84,10 +87,6 @@ class BenchSettings:
     def round_cap(self) -> int:
         """The most rounds a figure is measured in: ``max_rounds``, else ``rounds + 4``."""
         return self.max_rounds if self.max_rounds is not None else self.rounds + 4
-        if self.threads is not None and self.threads < 1:
-            raise BenchError(f"threads must be >= 1, got {self.threads}")
-        if self.parity_images < 0:
-            raise BenchError(f"parity images must be >= 0, got {self.parity_images}")
 
 
 @dataclass
@@ -128,6 +127,20 @@ class BenchPlan:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class _Rounds:
+    """What the rounds measured, per (variant, batch size) and round."""
+
+    #: timings[(variant, batch)][round] = (compute seconds, copy seconds) of each call
+    timings: dict[tuple[str, int], dict[int, tuple[np.ndarray, np.ndarray]]] = field(
+        default_factory=dict
+    )
+    #: p50[(variant, batch)][round] = median compute ms of that round
+    p50: dict[tuple[str, int], dict[int, float]] = field(default_factory=dict)
+    #: each variant's first measurement (its description and parity logits)
+    first: dict[str, Measurement] = field(default_factory=dict)
+
+
 def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
     """Check the request (settings, checkpoint, backends, data); raise a typed error if bad."""
     from lstm_export.checkpoint import load_checkpoint, resolve_checkpoint
@@ -161,86 +174,70 @@ def run_bench(
     on_progress: ProgressCallback | None = None,
     on_line: LineCallback | None = None,
 ) -> BenchResult:
-    """Benchmark every planned backend against eager PyTorch.
+    """Benchmark every planned backend against eager PyTorch: prepare, measure, report.
 
-    ``on_progress`` follows the steps; ``on_line`` gets one line per backend and batch size as
-    soon as it is measured (with its ratio to eager's figure of the same round).
+    ``on_progress`` follows the steps (its total is the rounds' measurements, known more
+    precisely as rounds end); ``on_line`` gets one line per backend and batch size as soon as it
+    is measured (with its ratio to eager's figure of the same round).
     """
-    from lstm_export.data.mnist import ensure_mnist, load_split
-    from lstm_export.fileio import file_digest
-
-    plan.data_dir = ensure_mnist(plan.data_dir)
-    settings, checkpoint, ckpt = plan.settings, plan.checkpoint, plan.ckpt
-    variants, threads = plan.variants, plan.threads
     progress = on_progress or (lambda *_: None)
     say = on_line or (lambda _text: None)
+    paths = _prepare(plan, progress)
+    for name, reason in plan.skipped.items():
+        say(f"skipped {name}: {reason}")
+    rounds = _measure(plan, paths, progress, say)
+    result = _report(plan, rounds)
+    progress("done", 1, 1)
+    return result
 
-    def exporting(artifact: Any) -> None:
-        progress(f"exporting {artifact.value}", 0, 0)
 
+def _prepare(plan: BenchPlan, progress: ProgressCallback) -> dict[Any, Path]:
+    """Verify MNIST, export what is missing or stale, and load every backend once: a provider
+    that cannot load (ONNX Runtime's CUDA, a missing package) fails the bench now, naming it."""
+    from lstm_export.data.mnist import ensure_mnist
+
+    plan.data_dir = ensure_mnist(plan.data_dir)
     paths = ensure_artifacts(
-        checkpoint,
-        [v.artifact for v in variants],
+        plan.checkpoint,
+        [v.artifact for v in plan.variants],
         data_dir=plan.data_dir,
-        force=settings.reexport,
-        on_export=exporting,
+        force=plan.settings.reexport,
+        on_export=lambda artifact: progress(f"exporting {artifact.value}", 0, 0),
     )
-    # Every backend loads and runs once before any is measured: a provider that cannot load
-    # (ONNX Runtime's CUDA, a missing package) fails the bench now, in one line naming it.
     progress("checking that every backend loads", 0, 0)
     check_in_child(
         CheckJob(
-            variants=tuple(variants),
-            paths=tuple(paths[v.artifact] for v in variants),
-            device=settings.device.value,
-            threads=threads,
+            variants=tuple(plan.variants),
+            paths=tuple(paths[v.artifact] for v in plan.variants),
+            device=plan.settings.device.value,
+            threads=plan.threads,
         ),
         lambda text: progress(text, 0, 0),
     )
-    for name, reason in plan.skipped.items():
-        say(f"skipped {name}: {reason}")
-    test = load_split(plan.data_dir, "test")
-    n = settings.parity_images or len(test.images)
-    labels = test.labels[:n]
-    result = BenchResult(
-        machine=machine_info(settings.device.value),
-        settings={
-            **{k: v for k, v in asdict(settings).items() if k not in ("data_dir", "device")},
-            "device": settings.device.value,
-            "threads": threads,
-            "max_rounds": settings.round_cap,
-            "batch_sizes": list(settings.batch_sizes),
-            "isolation": "one process per backend",
-            "statistic": "median (p50) of calls; the median round; throughput = batch / p50",
-        },
-        model={
-            "checkpoint": str(checkpoint),
-            "sha256": file_digest(checkpoint),
-            "test_accuracy": ckpt.get("metrics", {}).get("test_accuracy"),
-            "model_config": ckpt["model_config"],
-        },
-        skipped=[{"backend": k, "reason": v} for k, v in plan.skipped.items()],
-    )
-    reference: np.ndarray | None = None
-    # timings[(variant, batch)][round] = (compute, copies)
-    timings: dict[tuple[str, int], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    # round_p50[(variant, batch)][round] = median compute ms of that round
-    round_p50: dict[tuple[str, int], dict[int, float]] = {}
-    pending: dict[str, tuple[int, ...]] = {v.name: tuple(settings.batch_sizes) for v in variants}
-    measured_once: set[str] = set()
-    round_index, done = 0, 0
+    return paths
+
+
+def _measure(
+    plan: BenchPlan, paths: dict[Any, Path], progress: ProgressCallback, say: LineCallback
+) -> _Rounds:
+    """Measure the backends in turn, round after round; after ``rounds`` rounds only the figures
+    that are not stable yet (and eager at their batch sizes), up to ``round_cap`` rounds."""
+    settings, variants = plan.settings, plan.variants
+    got = _Rounds()
+    pending = {v.name: tuple(settings.batch_sizes) for v in variants}
+    round_index, done, total = 0, 0, settings.rounds * len(variants)
     while pending and round_index < settings.round_cap:
         todo = [v for v in variants if v.name in pending]
-        steps = done + len(todo)
+        total = max(total, done + len(todo))
         for variant in todo:
             job = MeasureJob(
                 variant=variant,
                 path=paths[variant.artifact],
                 device=settings.device.value,
-                threads=threads,
+                threads=plan.threads,
                 data_dir=plan.data_dir,
-                parity_images=n,
-                parity=variant.name not in measured_once,
+                parity_images=settings.parity_images,
+                parity=variant.name not in got.first,
                 batch_sizes=pending[variant.name],
                 warmup=settings.warmup,
                 iterations=settings.iterations,
@@ -248,66 +245,91 @@ def run_bench(
             )
             where = f"round {round_index + 1}, {variant.name}"
 
-            def report(text: str, where: str = where, done: int = done, steps: int = steps) -> None:
-                progress(f"{where}: {text}", done, steps)
+            def report(text: str, where: str = where, done: int = done, total: int = total) -> None:
+                progress(f"{where}: {text}", done, total)
 
             def measured(
-                batch: int,
-                stats: dict[str, Any],
-                name: str = variant.name,
-                r: int = round_index,
+                batch: int, stats: dict[str, Any], name: str = variant.name, r: int = round_index
             ) -> None:
-                round_p50.setdefault((name, batch), {})[r] = stats["p50_ms"]
-                ref = round_p50.get((REFERENCE, batch), {}).get(r)
+                ref = got.p50.get((REFERENCE, batch), {}).get(r)
                 say(_progress_line(r, name, batch, stats, ref))
+                got.p50.setdefault((name, batch), {})[r] = stats["p50_ms"]
 
-            got = measure_in_child(job, report, measured)
-            done += 1
-            if variant.name not in measured_once:
-                measured_once.add(variant.name)
-                result.backends.append(got.description)
-                if reference is None:
-                    reference = got.logits  # eager runs first: every backend is held to it
-                result.parity.append(_parity_row(variant, settings, got.logits, reference, labels))
+            measurement = measure_in_child(job, report, measured)
+            got.first.setdefault(variant.name, measurement)
             for batch in job.batch_sizes:
-                timings.setdefault((variant.name, batch), {})[round_index] = (
-                    got.compute[batch],
-                    got.copies[batch],
+                calls = (measurement.compute[batch], measurement.copies[batch])
+                got.timings.setdefault((variant.name, batch), {})[round_index] = calls
+                got.p50.setdefault((variant.name, batch), {})[round_index] = float(
+                    np.median(calls[0]) * 1e3
                 )
-                round_p50.setdefault((variant.name, batch), {})[round_index] = float(
-                    np.median(got.compute[batch]) * 1e3
-                )
+            done += 1
         round_index += 1
         if round_index >= settings.rounds:
-            pending = _unstable(round_p50, settings.batch_sizes, [v.name for v in variants])
-    for (name, batch), per_round in timings.items():
-        compute, copies = median_round(list(per_round.values()))
-        stats = latency_stats(compute, batch)
-        medians = round_p50[(name, batch)]
-        ratios = _round_ratios(round_p50, name, batch)
-        result.latency.append(
-            {
-                "backend": name,
-                "device": settings.device.value,
-                "batch_size": batch,
-                **stats.to_dict(),
-                "copy_ms": float(np.median(copies) * 1e3),
-                "rounds": len(per_round),
-                "round_p50_ms": [medians[r] for r in sorted(medians)],
-                "round_ratios": ratios,
-                "round_spread": round_spread(
-                    ratios if name != REFERENCE and ratios else list(medians.values())
-                ),
-                "stable": _stable(ratios if name != REFERENCE else list(medians.values())),
-            }
-        )
-    order = {v.name: i for i, v in enumerate(variants)}
-    result.latency.sort(key=lambda r: (order[r["backend"]], r["batch_size"]))
-    progress("done", done, done)
-    result.machine["load_average_end"] = machine_info(settings.device.value).get("load_average")
+            pending = _unstable(got.p50, settings.batch_sizes, [v.name for v in variants])
+    return got
+
+
+def _report(plan: BenchPlan, got: _Rounds) -> BenchResult:
+    """The result: parity against eager's logits, and the median round of every figure."""
+    from lstm_export.data.mnist import load_split
+    from lstm_export.fileio import file_digest
+
+    settings, device = plan.settings, plan.settings.device.value
+    labels = load_split(plan.data_dir, "test").labels
+    result = BenchResult(
+        machine=machine_info(device),
+        settings={
+            **{k: v for k, v in asdict(settings).items() if k not in ("data_dir", "device")},
+            "device": device,
+            "threads": plan.threads,
+            "max_rounds": settings.round_cap,
+            "batch_sizes": list(settings.batch_sizes),
+            "isolation": "one process per backend",
+            "statistic": "median (p50) of calls; the median round; throughput = batch / p50",
+        },
+        model={
+            "checkpoint": str(plan.checkpoint),
+            "sha256": file_digest(plan.checkpoint),
+            "test_accuracy": plan.ckpt.get("metrics", {}).get("test_accuracy"),
+            "model_config": plan.ckpt["model_config"],
+        },
+        skipped=[{"backend": k, "reason": v} for k, v in plan.skipped.items()],
+    )
+    reference = got.first[REFERENCE].logits  # eager runs first: every backend is held to it
+    for variant in plan.variants:
+        first = got.first[variant.name]
+        result.backends.append(first.description)
+        labels_n = labels[: len(first.logits)]
+        result.parity.append(_parity_row(variant, device, first.logits, reference, labels_n))
+    order = {v.name: i for i, v in enumerate(plan.variants)}
+    for name, batch in sorted(got.timings, key=lambda key: (order[key[0]], key[1])):
+        result.latency.append(_latency_row(got, name, batch, device))
+    result.machine["load_average_end"] = machine_info(device).get("load_average")
     add_ratios(result.latency)
-    result.best = best_per_batch(result.latency, result.parity, variants)
+    result.best = best_per_batch(result.latency, result.parity, plan.variants)
     return result
+
+
+def _latency_row(got: _Rounds, name: str, batch: int, device: str) -> dict[str, Any]:
+    """One backend at one batch size: the statistics of its median round, and every round's p50."""
+    per_round = got.timings[(name, batch)]
+    compute, copies = median_round(list(per_round.values()))
+    medians = got.p50[(name, batch)]
+    ratios = _round_ratios(got.p50, name, batch)
+    figures = ratios if name != REFERENCE else list(medians.values())
+    return {
+        "backend": name,
+        "device": device,
+        "batch_size": batch,
+        **latency_stats(compute, batch).to_dict(),
+        "copy_ms": float(np.median(copies) * 1e3),
+        "rounds": len(per_round),
+        "round_p50_ms": [medians[r] for r in sorted(medians)],
+        "round_ratios": ratios,
+        "round_spread": round_spread(figures or list(medians.values())),
+        "stable": _stable(figures),
+    }
 
 
 def _progress_line(
@@ -321,9 +343,7 @@ def _progress_line(
     if eager_p50 is not None and name != REFERENCE:
         line += f"  {stats['p50_ms'] / eager_p50:5.2f}x eager latency"
     line += f"  p90/p50 {stats['spread']:.2f}"
-    if stats["disturbed"]:
-        line += " (disturbed)"
-    return line
+    return line + (" (noisy)" if stats["disturbed"] else "")
 
 
 def _stable(values: list[float]) -> bool | None:
@@ -393,37 +413,27 @@ def best_per_batch(
     """
     role = {v.name: v.role for v in variants}
     ok = {p["backend"] for p in parity if not p["flagged"]}
+    picks = {"best": {"export", "peer", "reference"}, "best_export": {"export"}}
+    picks["best_peer"] = {"peer", "reference"}
     out = []
     for batch in sorted({r["batch_size"] for r in latency}):
-        rows = [r for r in latency if r["batch_size"] == batch and r["backend"] in ok]
-
-        def fastest(wanted: set[str], rows: list[dict[str, Any]] = rows) -> dict[str, Any] | None:
-            mine = [r for r in rows if role.get(r["backend"]) in wanted]
-            return min(mine, key=lambda r: r["p50_ms"]) if mine else None
-
-        best, export, peer = (
-            fastest({"export", "peer", "reference"}),
-            fastest({"export"}),
-            fastest({"peer", "reference"}),
-        )
-        out.append(
-            {
-                "batch_size": batch,
-                "best": best["backend"] if best else None,
-                "best_speedup": best["speedup"] if best else None,
-                "best_export": export["backend"] if export else None,
-                "best_export_speedup": export["speedup"] if export else None,
-                "best_peer": peer["backend"] if peer else None,
-                "best_peer_speedup": peer["speedup"] if peer else None,
-                "export_ahead": (export["p50_ms"] <= peer["p50_ms"] if export and peer else None),
-            }
-        )
+        row: dict[str, Any] = {"batch_size": batch}
+        fastest: dict[str, Any] = {}
+        for key, wanted in picks.items():
+            mine = [r for r in latency if r["batch_size"] == batch and r["backend"] in ok]
+            mine = [r for r in mine if role.get(r["backend"]) in wanted]
+            pick = fastest[key] = min(mine, key=lambda r: r["p50_ms"]) if mine else None
+            row[key] = pick["backend"] if pick else None
+            row[f"{key}_speedup"] = pick["speedup"] if pick else None
+        export, peer = fastest["best_export"], fastest["best_peer"]
+        row["export_ahead"] = export["p50_ms"] <= peer["p50_ms"] if export and peer else None
+        out.append(row)
     return out
 
 
 def _parity_row(
     variant: Variant,
-    settings: BenchSettings,
+    device: str,
     logits: np.ndarray,
     reference: np.ndarray,
     labels: np.ndarray,
@@ -440,15 +450,10 @@ def _parity_row(
     )
     return {
         "backend": variant.name,
-        "device": settings.device.value,
+        "device": device,
         "precision": variant.precision,
         "role": variant.role,
-        "images": stats.images,
-        "accuracy": stats.accuracy,
-        "agreement": stats.agreement,
-        "max_abs_diff": stats.max_abs_diff,
-        "mean_abs_diff": stats.mean_abs_diff,
-        "accuracy_delta": stats.accuracy_delta,
+        **stats.to_dict(),
         "allowed_drop": MAX_ACCURACY_DROP if reduced else None,
         "flagged": bool(found),
         "problems": found,

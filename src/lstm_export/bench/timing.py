@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,9 +40,7 @@ def time_runner(
         raise BenchError("give iterations or seconds")
     if iterations is not None and iterations < 1:
         raise BenchError(f"iterations must be >= 1, got {iterations}")
-    prepared = runner.prepare(x)
-    for _ in range(max(warmup, 0)):
-        runner.fetch(runner.run_prepared(prepared))
+    prepared = warm_up(runner, x, calls=warmup)
     compute: list[float] = []
     copies: list[float] = []
     clock = time.perf_counter
@@ -62,3 +61,15 @@ def time_runner(
         elif (n >= min_iterations and clock() - start >= (seconds or 0)) or n >= max_iterations:
             break
     return Timings(compute=np.asarray(compute), copies=np.asarray(copies))
+
+
+def warm_up(runner: Runner, x: np.ndarray, *, calls: int, seconds: float = 0.0) -> Any:
+    """Run ``runner`` on ``x`` (N, 28, 28), untimed, ``calls`` times and for at least ``seconds``
+    (lazy initialisation, caches, thread pools and clocks settle); return the prepared input."""
+    prepared = runner.prepare(x)
+    end = time.perf_counter() + seconds
+    done = 0
+    while done < calls or time.perf_counter() < end:
+        runner.fetch(runner.run_prepared(prepared))
+        done += 1
+    return prepared

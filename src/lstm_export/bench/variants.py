@@ -75,60 +75,30 @@ _CPU_TUNING: Mapping[str, Any] = {"micro_batch": 64}
 # of the batch) with static shapes; a batch of one runs as one request on one stream.
 _OV_TUNING: Mapping[str, Any] = {"hint": "throughput", "static_shapes": True}
 
+_INT8_TUNING: Mapping[str, Any] = {"micro_batch": 32, "serial_up_to": 1, "sliced": True}
+_E, _O, _OV = Artifact.checkpoint, Artifact.onnx, "openvino"
+
+# fmt: off
 VARIANTS: tuple[Variant, ...] = (
-    Variant("eager", Artifact.checkpoint, "eager", _BOTH, "fp32", role="reference"),
+    Variant("eager", _E, "eager", _BOTH, "fp32", role="reference"),
     Variant("torchscript", Artifact.torchscript, "torchscript", _BOTH, "fp32"),
-    Variant("onnxruntime", Artifact.onnx, "onnxruntime", _BOTH, "fp32", _CPU_TUNING),
+    Variant("onnxruntime", _O, "onnxruntime", _BOTH, "fp32", _CPU_TUNING),
     # DynamicQuantizeLSTM is a CPU kernel in ONNX Runtime; 32-row micro-batches measured best
     # for it (docs/cpu-runtimes.md: 184 against 160 GOP/s per core with 64 rows at batch 256).
-    Variant(
-        "onnxruntime-int8",
-        Artifact.onnx_int8,
-        "onnxruntime",
-        _CPU,
-        "int8",
-        {"micro_batch": 32, "serial_up_to": 1, "sliced": True},
-    ),
-    Variant(
-        "onnxruntime-cudagraph", Artifact.onnx, "onnxruntime", _CUDA, "fp32", {"cuda_graph": True}
-    ),
+    Variant("onnxruntime-int8", Artifact.onnx_int8, "onnxruntime", _CPU, "int8", _INT8_TUNING),
+    Variant("onnxruntime-cudagraph", _O, "onnxruntime", _CUDA, "fp32", {"cuda_graph": True}),
     Variant("onnxruntime-fp16", Artifact.onnx_fp16, "onnxruntime", _CUDA, "fp16"),
     # TF32 is off in every fp32 row (true fp32, as the reference); these rows show what it buys.
     # PyTorch allows it in cuDNN by default, so eager-tf32 is eager PyTorch as a user gets it.
-    Variant("onnxruntime-tf32", Artifact.onnx, "onnxruntime", _CUDA, "tf32", {"tf32": True}),
-    Variant("eager-tf32", Artifact.checkpoint, "eager", _CUDA, "tf32", {"tf32": True}, role="peer"),
+    Variant("onnxruntime-tf32", _O, "onnxruntime", _CUDA, "tf32", {"tf32": True}),
+    Variant("eager-tf32", _E, "eager", _CUDA, "tf32", {"tf32": True}, role="peer"),
     # Peers: what a user could ship instead of our exports, on the same files.
-    Variant(
-        "openvino",
-        Artifact.onnx,
-        "openvino",
-        _CPU,
-        "fp32",
-        _OV_TUNING,
-        role="peer",
-        unavailable=_openvino_missing,
-    ),
-    Variant(
-        "openvino-bf16",
-        Artifact.onnx,
-        "openvino",
-        _CPU,
-        "bf16",
-        {**_OV_TUNING, "precision": "bf16"},
-        role="peer",
-        unavailable=_openvino_bf16_problem,
-    ),
-    Variant(
-        "eager-bf16",
-        Artifact.checkpoint,
-        "eager",
-        _CPU,
-        "bf16",
-        {"autocast": "bf16"},
-        role="peer",
-        unavailable=_bf16_emulated,
-    ),
+    Variant(_OV, _O, _OV, _CPU, "fp32", _OV_TUNING, "peer", _openvino_missing),
+    Variant("openvino-bf16", _O, _OV, _CPU, "bf16", {**_OV_TUNING, "precision": "bf16"}, "peer",
+            _openvino_bf16_problem),
+    Variant("eager-bf16", _E, "eager", _CPU, "bf16", {"autocast": "bf16"}, "peer", _bf16_emulated),
 )
+# fmt: on
 REFERENCE = "eager"
 
 

@@ -70,7 +70,10 @@ def fetch_torchvision(target: Path) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout machine-readable
             MNIST(str(root), train=True, download=True)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
-        raise DataError(f"torchvision download failed: {str(exc).splitlines()[0]}") from exc
+        # its message reads "Error downloading NAME:" then a line per mirror; the last says why
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
+        reason = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") else lines[0]
+        raise DataError(f"torchvision download failed: {reason}") from exc
     raw = root / "MNIST" / "raw"
     for name in MD5:
         os.replace(raw / name, target / name)

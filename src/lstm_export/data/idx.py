@@ -126,23 +126,18 @@ def _check_md5(path: Path, digest: str, expected: str) -> None:
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Parse IDX bytes into an array of the stored dtype and shape."""
-    if len(data) < 4:
-        raise DataError(f"{name}: too short to be an IDX file ({len(data)} bytes)")
-    zero, code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or code not in _DTYPES or ndim == 0:
-        raise DataError(f"{name}: wrong magic number 0x{data[:4].hex()} (not an IDX file)")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name}: truncated header")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = _DTYPES[code]
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = declared_size(data[:_MAX_HEADER])
+    if expected is None:
+        raise DataError(f"{name}: not an IDX file (magic number 0x{data[:4].hex()}, or truncated)")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     if len(data) != expected:
         raise DataError(
             f"{name}: truncated or oversized: {len(data)} bytes, expected {expected} "
             f"for shape {tuple(shape)}"
         )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    dtype = _DTYPES[data[2]]
+    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 

@@ -16,28 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_export.data.files import MD5, check_dir, find_file, has_any, verify_dir
+from lstm_export.data.files import find_file, has_any, verify_dir
 from lstm_export.data.idx import parse_idx, read_idx_bytes
 from lstm_export.errors import DataError
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "CLASS_NAMES",
-    "ENV_VAR",
-    "MD5",
-    "CorruptCacheError",
-    "MnistSplit",
-    "Split",
-    "cache_dir",
-    "check_dir",
-    "ensure_mnist",
-    "find_file",
-    "load_mnist",
-    "load_split",
-    "locate",
-    "verify_dir",
-]
 
 ENV_VAR = "LSTM_EXPORT_DATA_DIR"
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))

@@ -3,33 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from lstm_export.console import console, err_console
+from lstm_export.cli_options import DataDirOption
+from lstm_export.console import console, count, make_progress, plain
 from lstm_export.train.presets import Preset
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for every output."),
-    preset: Preset = typer.Option(Preset.seed, "--preset", help="Training recipe."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with MNIST IDX files."),
-    sample_images: int = typer.Option(
-        2000, "--sample-images", min=1, help="Test digits written as PNGs and classified."
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output.")] = Path(
+        "runs/demo"
     ),
-    bench_seconds: float = typer.Option(
-        0.5, "--bench-seconds", min=0.01, help="Bench time budget per backend, batch size, round."
-    ),
-    bench_rounds: int = typer.Option(3, "--bench-rounds", min=1, help="Bench rounds."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the preset."),
-    subset: int | None = typer.Option(None, "--subset", min=1, help="Train on N images only."),
+    preset: Annotated[Preset, typer.Option("--preset", help="Training recipe.")] = Preset.seed,
+    data_dir: DataDirOption = None,
+    sample_images: Annotated[
+        int, typer.Option("--sample-images", min=1, help="Test digits written as PNGs, classified.")
+    ] = 2000,
+    bench_seconds: Annotated[
+        float,
+        typer.Option("--bench-seconds", min=0.01, help="Bench time per backend, batch, round."),
+    ] = 0.5,
+    bench_rounds: Annotated[int, typer.Option("--bench-rounds", min=1, help="Bench rounds.")] = 3,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Override the preset.")
+    ] = None,
+    subset: Annotated[
+        int | None, typer.Option("--subset", min=1, help="Train on N images only.")
+    ] = None,
 ) -> None:
     """Data -> train -> export (TorchScript, ONNX, int8) -> classify a folder -> bench."""
-    from lstm_export.bench.cli import print_tables
+    from lstm_export.bench.report import print_tables
     from lstm_export.data.cli import require_mnist
-    from lstm_export.fileio import ensure_writable_dir
+    from lstm_export.fileio import ensure_writable_dir, terminating
     from lstm_export.pipeline.demo import DemoSettings, run_demo
+    from lstm_export.train.cli import follow_training
+    from lstm_export.train.presets import PRESETS
 
     ensure_writable_dir(out)  # fail before a download, not after
     settings = DemoSettings(
@@ -42,21 +52,25 @@ def demo(
         epochs=epochs,
         subset=subset,
     )
-    started: dict[str, Any] = {}
+    steps = ("data", "train", "export", "classify", "bench")
+    with terminating(), make_progress(transient=True) as progress:  # SIGTERM: children go too
+        tasks = {name: progress.add_task(name, total=None, visible=False) for name in steps}
 
-    def on_step(name: str, detail: str) -> None:
-        if not detail:
-            started[name] = err_console.status(f"[bold]{name}[/] ...")
-            started[name].start()
-            return
-        started.pop(name).stop()
-        err_console.print(f"[green]✓[/] [bold]{name:<8}[/] {detail}", highlight=False)
+        def on_step(name: str, detail: str) -> None:
+            progress.update(tasks[name], visible=not detail)
+            if detail:
+                progress.console.print(f"[green]✓[/] [bold]{name:<8}[/] {plain(detail)}")
 
-    try:
-        summary = run_demo(settings, on_step=on_step)
-    finally:
-        for status in started.values():
-            status.stop()
+        def on_bench(description: str, done: int, total: int) -> None:
+            text = f"bench: {plain(description)}"
+            progress.update(tasks["bench"], description=text, completed=done, total=total or None)
+
+        epochs_run = epochs or PRESETS[preset].epochs
+        on_train_step, on_epoch = follow_training(progress, tasks["train"], epochs_run)
+        summary = run_demo(
+            settings, on_step, on_train_step=on_train_step, on_epoch=on_epoch,
+            on_bench_progress=on_bench,
+        )  # fmt: skip
     print_tables(summary.bench)
     _print_summary(summary)
 
@@ -66,7 +80,7 @@ def _print_summary(summary: Any) -> None:
     console.rule("summary")
     console.print(
         f"trained to {summary.test_accuracy * 100:.2f} % test accuracy in "
-        f"{summary.train_seconds:.0f} s; sample folder: {summary.folder['images']} PNGs at "
+        f"{summary.train_seconds:.0f} s; sample folder: {count(summary.folder['images'], 'PNG')} at "
         f"{(summary.folder['accuracy'] or 0) * 100:.2f} %",
         highlight=False,
         soft_wrap=True,
@@ -81,5 +95,5 @@ def _print_summary(summary: Any) -> None:
             parts.append(f"batch-256 throughput {b256['speedup']:.2f}x eager")
         console.print(", ".join(parts), highlight=False, soft_wrap=True)
     for label, path in summary.files.items():
-        console.print(f"{label:<12} {path}", highlight=False, soft_wrap=True)
+        console.print(f"{label:<12} {plain(path)}", highlight=False, soft_wrap=True)
     console.print(f"total {summary.seconds:.0f} s", highlight=False)

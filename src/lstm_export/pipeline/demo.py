@@ -13,9 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lstm_export.console import count
 from lstm_export.train.presets import PRESETS, Preset
+
+if TYPE_CHECKING:
+    from lstm_export.bench.run import ProgressCallback
+    from lstm_export.train.loop import EpochCallback
+    from lstm_export.train.loop import StepCallback as TrainStepCallback
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +58,19 @@ class DemoSummary:
     seconds: float = 0.0
 
 
-def run_demo(settings: DemoSettings, on_step: StepCallback | None = None) -> DemoSummary:
-    """Run every stage in order; any failure raises the stage's typed error."""
+def run_demo(
+    settings: DemoSettings,
+    on_step: StepCallback | None = None,
+    *,
+    on_train_step: TrainStepCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_bench_progress: ProgressCallback | None = None,
+) -> DemoSummary:
+    """Run every stage in order; any failure raises the stage's typed error.
+
+    ``on_train_step`` and ``on_epoch`` follow the training (see :func:`~lstm_export.train.loop.
+    train`), ``on_bench_progress`` the bench's rounds (see :func:`~lstm_export.bench.run.run_bench`).
+    """
     from lstm_export.bench.report import plot, write_json
     from lstm_export.bench.run import BenchSettings, plan_bench, run_bench
     from lstm_export.data.mnist import ensure_mnist, load_split
@@ -78,7 +95,7 @@ def run_demo(settings: DemoSettings, on_step: StepCallback | None = None) -> Dem
 
     step("train", "")
     config = PRESETS[settings.preset].with_overrides(epochs=settings.epochs, subset=settings.subset)
-    result = train(config, data_dir)
+    result = train(config, data_dir, on_step=on_train_step, on_epoch=on_epoch)
     checkpoint = save_run(result, out)
     summary.test_accuracy = result.metrics["test_accuracy"]
     summary.train_seconds = result.metrics["train_seconds"]
@@ -116,7 +133,7 @@ def run_demo(settings: DemoSettings, on_step: StepCallback | None = None) -> Dem
     }
     step(
         "classify",
-        f"{folder.summary.images} PNGs, accuracy {(folder.summary.accuracy or 0) * 100:.2f} %",
+        f"{count(folder.summary.images, 'PNG')}, accuracy {(folder.summary.accuracy or 0) * 100:.2f} %",
     )
 
     step("bench", "")
@@ -126,7 +143,8 @@ def run_demo(settings: DemoSettings, on_step: StepCallback | None = None) -> Dem
         rounds=settings.bench_rounds,
         data_dir=data_dir,
     )
-    bench = run_bench(plan_bench(checkpoint, bench_settings)).to_dict()
+    plan = plan_bench(checkpoint, bench_settings)
+    bench = run_bench(plan, on_progress=on_bench_progress).to_dict()
     ensure_writable_dir(out)
     write_json(bench, out / "bench.json")
     plot(bench, out / "bench.png")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,14 @@ def write_sample_folder(
 ) -> Path:
     """Save the first ``count`` images (uint8 (N, 28, 28)) as ``folder/<label>/<index>.png``.
 
-    The folder is built beside its target and renamed into place, replacing an older copy.
+        The folder is built beside its target and renamed into place, replacing an older copy; its
+    permissions are a new folder's (0755 under the usual umask).
     """
     from PIL import Image
 
     ensure_writable_dir(folder.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging = folder.parent / f".{folder.name}.{secrets.token_hex(6)}"
+    staging.mkdir()  # as any folder: 0777 less the umask (a temporary folder would stay 0700)
     try:
         for index in range(min(count, len(images))):
             target = staging / str(int(labels[index]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any
@@ -31,20 +32,23 @@ class Preset(str, Enum):
 class TrainConfig:
     """Every knob of a training run. Defaults are the seed's recipe."""
 
+    # optimisation
     epochs: int = 2
     batch_size: int = 100
     lr: float = 0.01
-    hidden_size: int = 128
-    num_layers: int = 2
-    bidirectional: bool = False
-    dropout: float = 0.0
-    seed: int = 0
     schedule: Schedule = Schedule.constant
     weight_decay: float = 0.0
     clip_grad_norm: float = 0.0  # 0 = off
     label_smoothing: float = 0.0
-    augment: bool = False  # random small affine transforms of each training digit
+    # architecture: ModelConfig's fields of the same names (the seed's are its defaults)
+    hidden_size: int = ModelConfig.hidden_size
+    num_layers: int = ModelConfig.num_layers
+    bidirectional: bool = ModelConfig.bidirectional
+    dropout: float = ModelConfig.dropout
     normalize: bool = False  # MNIST mean/std normalisation inside the model
+    # data
+    seed: int = 0
+    augment: bool = False  # random small affine transforms of each training digit
     subset: int = 0  # train on the first N training images (0 = all 60k)
     test_subset: int = 0  # evaluate on the first N test images (0 = all 10k)
 
@@ -52,9 +56,9 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "clip_grad_norm": self.clip_grad_norm >= 0,
+            "lr": 0 < self.lr < math.inf,
+            "weight_decay": 0 <= self.weight_decay < math.inf,
+            "clip_grad_norm": 0 <= self.clip_grad_norm < math.inf,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "subset": self.subset >= 0,
             "test_subset": self.test_subset >= 0,

@@ -18,12 +18,14 @@ port of 127.0.0.1 and stopped by its pid (SIGTERM):
    a virtual environment of its own). ``--peer-python ''`` leaves it out.
 
 Where ``--perf-analyzer`` names a runnable perf_analyzer (tritonclient's wheels up to 2.60 carry
-one), it is run against each lstm-export server at the same concurrencies and its figures are
-added; otherwise the reason it did not run is recorded.
+one), it is run against each lstm-export server at the same concurrencies (binary HTTP, batch 1,
+windows of ``--perf-analyzer-ms``, at most three: ``-r 3``) and its figures are added; otherwise
+the reason it did not run is recorded.
 
     python benchmarks/serve_load.py [--model model.onnx] [--requests 2000] [--time-cap 20]
         [--concurrency 1,8,32] [--peer-python /path/to/venv/bin/python]
-        [--perf-analyzer /path/to/perf_analyzer] [--json benchmarks/results/serve-load.json]
+        [--perf-analyzer /path/to/perf_analyzer [--perf-analyzer-libs DIR]
+        [--perf-analyzer-ms 2000]] [--json benchmarks/results/serve-load.json]
         [--md benchmarks/results/serve-load.md]
 
 Without ``--model`` a seeded, untrained model of the seed architecture is exported (the load
@@ -316,15 +318,15 @@ def perf_analyzer_problem(binary: str | None, libs: str | None) -> str | None:
 
 
 def run_perf_analyzer(
-    binary: str, libs: str | None, url: str, concurrency: int, requests: int, workdir: Path
+    binary: str, libs: str | None, url: str, concurrency: int, interval_ms: int, workdir: Path
 ) -> dict[str, Any]:
-    """perf_analyzer's throughput and p50/p99 at one concurrency (binary HTTP, batch 1)."""
+    """perf_analyzer's throughput and p50/p99 at one concurrency (binary HTTP, batch 1): three
+    windows of ``interval_ms`` at most (``-r 3``), the last one reported."""
     csv = workdir / f"pa-{url.rsplit(':', 1)[1]}-{concurrency}.csv"
     argv = [
         binary, "-m", MODEL_NAME, "-u", url, "-i", "http", "-b", "1",
         "--concurrency-range", f"{concurrency}:{concurrency}",
-        "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
-        "--max-trials", "3", "--stability-percentage", "1000",
+        "--measurement-interval", str(interval_ms), "-r", "3", "--stability-percentage", "1000",
         "--percentile", "99", "--input-data", "zero", "-f", str(csv),
     ]  # fmt: skip
     env = {**os.environ, "LD_LIBRARY_PATH": libs or ""}
@@ -425,7 +427,7 @@ def measure(args: argparse.Namespace, model: Path, workdir: Path) -> dict[str, A
                 row = {"server": spec.label, "batching": batching, "concurrency": c, **cell}
                 if spec.stats and pa_problem is None:
                     row["perf_analyzer"] = run_perf_analyzer(
-                        args.perf_analyzer, args.perf_analyzer_libs, url, c, args.requests, workdir
+                        args.perf_analyzer, args.perf_analyzer_libs, url, c, args.pa_ms, workdir
                     )
                 rows.append(row)
                 print(_line(row), flush=True)
@@ -528,6 +530,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-python", default=None, help="a Python with kserve and onnxruntime")
     p.add_argument("--perf-analyzer", default=None, help="a perf_analyzer binary")
     p.add_argument("--perf-analyzer-libs", default=None, help="LD_LIBRARY_PATH for perf_analyzer")
+    p.add_argument(
+        "--perf-analyzer-ms", dest="pa_ms", type=int, default=2000, help="its measurement window"
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
     return p.parse_args(argv)
@@ -542,8 +547,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = measure(args, model, workdir)
         log = (workdir / "servers.log").read_text(errors="replace")
     result["command"] = shlex.join(["python", "benchmarks/serve_load.py", *(argv or sys.argv[1:])])
+    from lstm_export.bench.machine import cpu_model
+
     result["machine"] = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{cpu_model()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; load average {load_before:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end"
     )

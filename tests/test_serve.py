@@ -129,7 +129,10 @@ def test_statistics_and_prometheus_count_requests(client: Any, server: Server) -
     success = after["inference_stats"]["success"]
     assert success["count"] - before["inference_stats"]["success"]["count"] == 3
     assert success["ns"] > before["inference_stats"]["success"]["ns"]
-    assert after["inference_stats"]["compute_infer"]["ns"] > 0
+    # as Triton: each request counted once in queue and each compute phase (perf_analyzer's check)
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        now, then = after["inference_stats"][phase], before["inference_stats"][phase]
+        assert (now["count"] - then["count"], now["ns"] > then["ns"]) == (3, True), phase
     everything = client.get_inference_statistics()["model_stats"]
     assert [s["name"] for s in everything] == [MODEL]
     status, headers, body = call(f"http://{server.url}/metrics")
@@ -374,7 +377,10 @@ def test_errors_are_counted_as_failures(client: Any, server: Server) -> None:
     before = stats(server.url, MODEL)["inference_stats"]["fail"]["count"]
     with pytest.raises(tritonclient_http.InferenceServerException, match="unexpected shape"):
         client.infer(MODEL, [_input(digits(1, rows=27))])
-    assert stats(server.url, MODEL)["inference_stats"]["fail"]["count"] == before + 1
+    after = stats(server.url, MODEL)["inference_stats"]
+    assert after["fail"]["count"] == before + 1
+    assert after["compute_input"]["count"] == after["compute_output"]["count"]
+    assert after["compute_input"]["count"] == after["compute_infer"]["count"]
 
 
 def test_unknown_route_is_an_oip_error(server: Server) -> None:
@@ -495,3 +501,45 @@ def test_other_backends_serve_their_runners_logits(backend: str, tmp_path: Path)
         assert client.get_model_metadata(MODEL)["platform"] in ("pytorch", "pytorch_libtorch")
         got = client.infer(MODEL, [_input(x)]).as_numpy("logits")
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_served_runner_shares_the_machine(model_file: Path) -> None:
+    """ONNX Runtime opened as a run beside other work wants it (its idle threads do not spin),
+    with --threads."""
+    from lstm_export.infer.runners.ort import OnnxRuntimeRunner
+    from lstm_export.serve.models import ServeConfig, close_models, load_models
+
+    for threads in (1, 2):
+        models = load_models(ServeConfig(model_file, threads=threads))
+        try:
+            planned = OnnxRuntimeRunner.planned_options(threads)
+            assert models[0].runner.options == OnnxRuntimeRunner.Options(**planned)
+            assert models[0].runner.options.threads == threads
+        finally:
+            close_models(models)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script's deprecation
+def test_a_torchscript_file_that_prints_is_served_only_with_trust_model(tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from lstm_export.cli import app
+
+    class Prints(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            print("hello from the model")
+            return x.sum(1)[:, :10]
+
+    model = tmp_path / "prints.ts"
+    torch.jit.save(torch.jit.script(Prints()), str(model))
+    refused = CliRunner().invoke(app, ["serve", str(model), "--port", "0"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1, refused.output
+    assert "prim::Print" in refused.output and "refused" in refused.output
+    x = digits(2, seed=41)
+    args = [str(model), "--name", MODEL, "--device", "cpu", "--trust-model"]
+    with Server(args, tmp_path / "serve.log") as server:
+        client = tritonclient_http.InferenceServerClient(server.url)
+        got = client.infer(MODEL, [_input(x)]).as_numpy("logits")
+    np.testing.assert_allclose(got, x.sum(1)[:, :10], rtol=1e-5, atol=1e-5)

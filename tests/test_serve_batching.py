@@ -33,34 +33,47 @@ def _batcher(runner: Any, **options: Any) -> Any:
     return Batcher(runner, ModelStats(MODEL, "1"), **options)
 
 
-async def _all(batcher: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+async def _all(batcher: Any, inputs: list[np.ndarray]) -> list[Any]:
+    """What each request got (:class:`Ran`: logits, queue and run nanoseconds)."""
     try:
         return list(await asyncio.gather(*(batcher.infer(x) for x in inputs)))
     finally:
         await batcher.close()
 
 
+def _logits(batcher: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    return [ran.result for ran in asyncio.run(_all(batcher, inputs))]
+
+
+def _runs(batcher: Any) -> dict[int, int]:
+    """Batch size -> model runs of that size."""
+    return {size: runs.count for size, runs in batcher.stats.batches.items()}
+
+
 def test_concurrent_requests_share_runs_and_keep_their_own_rows(runner: Any) -> None:
     x = digits(12, seed=4)
     batcher = _batcher(runner, max_batch_size=8, max_queue_delay_us=50_000)
-    answers = asyncio.run(_all(batcher, [x[i : i + 1] for i in range(12)]))
-    for i, answer in enumerate(answers):
-        np.testing.assert_allclose(answer, runner.infer(x[i : i + 1]), rtol=1e-5, atol=1e-6)
-        assert answer.argmax() == runner.infer(x[i : i + 1]).argmax()
+    ran = asyncio.run(_all(batcher, [x[i : i + 1] for i in range(12)]))
+    for i, got in enumerate(ran):
+        np.testing.assert_allclose(got.result, runner.infer(x[i : i + 1]), rtol=1e-5, atol=1e-6)
+        assert got.result.argmax() == runner.infer(x[i : i + 1]).argmax()
     assert batcher.stats.inference_count == 12
     assert batcher.stats.execution_count == 2  # 8 + 4: never more than max_batch_size
-    assert batcher.stats.batches == {8: 1, 4: 1}
+    assert _runs(batcher) == {8: 1, 4: 1}
+    # each request of a run gets that run's time; the first waited longest for its batch
+    assert len({got.infer_ns for got in ran[:8]}) == 1 and ran[0].infer_ns > 0
+    assert ran[0].queue_ns >= ran[7].queue_ns >= 0
 
 
 def test_requests_of_several_images_are_not_split(runner: Any) -> None:
     x = digits(9, seed=5)
     batcher = _batcher(runner, max_batch_size=6, max_queue_delay_us=50_000)
     parts = [x[0:4], x[4:7], x[7:9]]
-    answers = asyncio.run(_all(batcher, parts))
+    answers = _logits(batcher, parts)
     for part, answer in zip(parts, answers, strict=True):
         assert answer.shape == (len(part), 10)
         np.testing.assert_allclose(answer, runner.infer(part), rtol=1e-5, atol=1e-6)
-    assert batcher.stats.batches == {4: 1, 5: 1}  # 4+3 would pass 6: the 3 waits
+    assert _runs(batcher) == {4: 1, 5: 1}  # 4+3 would pass 6: the 3 waits
 
 
 def test_batching_off_runs_each_request_alone(runner: Any) -> None:
@@ -77,7 +90,7 @@ def test_other_row_counts_wait_for_their_own_run(models: dict[str, Path]) -> Non
     with load_runner(models["free"], device="cpu") as free:
         batcher = _batcher(free, max_batch_size=8, max_queue_delay_us=50_000)
         inputs = [digits(1, seed=7), digits(1, rows=7, seed=8), digits(1, seed=9)]
-        answers = asyncio.run(_all(batcher, inputs))
+        answers = _logits(batcher, inputs)
         for x, answer in zip(inputs, answers, strict=True):
             np.testing.assert_allclose(answer, free.infer(x), rtol=1e-5, atol=1e-6)
         assert batcher.stats.execution_count == 3
@@ -91,7 +104,7 @@ def test_a_failed_run_fails_its_requests_only(runner: Any) -> None:
         batcher = _batcher(runner, max_batch_size=8, max_queue_delay_us=0)
         try:
             bad = await asyncio.gather(batcher.infer(digits(1, rows=7)), return_exceptions=True)
-            return bad[0], await batcher.infer(digits(1))
+            return bad[0], (await batcher.infer(digits(1))).result
         finally:
             await batcher.close()
 

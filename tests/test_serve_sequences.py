@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _serve_helpers import Server, call, cpu_runner, digits, running, tiny_onnx
+from _serve_helpers import Server, call, cpu_runner, digits, running, stats, tiny_onnx
 
 MODEL = "stream"
 
@@ -134,6 +134,9 @@ def test_interleaved_streams_in_chunks_get_the_whole_answers(server: Server, run
     np.testing.assert_allclose(last_b, whole_b, rtol=1e-5, atol=1e-5)
     with pytest.raises(http.InferenceServerException, match="unknown or expired"):
         _infer(client, a[:, :7], sequence_id=41)  # ended: forgotten
+    counted = stats(server.url, MODEL)["inference_stats"]
+    phases = ("queue", "compute_input", "compute_infer", "compute_output")
+    assert len({counted[p]["count"] for p in phases}) == 1  # each chunk once in each
 
 
 def _post(server: Server, parameters: dict[str, Any], rows: int = 28) -> tuple[int, dict[str, Any]]:

@@ -154,10 +154,7 @@ def test_stateful_export_gets_sequence_batching_with_implicit_state(
     ]
     models = {m.name: m for m in read_repository(tmp_path / "r")}
     assert models["s"].sequence is not None and models["s"].sequence.max_sequences == 7
-    assert [s.input_name for s in models["s_torchscript"].sequence.states] == [
-        "INPUT__1",
-        "INPUT__2",
-    ]
+    assert models["s_torchscript"].sequence == models["s"].sequence
 
 
 def test_read_repository_round_trip(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -175,9 +172,9 @@ def test_read_repository_round_trip(runs: dict[str, Path], tmp_path: Path) -> No
         ("m_torchscript", 3, "torchscript"),
     ]
     m = models[0]
-    assert (m.max_batch_size, m.max_queue_delay_us, m.instances, m.kind) == (256, 250, 1, "cpu")
-    assert [(t.name, t.datatype, t.dims) for t in m.inputs] == [("pixels", "FP32", (28, 28))]
-    assert [(t.name, t.datatype, t.dims) for t in m.outputs] == [("logits", "FP32", (10,))]
+    assert (m.max_batch_size, m.max_queue_delay_us, m.kind) == (256, 250, "cpu")
+    assert [(t.name, t.datatype, t.shape) for t in m.inputs] == [("pixels", "FP32", (28, 28))]
+    assert [(t.name, t.datatype, t.shape) for t in m.outputs] == [("logits", "FP32", (10,))]
     assert m.labels == tuple(CLASSES) and m.sequence is None
     assert m.path == (repo / "m" / "1" / "model.onnx").resolve()
     x = np.random.default_rng(1).random((3, 28, 28), dtype=np.float32)
@@ -216,6 +213,22 @@ def test_cli_refuses_a_folder_that_is_not_a_repository(
     line = one_line_error(run_cli(runs["plain"], "-o", target / "todo.txt"))
     assert "not a folder" in line
     assert leftovers(tmp_path) == []
+
+
+def test_without_grpcio_the_repository_commands_say_which_extra(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tritonclient.grpc (Triton's ModelConfig) imports grpcio, which only the serve extra brings."""
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("tritonclient.grpc")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "grpc", None)  # import grpc now raises ImportError
+    line = one_line_error(run_cli(runs["plain"], "-o", tmp_path / "r"))
+    assert line == (
+        "error: a Triton model repository needs the serve extra: pip install 'lstm-export[serve]'"
+    )
+    assert leftovers(tmp_path) == [] and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "..", "x\x1b[31m", "-rf", "a" * 129])
@@ -318,7 +331,7 @@ def _config(repo: Path, old: str, new: str) -> None:
     [
         ('name: "m"', 'name: "m"\ndefault_model_filename: "../../secret.onnx"', "is not allowed"),
         ('name: "m"', 'name: "other"', "is not its folder's"),
-        ('platform: "onnxruntime_onnx"', 'platform: "tensorflow_savedmodel"', "is not supported"),
+        ('platform: "onnxruntime_onnx"', 'platform: "tensorflow_savedmodel"', "are not supported"),
         (
             'platform: "onnxruntime_onnx"',
             'platform: "onnxruntime_onnx"\nbackend: "pytorch"',

@@ -1,13 +1,5 @@
-"""The OIP v2 REST application (FastAPI): health, metadata, config, statistics, metrics, infer.
-
-Routes (``{m}`` a model name, ``{v}`` a version; without a version, the model's latest):
-
-- ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``: server metadata and health
-- ``GET /v2/models/{m}[/versions/{v}]``, ``.../ready``: model metadata and readiness
-- ``GET /v2/models/{m}[/versions/{v}]/config``: Triton's model configuration (JSON)
-- ``GET /v2/models[/{m}[/versions/{v}]]/stats``: Triton's statistics (``model_stats``)
-- ``POST /v2/models/{m}[/versions/{v}]/infer``: inference (JSON or binary tensor data)
-- ``GET /metrics``: Prometheus text, Triton's metric names
+"""The OIP v2 REST application (FastAPI): health, metadata, config, statistics, metrics, infer
+(the routes: docs/serve.md; without a version, a model's latest answers).
 
 Every refusal is a 4xx with the OIP error body ``{"error": "..."}``; an unexpected failure
 is a 500 with one line, never a traceback. The request body is read up to a limit: a larger
@@ -24,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -33,6 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from lstm_export import __version__
 from lstm_export.errors import InferenceError, LstmExportError, first_line
+from lstm_export.serve.batching import Ran
 from lstm_export.serve.metrics import prometheus_text
 from lstm_export.serve.models import ServedModel, close_models
 from lstm_export.serve.protocol import (
@@ -125,8 +117,9 @@ async def read_body(request: Request, limit: int, budget: BodyBudget) -> tuple[b
     return body, size
 
 
-async def run_request(model: ServedModel, request: InferRequest) -> np.ndarray:
-    """Logits for a checked request: batched with others, or a sequence's next chunk."""
+async def run_request(model: ServedModel, request: InferRequest) -> Ran:
+    """Logits for a checked request: batched with others, or a sequence's next chunk (its
+    queue time: waiting for the sequence's earlier chunks)."""
     seq = request.sequence
     if seq is None:
         return await model.batcher.infer(request.pixels)
@@ -136,10 +129,13 @@ async def run_request(model: ServedModel, request: InferRequest) -> np.ndarray:
             "need a model exported with its LSTM state"
         )
     sequence = model.sequences.open(seq)
+    waited = time.perf_counter_ns()
     async with sequence.lock:
-        logits, state = await model.batcher.call(model.runner.step, request.pixels, sequence.state)
+        waited = time.perf_counter_ns() - waited
+        ran = await model.batcher.call(model.runner.step, request.pixels, sequence.state)
+        logits, state = ran.result
         model.sequences.update(sequence, state, seq.end)
-    return logits
+    return Ran(logits, waited, ran.infer_ns)
 
 
 async def infer(
@@ -152,6 +148,7 @@ async def infer(
     held = 0
     try:
         body, held = await read_body(request, models.max_body_bytes, budget)
+        read = time.perf_counter_ns()
         parsed = parse_infer(
             body,
             request.headers.get(HEADER_LENGTH),
@@ -160,8 +157,16 @@ async def infer(
             output_spec=model.output,
             max_batch_size=model.max_batch_size,
         )
-        logits = await run_request(model, parsed)
-        content, headers = encode_infer(model.name, model.version, parsed, logits, model.labels)
+        decoded = time.perf_counter_ns()
+        ran = await run_request(model, parsed)
+        answered = time.perf_counter_ns()
+        try:
+            content, headers = encode_infer(
+                model.name, model.version, parsed, ran.result, model.labels
+            )
+        finally:
+            encoded = time.perf_counter_ns()
+            model.stats.computed(ran.queue_ns, decoded - read, ran.infer_ns, encoded - answered)
     except BaseException:
         model.stats.request(False, time.perf_counter_ns() - started)
         raise

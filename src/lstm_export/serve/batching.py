@@ -8,6 +8,8 @@ Each answer equals the unbatched one: rows of an LSTM batch never mix. Requests 
 count (a model with a free time axis) wait for the next run. With batching off, each request
 runs alone. Everything else that runs the model (a sequence's step) goes through
 :meth:`Batcher.call`, on the same thread, so the runner is never used by two threads at once.
+The batcher counts model runs in the statistics; each request's times come back with its
+answer (:class:`Ran`), for the server to count when it answers.
 """
 
 from __future__ import annotations
@@ -18,22 +20,30 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from lstm_export.infer.base import Runner
 from lstm_export.serve.metrics import ModelStats
 
-T = TypeVar("T")
+
+@dataclass(frozen=True)
+class Ran:
+    """What a request got: its ``result`` (logits (N, C), or what a call returned), the
+    nanoseconds it waited for its run (``queue_ns``) and those of the run (``infer_ns``)."""
+
+    result: Any
+    queue_ns: int
+    infer_ns: int
 
 
 @dataclass
 class _Pending:
-    """A queued request: its images (N, T, 28), the future of its logits, when it arrived."""
+    """A queued request: its images (N, T, 28), the future of its :class:`Ran`, its arrival."""
 
     x: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Ran]
     arrived_ns: int
 
     @property
@@ -71,21 +81,21 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._loop())
         return self._queue
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
+    async def infer(self, x: np.ndarray) -> Ran:
         """Logits (N, C) of ``x`` (N, T, 28), computed in a batch with other requests."""
         queue = self._start()
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Ran] = asyncio.get_running_loop().create_future()
         queue.put_nowait(_Pending(x, future, time.perf_counter_ns()))
         return await future
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Ran:
         """``fn(*args)`` on the model's thread, counted as one run of ``args[0]``'s rows."""
         self._start()
         started = time.perf_counter_ns()
         result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        self.stats.compute_infer.add(time.perf_counter_ns() - started)
-        self.stats.execution(int(args[0].shape[0]))
-        return result
+        ns = time.perf_counter_ns() - started
+        self.stats.execution(int(args[0].shape[0]), ns)
+        return Ran(result, 0, ns)
 
     async def _next_batch(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
         """The oldest request and those that join it (same row count, within size and delay)."""
@@ -127,14 +137,14 @@ class Batcher:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
-            done = time.perf_counter_ns()
-            self.stats.execution(int(x.shape[0]))
+            ns = time.perf_counter_ns() - started
+            self.stats.execution(int(x.shape[0]), ns)
             start = 0
             for p in batch:
-                self.stats.queue.add(started - p.arrived_ns)
-                self.stats.compute_infer.add(done - started)
                 if not p.future.done():
-                    p.future.set_result(logits[start : start + p.rows])
+                    p.future.set_result(
+                        Ran(logits[start : start + p.rows], started - p.arrived_ns, ns)
+                    )
                 start += p.rows
 
     async def close(self) -> None:

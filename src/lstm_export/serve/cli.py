@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lstm_export.cli_options import RAY, TUNING, positive_finite
+from lstm_export.cli_options import RAY, TUNING, ThreadsOption, cap_threads, positive_finite
 from lstm_export.console import err_console, plain
 from lstm_export.devices import Device
+from lstm_export.infer.cli import Engine
 from lstm_export.infer.registry import Backend
 
 if TYPE_CHECKING:
     from lstm_export.serve.models import ServeConfig
 
 MISSING_EXTRA = "serving needs the serve extra: pip install 'lstm-export[serve]'"
-
-
-class Engine(str, Enum):
-    """Where the server runs: this process (uvicorn), or Ray Serve replicas."""
-
-    in_process = "in-process"
-    ray = "ray"
 
 
 def _check_extra() -> None:
@@ -36,77 +29,42 @@ def _check_extra() -> None:
         raise ConfigError(MISSING_EXTRA) from None
 
 
-def _option(flag: str, help_text: str, panel: str = TUNING, **extra: Any) -> Any:
+def _option(flag: str, help_text: str, panel: str | None = TUNING, **extra: Any) -> Any:
     return typer.Option(flag, help=help_text, rich_help_panel=panel, **extra)
 
 
 _FROM_REPO = "; a repository: its config"
-ModelArg = Annotated[
-    Path,
-    typer.Argument(
-        help="Model file (.onnx, .ts, .pt, .xml) or a Triton repository (lstm-export triton).",
-        show_default=False,
-    ),
-]
-MaxBatch = Annotated[
-    int | None,
-    _option(
-        "--max-batch-size",
-        "Largest batch of a request or a merged run.",
-        min=1,
-        show_default="64" + _FROM_REPO,
-    ),
-]
-QueueDelay = Annotated[
-    int | None,
-    _option(
-        "--max-queue-delay-us",
-        "How long a request waits for others to batch with.",
-        min=0,
-        show_default="200" + _FROM_REPO,
-    ),
-]
-Batching = Annotated[
-    bool,
-    _option("--dynamic-batching/--no-dynamic-batching", "Merge concurrent requests into one run."),
-]
-SequenceIdle = Annotated[
-    float | None,
-    _option(
-        "--sequence-idle-s",
-        "Stateful models: an idle sequence is dropped after this.",
-        callback=positive_finite,
-        show_default="60" + _FROM_REPO,
-    ),
-]
-MaxSequences = Annotated[
-    int | None,
-    _option(
-        "--max-sequences",
-        "Stateful models: live sequences kept at once.",
-        min=1,
-        show_default="1000" + _FROM_REPO,
-    ),
-]
-MaxBody = Annotated[
-    float, _option("--max-body-mb", "Largest request body, in MiB.", callback=positive_finite)
-]
-EngineOption = Annotated[
-    Engine,
-    _option("--engine", "ray: as a Ray Serve deployment (pip install 'lstm-export\\[ray]').", RAY),
-]
-Replicas = Annotated[
-    int, _option("--replicas", "--engine ray: replicas of the server.", RAY, min=1)
-]
-Address = Annotated[
-    str | None,
-    _option(
-        "--address",
-        "--engine ray: join this Ray cluster. Default: a local Ray for the run.",
-        RAY,
-        show_default=False,
-    ),
-]
+# fmt: off
+ModelArg = Annotated[Path, typer.Argument(
+    help="Model file (.onnx, .ts, .pt, .xml) or a Triton repository (lstm-export triton).",
+    show_default=False)]
+MaxBatch = Annotated[int | None, _option(
+    "--max-batch-size", "Largest batch of a request or a merged run.", min=1,
+    show_default="64" + _FROM_REPO)]
+QueueDelay = Annotated[int | None, _option(
+    "--max-queue-delay-us", "How long a request waits for others to batch with.", min=0,
+    show_default="200" + _FROM_REPO)]
+Batching = Annotated[bool, _option(
+    "--dynamic-batching/--no-dynamic-batching", "Merge concurrent requests into one run.")]
+SequenceIdle = Annotated[float | None, _option(
+    "--sequence-idle-s", "Stateful models: an idle sequence is dropped after this.",
+    callback=positive_finite, show_default="60" + _FROM_REPO)]
+MaxSequences = Annotated[int | None, _option(
+    "--max-sequences", "Stateful models: live sequences kept at once.", min=1,
+    show_default="1000" + _FROM_REPO)]
+MaxBody = Annotated[float, _option(
+    "--max-body-mb", "Largest request body, in MiB.", callback=positive_finite)]
+TrustModel = Annotated[bool, _option(
+    "--trust-model", "Lift the checks that keep a model file from running code (TorchScript "
+    "code, other ONNX operator domains): only for a file from a source you trust.", None)]
+EngineOption = Annotated[Engine, _option(
+    "--engine", "ray: as a Ray Serve deployment (pip install 'lstm-export\\[ray]').", RAY)]
+Replicas = Annotated[int, _option(
+    "--replicas", "--engine ray: replicas of the server.", RAY, min=1)]
+Address = Annotated[str | None, _option(
+    "--address", "--engine ray: join this Ray cluster. Default: a local Ray for the run.", RAY,
+    show_default=False)]
+# fmt: on
 
 
 def serve(
@@ -128,6 +86,8 @@ def serve(
     sequence_idle_s: SequenceIdle = None,
     max_sequences: MaxSequences = None,
     max_body_mb: MaxBody = 32.0,
+    threads: ThreadsOption = None,
+    trust_model: TrustModel = False,
     engine: EngineOption = Engine.in_process,
     replicas: Replicas = 1,
     address: Address = None,
@@ -155,6 +115,8 @@ def serve(
         sequence_timeout_s=sequence_idle_s,
         max_sequences=max_sequences,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        threads=cap_threads(threads),
+        trusted=trust_model,
     )
     if engine == Engine.ray:
         from lstm_export.serve.ray_serve import serve_on_ray

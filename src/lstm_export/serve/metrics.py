@@ -2,9 +2,12 @@
 
 Counts and durations follow Triton's statistics extension: ``inference_count`` counts images
 (rows of the batch), ``execution_count`` model runs (a dynamic batch is one run), and each
-request's time is split into ``queue`` (waiting for its batch) and ``compute_infer`` (the run
-it was part of). The Prometheus names are Triton's (``nv_inference_*``), so dashboards built
-for Triton read this server too. Updated from the server's event loop only.
+request that ran is counted once in ``queue`` (waiting for its run), ``compute_input`` (its
+body decoded into the input tensor), ``compute_infer`` (the run it was part of) and
+``compute_output`` (its answer encoded), all four at once when it is answered, so that their
+counts agree at any moment (perf_analyzer requires it). The Prometheus names are Triton's
+(``nv_inference_*``), so dashboards built for Triton read this server too. Updated from the
+server's event loop only.
 """
 
 from __future__ import annotations
@@ -41,18 +44,27 @@ class ModelStats:
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
     #: requests accepted and not yet answered
     pending: int = 0
     #: batch size -> model runs of that size
-    batches: dict[int, int] = field(default_factory=dict)
+    batches: dict[int, Duration] = field(default_factory=dict)
 
-    def execution(self, rows: int) -> None:
-        """One model run over ``rows`` images."""
+    def execution(self, rows: int, ns: int) -> None:
+        """One model run over ``rows`` images that took ``ns`` nanoseconds."""
         self.execution_count += 1
         self.inference_count += rows
-        self.batches[rows] = self.batches.get(rows, 0) + 1
+        self.batches.setdefault(rows, Duration()).add(ns)
         self.last_inference_ms = int(time.time() * 1000)
+
+    def computed(self, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One request that ran: its time in the queue, decoding, its run and encoding."""
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
 
     def request(self, ok: bool, ns: int) -> None:
         """One request answered (``ok``) or refused, after ``ns`` nanoseconds."""
@@ -71,14 +83,14 @@ class ModelStats:
                 "success": self.success.to_dict(),
                 "fail": self.fail.to_dict(),
                 "queue": self.queue.to_dict(),
-                "compute_input": zero,
+                "compute_input": self.compute_input.to_dict(),
                 "compute_infer": self.compute_infer.to_dict(),
-                "compute_output": zero,
+                "compute_output": self.compute_output.to_dict(),
                 "cache_hit": zero,
                 "cache_miss": zero,
             },
             "batch_stats": [
-                {"batch_size": size, "compute_infer": {"count": runs, "ns": 0}}
+                {"batch_size": size, "compute_infer": runs.to_dict()}
                 for size, runs in sorted(self.batches.items())
             ],
         }
@@ -98,16 +110,20 @@ _METRICS: dict[str, tuple[str, Any]] = {
         "Cumulative queue duration (us)",
         lambda s: s.queue.ns // 1000,
     ),
+    "nv_inference_compute_input_duration_us": (
+        "Cumulative compute input duration (us)",
+        lambda s: s.compute_input.ns // 1000,
+    ),
     "nv_inference_compute_infer_duration_us": (
-        "Cumulative compute duration (us)",
+        "Cumulative compute inference duration (us)",
         lambda s: s.compute_infer.ns // 1000,
+    ),
+    "nv_inference_compute_output_duration_us": (
+        "Cumulative compute output duration (us)",
+        lambda s: s.compute_output.ns // 1000,
     ),
     "nv_inference_pending_request_count": ("Requests pending", lambda s: s.pending),
 }
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def prometheus_text(stats: list[ModelStats]) -> str:
@@ -117,7 +133,7 @@ def prometheus_text(stats: list[ModelStats]) -> str:
         kind = "gauge" if "pending" in metric else "counter"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
         lines += [
-            f'{metric}{{model="{_label(s.name)}",version="{_label(s.version)}"}} {value(s)}'
+            f'{metric}{{model="{s.name}",version="{s.version}"}} {value(s)}'  # names: [\w.-]
             for s in stats
         ]
     return "\n".join(lines) + "\n"

@@ -9,10 +9,9 @@ class names for the classification extension, and Triton's model configuration i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lstm_export.devices import Device
 from lstm_export.errors import ConfigError, ModelLoadError
@@ -20,13 +19,9 @@ from lstm_export.infer.base import Runner
 from lstm_export.serve.batching import Batcher
 from lstm_export.serve.metrics import ModelStats
 from lstm_export.serve.protocol import TensorSpec
+from lstm_export.serve.repository import RepoModel, check_name, read_repository, safe_name
 from lstm_export.serve.sequences import SequenceStore
 
-if TYPE_CHECKING:
-    from lstm_export.serve.repository import RepoModel
-
-#: a model name: what Triton accepts in a repository folder and a URL path segment
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: the registry's backend -> (Triton platform, Triton backend)
 PLATFORMS = {
     "onnxruntime": ("onnxruntime_onnx", "onnxruntime"),
@@ -55,6 +50,10 @@ class ServeConfig:
     sequence_timeout_s: float | None = None
     max_sequences: int | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: threads for each model (None: the cores less one, which the HTTP event loop keeps)
+    threads: int | None = None
+    #: lift the checks that keep a model file from running code (see docs/trust.md)
+    trusted: bool = False
 
 
 @dataclass
@@ -152,12 +151,25 @@ def _rows(runner: Runner) -> int:
     return 28 if seq_len == "28" else -1
 
 
+def runner_options(plan: _Plan, config: ServeConfig) -> dict[str, Any]:
+    """The options a served runner opens with: what the runner asks for when it shares the
+    machine (ONNX Runtime: idle pool threads do not spin, which would take the event loop's
+    core), ``config.threads`` (default: the cores less one), ``trusted`` when asked."""
+    from lstm_export.devices import usable_cores
+    from lstm_export.infer.registry import RUNNERS, Backend, backend_for
+
+    auto = Backend(plan.backend) == Backend.auto
+    runner = RUNNERS[backend_for(plan.path) if auto else Backend(plan.backend).value]
+    options = runner.planned_options(config.threads or max(1, usable_cores() - 1))
+    return {**options, "trusted": True} if config.trusted else options
+
+
 def _open(plan: _Plan, config: ServeConfig) -> ServedModel:
     """Load ``plan``'s runner and wrap it with its batcher, statistics and sequence store."""
     from lstm_export.infer.registry import load_runner
     from lstm_export.infer.rows import class_names_of
 
-    runner = load_runner(plan.path, plan.backend, plan.device)
+    runner = load_runner(plan.path, plan.backend, plan.device, **runner_options(plan, config))
     try:
         labels = list(plan.labels) or class_names_of(runner)
         tensors = plan.tensors or (
@@ -199,9 +211,7 @@ def _open(plan: _Plan, config: ServeConfig) -> ServedModel:
 
 def _file_plan(config: ServeConfig) -> _Plan:
     path = Path(config.source)
-    name = config.name or re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64].lstrip("_.-") or "model"
-    if not NAME.fullmatch(name):
-        raise ConfigError(f"model name {name!r} is not usable: letters, digits, _ . - only")
+    name = check_name(config.name or safe_name(path.stem), error=ConfigError)
     delay = config.max_queue_delay_us
     return _Plan(
         name=name,
@@ -225,7 +235,7 @@ def _repo_plan(config: ServeConfig, model: RepoModel) -> _Plan:
         )
     batch_dim = (-1,) if model.max_batch_size else ()
     pixels, logits = (
-        TensorSpec(t.name, t.datatype, batch_dim + tuple(t.dims))
+        TensorSpec(t.name, t.datatype, batch_dim + t.shape)
         for t in (model.inputs[0], model.outputs[0])
     )
     if pixels.datatype != "FP32" or len(pixels.shape) != 3:
@@ -259,8 +269,6 @@ def load_models(config: ServeConfig) -> list[ServedModel]:
     source = Path(config.source)
     if not source.is_dir():
         return [_open(_file_plan(config), config)]
-    from lstm_export.serve.repository import read_repository
-
     if config.name is not None:
         raise ConfigError("a repository's models keep their own names: name only a model file")
     models: list[ServedModel] = []

@@ -43,7 +43,8 @@ class RequestError(InputError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A served tensor: ``name``, OIP ``datatype`` and full ``shape`` (-1: any size)."""
+    """A tensor: ``name``, OIP ``datatype``, ``shape`` (-1: any size; a repository config's
+    leaves the batch dimension out where ``max_batch_size`` > 0)."""
 
     name: str
     datatype: str

@@ -39,14 +39,12 @@ def _build(config: ServeConfig) -> Callable[[], Any]:
     return build
 
 
-def _import_serve() -> Any:
+def _import_serve() -> tuple[Any, Any]:
     try:
         import ray
         from ray import serve
     except ImportError:
-        raise ConfigError(
-            "serving on Ray needs Ray Serve: pip install 'lstm-export[ray,serve]'"
-        ) from None
+        raise ConfigError("serving on Ray needs pip install 'lstm-export[ray,serve]'") from None
     return ray, serve
 
 

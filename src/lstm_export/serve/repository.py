@@ -15,35 +15,7 @@ backend, the model file present inside the repository (nothing may point outside
 absolute paths, no ``..``, no symbolic link leaving the repository). Versions follow the config's
 ``version_policy`` as Triton does (none: the latest version only; ``all``; ``specific``); a
 version folder is a whole number without leading zero. It returns one :class:`RepoModel` per
-model and served version, sorted by name then version::
-
-    @dataclass(frozen=True)
-    class RepoModel:
-        name: str                     # model name (the folder's name; config.name must agree)
-        version: int                  # version folder, a whole number >= 1
-        path: Path                    # the model file (resolved, inside the repository)
-        backend: str                  # lstm_export registry name: "onnxruntime", "torchscript", "openvino"
-        max_batch_size: int           # 0: the model takes no batch dimension from Triton
-        max_queue_delay_us: int | None  # dynamic_batching's delay; None: no dynamic batching
-        preferred_batch_sizes: tuple[int, ...]
-        instances: int                # instance_group count (1 when absent)
-        kind: str                     # "cpu", "gpu" or "auto" (instance_group kind; none: auto)
-        inputs: tuple[TensorSpec, ...]   # name, datatype (OIP: "FP32"), dims without the batch dim
-        outputs: tuple[TensorSpec, ...]
-        sequence: SequenceSettings | None  # set for a model with sequence_batching
-        labels: tuple[str, ...]       # class names from an output's label_filename (or empty)
-        config_path: Path             # the config.pbtxt it came from
-
-    @dataclass(frozen=True)
-    class SequenceSettings:
-        idle_timeout_us: int          # max_sequence_idle_microseconds (Triton's default 1 s)
-        max_sequences: int | None     # oldest.max_candidate_sequences (None: not bounded there)
-        states: tuple[StateSpec, ...] # implicit state: input_name <- output_name, dims
-
-A stateful export (``--with-state``) is written with ``max_batch_size: 0`` and full dims
-(``pixels`` ``[1, -1, 28]``, ``logits`` ``[1, C]``) and ``sequence_batching`` whose implicit
-state carries ``h_n`` -> ``h_0`` and ``c_n`` -> ``c_0`` (dims ``[D*layers, 1, H]``, zeros at a
-sequence's start): the LSTM state's batch axis is its second, which Triton cannot batch along.
+model and served version, sorted by name then version.
 
 Errors are :class:`lstm_export.errors.ModelLoadError` naming the file and what is wrong.
 """
@@ -53,13 +25,15 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lstm_export.errors import ModelLoadError, first_line
+from lstm_export.errors import ConfigError, ModelLoadError, first_line
 from lstm_export.fileio import read_regular_file
+from lstm_export.serve.protocol import TensorSpec
 
+MISSING_EXTRA = "a Triton model repository needs the serve extra: pip install 'lstm-export[serve]'"
 #: the name of each model's configuration file
 CONFIG_FILE = "config.pbtxt"
 #: labels file written beside config.pbtxt (Triton's classification extension reads it)
@@ -67,39 +41,21 @@ LABELS_FILE = "labels.txt"
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """One input or output: ``name``, OIP ``datatype`` (``"FP32"``) and ``dims`` (batch dim
-    left out when the model's ``max_batch_size`` > 0; ``-1`` is a variable dim)."""
-
-    name: str
-    datatype: str
-    dims: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    """Triton implicit state: the model's output ``output_name`` is fed back as ``input_name``
-    on the sequence's next request (zeros on its first). ``dims`` as in the config (for this
-    project's models ``[D*layers, 1, H]``, one sequence per execution)."""
-
-    input_name: str
-    output_name: str
-    datatype: str
-    dims: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class SequenceSettings:
-    """``sequence_batching`` of a stateful model."""
+    """``sequence_batching`` of a stateful model: ``max_sequence_idle_microseconds`` (Triton's
+    default 1 s) and ``oldest.max_candidate_sequences`` (None: not bounded there)."""
 
     idle_timeout_us: int
     max_sequences: int | None
-    states: tuple[StateSpec, ...] = ()
 
 
 @dataclass(frozen=True)
 class RepoModel:
-    """One version of one model of a repository (see the module docstring)."""
+    """One version of one model of a repository: its ``path`` (resolved, inside the repository),
+    ``backend`` (the registry's name), ``max_batch_size`` (0: no batch dimension from Triton),
+    ``max_queue_delay_us`` (None: no dynamic batching), tensors (``shape`` without the batch
+    dimension where ``max_batch_size`` > 0), instance ``kind`` (``cpu``, ``gpu`` or ``auto``),
+    ``sequence`` settings, and class names from the output's ``label_filename``."""
 
     name: str
     version: int
@@ -110,11 +66,9 @@ class RepoModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     config_path: Path
-    preferred_batch_sizes: tuple[int, ...] = ()
-    instances: int = 1
     kind: str = "cpu"
     sequence: SequenceSettings | None = None
-    labels: tuple[str, ...] = field(default=())
+    labels: tuple[str, ...] = ()
 
 
 #: Triton's ``platform`` / ``backend`` values -> lstm_export's registry name
@@ -131,27 +85,29 @@ _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 #: what is read of one repository, at most (a repository from strangers is bounded)
 MAX_MODELS = 1000
 MAX_VERSIONS = 1000
-MAX_CONFIG_BYTES = 1 << 20
-MAX_LABELS_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 20  # a config.pbtxt or labels.txt
 _MAX_DIMS = 8
 
 
-def check_name(name: str, what: str = "model name") -> str:
+def check_name(name: str, what: str = "model name", error: type[Exception] = ModelLoadError) -> str:
     """``name`` if it is a safe model or file name (letters, digits, ``_ . -``, at most 128, not
-    starting with a dot, no path separator); else ModelLoadError."""
+    starting with a dot, no path separator); else ``error`` (ModelLoadError)."""
     if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise ModelLoadError(
+        raise error(
             f"{what} {name[:140]!r} is not allowed: use letters, digits, '_', '.', '-' "
             "(at most 128, not starting with '.' or '-')"
         )
     return name
 
 
+def safe_name(text: str) -> str:
+    """``text`` (a file's name) as a model name: other characters become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".-")[:128] or "model"
+
+
 def datatype_name(data_type: int) -> str:
     """Triton's ``DataType`` enum value -> the OIP datatype string (``TYPE_FP32`` -> ``"FP32"``)."""
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    name = mc.DataType.Name(data_type).removeprefix("TYPE_")
+    name = model_config_module().DataType.Name(data_type).removeprefix("TYPE_")
     return "BYTES" if name == "STRING" else name
 
 
@@ -162,7 +118,7 @@ def parse_config(path: Path) -> Any:
 
     mc = model_config_module()
     try:
-        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
+        text = read_regular_file(path, MAX_FILE_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"cannot read {path}: {first_line(exc)}") from exc
     try:
@@ -174,13 +130,11 @@ def parse_config(path: Path) -> Any:
 
 
 def model_config_module() -> Any:
-    """``tritonclient.grpc.model_config_pb2`` (Triton's ModelConfig), ModelLoadError if missing."""
+    """``tritonclient.grpc.model_config_pb2`` (Triton's ModelConfig), ConfigError if missing."""
     try:
         from tritonclient.grpc import model_config_pb2
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"Triton model configurations need the tritonclient[grpc] package: {first_line(exc)}"
-        ) from exc
+    except (ImportError, RuntimeError):  # tritonclient.grpc raises RuntimeError without grpcio
+        raise ConfigError(MISSING_EXTRA) from None
     return model_config_pb2
 
 
@@ -224,7 +178,6 @@ def read_model(folder: Path, root: Path) -> list[RepoModel]:
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{where}: max_batch_size {config.max_batch_size} is negative")
     outputs = tuple(_tensor(t, where) for t in config.output)
-    kind, instances = _instances(config, where)
     template = RepoModel(
         name=name,
         version=0,
@@ -236,13 +189,11 @@ def read_model(folder: Path, root: Path) -> list[RepoModel]:
             if config.HasField("dynamic_batching")
             else None
         ),
-        preferred_batch_sizes=tuple(int(s) for s in config.dynamic_batching.preferred_batch_size),
         inputs=tuple(_tensor(t, where) for t in config.input),
         outputs=outputs,
         config_path=config_path,
-        instances=instances,
-        kind=kind,
-        sequence=_sequence(config, where),
+        kind=_kind(config, where),
+        sequence=_sequence(config),
         labels=_labels(config, folder, root, where),
     )
     if not template.inputs or not outputs:
@@ -264,81 +215,50 @@ def _inside(path: Path, root: Path) -> Path:
 
 
 def _backend(config: Any, where: str) -> str:
-    by_platform = PLATFORMS.get(config.platform) if config.platform else None
-    by_backend = BACKENDS.get(config.backend) if config.backend else None
-    if (config.platform and by_platform is None) or (config.backend and by_backend is None):
-        known = ", ".join(
-            [*(f"platform {p!r}" for p in PLATFORMS), *(f"backend {b!r}" for b in BACKENDS)]
-        )
+    """The registry's backend that ``platform`` and ``backend`` name (both set: the same)."""
+    named = {PLATFORMS.get(config.platform, "?")} if config.platform else set()
+    named |= {BACKENDS.get(config.backend, "?")} if config.backend else set()
+    if len(named) != 1 or "?" in named:
         raise ModelLoadError(
-            f"{where}: platform {config.platform[:60]!r} / backend {config.backend[:60]!r} is not "
-            f"supported (supported: {known})"
+            f"{where}: platform {config.platform[:60]!r} and backend {config.backend[:60]!r} are "
+            f"not supported, or disagree (platforms: {', '.join(PLATFORMS)}; backends: "
+            f"{', '.join(BACKENDS)})"
         )
-    if by_platform and by_backend and by_platform != by_backend:
-        raise ModelLoadError(
-            f"{where}: platform {config.platform!r} and backend {config.backend!r} disagree"
-        )
-    chosen = by_platform or by_backend
-    if chosen is None:
-        raise ModelLoadError(f"{where}: sets neither platform nor backend")
-    return chosen
-
-
-def _dims(dims: Any, where: str, tensor: str) -> tuple[int, ...]:
-    out = tuple(int(d) for d in dims)
-    if len(out) > _MAX_DIMS or any(d < -1 or d == 0 for d in out):
-        raise ModelLoadError(f"{where}: {tensor} has dims {list(out)[:10]} (each -1 or >= 1)")
-    return out
+    return named.pop()
 
 
 def _tensor(t: Any, where: str) -> TensorSpec:
+    dims = tuple(int(d) for d in t.dims)
     if not _TENSOR_NAME.fullmatch(t.name):
         raise ModelLoadError(f"{where}: tensor name {t.name[:140]!r} is not allowed")
-    return TensorSpec(t.name, datatype_name(t.data_type), _dims(t.dims, where, t.name))
+    if len(dims) > _MAX_DIMS or any(d < -1 or d == 0 for d in dims):
+        raise ModelLoadError(f"{where}: {t.name} has dims {list(dims)[:10]} (each -1 or >= 1)")
+    return TensorSpec(t.name, datatype_name(t.data_type), dims)
 
 
-def _instances(config: Any, where: str) -> tuple[str, int]:
-    """(kind, count) of the instance groups: ``cpu``, ``gpu`` or ``auto`` (Triton's default)."""
+def _kind(config: Any, where: str) -> str:
+    """The instance groups' kind: ``cpu``, ``gpu`` or ``auto`` (Triton's default)."""
     mc = model_config_module()
     kinds = {
         mc.ModelInstanceGroup.KIND_AUTO: "auto",
         mc.ModelInstanceGroup.KIND_CPU: "cpu",
         mc.ModelInstanceGroup.KIND_GPU: "gpu",
     }
-    if not config.instance_group:
-        return "auto", 1
-    found = {kinds.get(g.kind) for g in config.instance_group}
+    found = {kinds.get(g.kind) for g in config.instance_group} or {"auto"}
     if None in found or len(found) > 1:
         raise ModelLoadError(f"{where}: instance groups must all be of one kind: CPU, GPU or AUTO")
-    count = sum(max(1, int(g.count)) for g in config.instance_group)
-    return str(found.pop()), count
+    return str(found.pop())
 
 
-def _sequence(config: Any, where: str) -> SequenceSettings | None:
+def _sequence(config: Any) -> SequenceSettings | None:
     if not config.HasField("sequence_batching"):
         return None
     seq = config.sequence_batching
-    states = tuple(
-        StateSpec(
-            _tensor_name(s.input_name, where),
-            _tensor_name(s.output_name, where),
-            datatype_name(s.data_type),
-            _dims(s.dims, where, s.input_name),
-        )
-        for s in seq.state
-    )
     oldest = seq.oldest.max_candidate_sequences if seq.HasField("oldest") else 0
     return SequenceSettings(
         idle_timeout_us=int(seq.max_sequence_idle_microseconds or TRITON_SEQUENCE_IDLE_US),
         max_sequences=int(oldest) or None,
-        states=states,
     )
-
-
-def _tensor_name(name: str, where: str) -> str:
-    if not _TENSOR_NAME.fullmatch(name):
-        raise ModelLoadError(f"{where}: tensor name {name[:140]!r} is not allowed")
-    return name
 
 
 def _labels(config: Any, folder: Path, root: Path, where: str) -> tuple[str, ...]:
@@ -352,7 +272,7 @@ def _labels(config: Any, folder: Path, root: Path, where: str) -> tuple[str, ...
     path = folder / check_name(output.label_filename, "label file name")
     _inside(path, root)
     try:
-        text = read_regular_file(path, MAX_LABELS_BYTES).decode("utf-8")
+        text = read_regular_file(path, MAX_FILE_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"cannot read labels {path}: {first_line(exc)}") from exc
     labels = tuple(text.rstrip("\n").split("\n")) if text.strip() else ()

@@ -5,6 +5,7 @@ The only module of :mod:`lstm_export.serve.triton_config` that prints; the libra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -91,22 +92,7 @@ def triton(
 def _show(report: RepositoryReport, as_json: bool) -> None:
     """The repository written: JSON on stdout, or one line per model."""
     if as_json:
-        payload = {
-            "repository": str(report.repo),
-            "created": report.created,
-            "models": [
-                {
-                    "name": m.name,
-                    "version": m.version,
-                    "backend": m.backend,
-                    "folder": str(m.folder),
-                    "added_version_only": m.added_version_only,
-                }
-                for m in report.models
-            ],
-            "notes": report.notes,
-        }
-        console.print_json(json.dumps(payload))
+        console.print_json(json.dumps(dataclasses.asdict(report), default=str))
         return
     what = "wrote" if report.created else "updated"
     console.print(f"{what} Triton model repository {plain(report.repo)}", highlight=False)

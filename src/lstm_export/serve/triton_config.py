@@ -33,11 +33,10 @@ configuration is the same.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -46,17 +45,17 @@ import numpy as np
 
 from lstm_export.artifacts import Artifact
 from lstm_export.errors import ConfigError, ModelLoadError, OutputError, first_line
+from lstm_export.infer.base import check_counts
 from lstm_export.serve.repository import (
     CONFIG_FILE,
     LABELS_FILE,
-    StateSpec,
+    PLATFORMS,
     check_name,
     model_config_module,
     parse_config,
     read_repository,
+    safe_name,
 )
-
-log = logging.getLogger(__name__)
 
 #: Triton's tensor names for a TorchScript model (libtorch backend: ``<name>__<index>``)
 LIBTORCH_INPUTS = ("INPUT__0", "INPUT__1", "INPUT__2")
@@ -92,21 +91,13 @@ class TritonOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", InstanceKind(self.kind))
         if self.name is not None:
-            try:
-                check_name(self.name)
-            except ModelLoadError as exc:
-                raise ConfigError(str(exc)) from None
-        for what, low in (
-            ("version", 1),
-            ("max_batch_size", 1),
-            ("max_queue_delay_us", 0),
-            ("instances", 1),
-            ("max_sequences", 1),
-            ("sequence_idle_us", 1),
-        ):
-            value = getattr(self, what)
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"{what} must be a whole number >= {low}, got {value!r}")
+            check_name(self.name, error=ConfigError)
+        check_counts(
+            self, "version", "max_batch_size", "instances", "max_sequences", "sequence_idle_us"
+        )
+        delay = self.max_queue_delay_us
+        if type(delay) is not int or delay < 0:
+            raise ConfigError(f"max_queue_delay_us must be a whole number >= 0, got {delay!r}")
         if self.openvino and self.kind == InstanceKind.gpu:
             raise ConfigError("OpenVINO runs on the CPU only: it cannot have GPU instances")
 
@@ -131,7 +122,6 @@ class WrittenModel:
     version: int
     backend: str
     folder: Path
-    config_text: str
     added_version_only: bool = False
 
 
@@ -166,13 +156,7 @@ def resolve_sources(model: Path, options: TritonOptions) -> tuple[Path, Path | N
         ts_path = onnx_path.with_name(Artifact.torchscript.value)
         if not ts_path.is_file():
             raise ModelLoadError(f"no TorchScript file {ts_path} beside {onnx_path.name}")
-    return onnx_path, ts_path, _safe_default_name(default)
-
-
-def _safe_default_name(name: str) -> str:
-    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_-.") else "_" for c in name)
-    cleaned = cleaned.lstrip(".-")[:128] or "model"
-    return cleaned
+    return onnx_path, ts_path, safe_name(default)
 
 
 # -- signatures ------------------------------------------------------------------------------------
@@ -306,12 +290,11 @@ def build_config(
     """Triton's ``ModelConfig`` for one model of ``backend`` (onnxruntime, torchscript, openvino)."""
     mc = model_config_module()
     config = mc.ModelConfig(name=name)
-    if backend == "onnxruntime":
-        config.platform = "onnxruntime_onnx"
-    elif backend == "torchscript":
-        config.platform = "pytorch_libtorch"
+    platform = {mine: theirs for theirs, mine in PLATFORMS.items()}.get(backend)
+    if platform:
+        config.platform = platform
     else:
-        config.backend = "openvino"
+        config.backend = backend  # openvino: a backend without a platform name
     config.version_policy.all.SetInParent()
     names_in, names_out = _tensor_names(backend)
     fp32 = mc.TYPE_FP32
@@ -328,9 +311,9 @@ def build_config(
         _sequence_batching(config, sig, names_in, names_out, options)
     if labels:
         out.label_filename = LABELS_FILE
-    kind = mc.ModelInstanceGroup.KIND_GPU if options.kind == InstanceKind.gpu else None
-    group = config.instance_group.add(count=options.instances)
-    group.kind = kind if kind is not None else mc.ModelInstanceGroup.KIND_CPU
+    group = mc.ModelInstanceGroup
+    kind = group.KIND_GPU if options.kind == InstanceKind.gpu else group.KIND_CPU
+    config.instance_group.add(count=options.instances, kind=kind)
     return config
 
 
@@ -366,25 +349,6 @@ def _sequence_batching(
         )
 
 
-def config_text(config: Any) -> str:
-    """``config`` in protobuf text format, as ``config.pbtxt`` holds it."""
-    from google.protobuf import text_format
-
-    return str(text_format.MessageToString(config))
-
-
-def state_specs(sig: Signature, backend: str) -> tuple[StateSpec, ...]:
-    """The implicit state of a stateful model of ``backend`` as the repository reader gives it."""
-    if sig.state is None:
-        return ()
-    names_in, names_out = _tensor_names(backend)
-    layers, h_out, hidden = sig.state
-    return tuple(
-        StateSpec(names_in[i], names_out[i], "FP32", (layers, 1, width))
-        for i, width in ((1, h_out), (2, hidden))
-    )
-
-
 # -- the repository --------------------------------------------------------------------------------
 def write_repository(model: Path, repo: Path, options: TritonOptions) -> RepositoryReport:
     """Write (or extend) the Triton model repository ``repo`` from a run folder or ONNX file.
@@ -395,6 +359,7 @@ def write_repository(model: Path, repo: Path, options: TritonOptions) -> Reposit
     """
     from lstm_export.fileio import terminating
 
+    model_config_module()  # ConfigError now, without the serve extra
     onnx_path, ts_path, default = resolve_sources(Path(model), options)
     base = options.name or default
     names = {"onnxruntime": base}
@@ -403,10 +368,7 @@ def write_repository(model: Path, repo: Path, options: TritonOptions) -> Reposit
     if options.openvino:
         names["openvino"] = f"{base}_openvino"
     for name in names.values():
-        try:
-            check_name(name)
-        except ModelLoadError as exc:
-            raise ConfigError(str(exc)) from None
+        check_name(name, error=ConfigError)
     repo = Path(repo)
     existing = _existing_models(repo)
     with terminating(), _staging(repo) as stage:
@@ -462,6 +424,8 @@ def _stage_models(
     options: TritonOptions,
 ) -> tuple[list[WrittenModel], list[str]]:
     """Copy or convert each model file into ``stage``, check it, and write its config."""
+    from google.protobuf import text_format
+
     from lstm_export.infer.registry import load_runner
 
     v = str(options.version)
@@ -483,7 +447,7 @@ def _stage_models(
         with load_runner(ts_copy, "torchscript", "cpu") as ts:
             _require_same(runner_signature(ts, sig, probe, str(ts_path)), reference, str(ts_path))
             any_rows = ts.metadata.get("seq_len", "any") == "any"
-        sigs["torchscript"] = Signature(-1 if any_rows else sig.time, *_rest(sig))
+        sigs["torchscript"] = replace(sig, time=-1 if any_rows else sig.time)
     if options.openvino:
         if sig.state is not None:
             raise ConfigError(
@@ -495,17 +459,12 @@ def _stage_models(
     written = []
     for backend, s in sigs.items():
         config = build_config(names[backend], backend, s, options, labels=bool(s.labels))
-        text = config_text(config)
         folder = stage / names[backend]
-        (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
+        (folder / CONFIG_FILE).write_text(text_format.MessageToString(config), encoding="utf-8")
         if s.labels:
             (folder / LABELS_FILE).write_text("\n".join(s.labels) + "\n", encoding="utf-8")
-        written.append(WrittenModel(names[backend], options.version, backend, folder, text))
+        written.append(WrittenModel(names[backend], options.version, backend, folder))
     return written, notes
-
-
-def _rest(sig: Signature) -> tuple[int, int, tuple[int, int, int] | None, tuple[str, ...]]:
-    return sig.features, sig.classes, sig.state, sig.labels
 
 
 def _copy(source: Path, target: Path) -> Path:

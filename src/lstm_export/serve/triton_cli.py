@@ -68,9 +68,9 @@ def triton(
 ) -> None:
     """Write a Triton model repository: config.pbtxt (Triton's ModelConfig) + <version>/model.onnx.
 
-    Inputs and outputs are read from the model's own session and checked against its metadata;
-    a --with-state export gets sequence batching with Triton's implicit state. `lstm-export serve
-    REPO` serves the repository as Triton does.
+    Inputs and outputs are read from the model's own session and checked against its metadata.
+    A --with-state export gets sequence batching with Triton's implicit state.
+    `lstm-export serve REPO` serves the repository as Triton does.
     """
     from lstm_export.serve.triton_config import TritonOptions, write_repository
 

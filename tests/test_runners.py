@@ -136,15 +136,10 @@ def test_device_auto_says_it_fell_back_to_cpu(backend: str, model_files: dict[st
 
 
 def test_onnxruntime_session_options_are_applied(model_files: dict[str, Path]) -> None:
-    with load_runner(
-        model_files["onnxruntime"], device="cpu", threads=1, optimization="basic", spinning=False
-    ) as runner:
+    with load_runner(model_files["onnxruntime"], device="cpu", threads=1, spinning=False) as runner:
         assert isinstance(runner, Runner)
         assert runner.providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
-    with pytest.raises(ConfigError, match="optimisation level"):
-        load_runner(model_files["onnxruntime"], device="cpu", optimization="fastest")
-    with pytest.raises(DeviceError, match="TensorRT"):
-        load_runner(model_files["onnxruntime"], device="cpu", tensorrt=True)
+        assert runner.planned_options(2) == {"threads": 2, "spinning": False}
 
 
 @pytest.mark.cuda

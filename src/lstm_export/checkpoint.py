@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import os
 import pickle
+import pickletools
 import platform
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,7 @@ from lstm_export.config import ModelConfig
 from lstm_export.data import preprocess
 from lstm_export.data.mnist import CLASS_NAMES
 from lstm_export.errors import CheckpointError, ConfigError, first_line
-from lstm_export.fileio import write_bytes_atomic
+from lstm_export.fileio import file_kind, write_bytes_atomic
 from lstm_export.model import LSTMClassifier
 
 FORMAT = "lstm-export/checkpoint"
@@ -49,13 +54,8 @@ def make_checkpoint(
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write atomically: a failed save never leaves a half-written file.
-
-    The checkpoint is serialised in memory (a few MB) and written with Python's file I/O, so a
-    full disk is an OutputError naming the file, not an error from inside torch's zip writer.
-    """
-    import io
-
+    """Write atomically, serialised in memory first (a few MB): a full disk is an OutputError
+    naming the file, never a half-written file or an error from inside torch's zip writer."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     write_bytes_atomic(Path(path), buffer.getvalue())
@@ -63,11 +63,6 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint with ``weights_only=True``; raise CheckpointError if foreign."""
-    import os
-    import warnings
-
-    from lstm_export.fileio import file_kind
-
     path = Path(path)
     if not path.is_file():
         if path.exists():
@@ -78,13 +73,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        code = _pickled_code(str(exc), path)
-        if code:  # a pickle that would run code (os.system, eval, a class's __reduce__...)
-            why = (
-                f"it holds code ({code}) that is not allowed to load; a checkpoint may hold "
-                "only tensors and plain containers (torch.load weights_only=True)"
-            )
-            raise CheckpointError(f"{path} is refused: {why}") from exc
+        if code := _pickled_code(str(exc), path):  # os.system, eval, a class's __reduce__...
+            raise CheckpointError(
+                f"{path} is refused: it holds code ({code}) that is not allowed to load; a "
+                "checkpoint may hold only tensors and plain containers (torch.load "
+                "weights_only=True)"
+            ) from exc
         why = "not a PyTorch file (no zip or pickle inside)"
         raise CheckpointError(f"{path} is not a readable checkpoint: {why}") from exc
     except Exception as exc:  # truncated zip, arbitrary bytes...
@@ -150,9 +144,6 @@ def _pickled_code(message: str, path: Path) -> str | None:
     From torch's message when it says (``unsupported GLOBAL posix.system``); otherwise, for a raw
     pickle, from its opcodes (read, never run) when it imports anything but torch's own types.
     """
-    import pickletools
-    import re
-
     if found := re.search(r"GLOBAL ([\w.]+)", message, flags=re.IGNORECASE):
         return found.group(1)
     strings: list[str] = []

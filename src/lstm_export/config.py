@@ -21,19 +21,13 @@ class ModelConfig:
 
     ``input_size``, ``hidden_size``, ``num_layers``, ``bias``, ``batch_first``, ``dropout``,
     ``bidirectional`` and ``proj_size`` are ``nn.LSTM``'s arguments of the same names. Whatever
-    ``batch_first`` says, the model takes pixels ``(N, T, input_size)``: with ``batch_first=False``
-    it hands the LSTM ``(T, N, input_size)`` (the layout ONNX's LSTM op uses). ``dropout`` acts
-    between layers in training only (it needs ``num_layers > 1``). ``proj_size > 0`` projects the
-    hidden state to that size (``h`` is ``proj_size`` wide, ``c`` stays ``hidden_size``); ONNX
-    has no such LSTM, so such a model exports to TorchScript only.
-
-    Checkpoints written before ``bias``, ``batch_first`` and ``proj_size`` existed load with
-    these defaults, which are the architecture they were trained with.
+    ``batch_first`` says, the model takes pixels ``(N, T, input_size)``; with ``batch_first=False``
+    it hands the LSTM ``(T, N, input_size)``. ``proj_size > 0`` (``h`` that wide, ``c`` stays
+    ``hidden_size``) exports to TorchScript only: ONNX has no such LSTM.
     """
 
     input_size: int = 28
     hidden_size: int = 128
-    #: layers of the LSTM
     num_layers: int = 2
     num_classes: int = 10
     bidirectional: bool = False

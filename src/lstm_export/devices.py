@@ -1,8 +1,4 @@
-"""Where a model runs: the ``Device`` choice, what CUDA torch can really use, the usable cores.
-
-``auto`` means CUDA when it really works, else the CPU, with a note saying why; ``cuda`` where
-CUDA cannot be used is an error, never a silent fall back to the CPU.
-"""
+"""Where a model runs: the ``Device`` choice, what CUDA torch can really use, the usable cores."""
 
 from __future__ import annotations
 
@@ -64,19 +60,16 @@ def torch_cuda_problem() -> str | None:
 
 
 def resolve_torch_device(requested: Device | str) -> tuple[str, str]:
-    """``cpu`` / ``cuda`` / ``auto`` -> (torch device string usable here, note on ``auto``'s choice).
-
-    Raises DeviceError when CUDA is asked for and torch cannot use it.
-    """
+    """``cpu`` / ``cuda`` / ``auto`` -> (torch device string usable here, note on ``auto``'s choice);
+    DeviceError when CUDA is asked for and torch cannot use it."""
     requested = Device(requested)
     if requested == Device.cpu:
         return "cpu", ""
     problem = torch_cuda_problem()
-    if requested == Device.cuda and problem is not None:
-        raise DeviceError(f"CUDA was asked for, but torch cannot use it: {problem}")
-    device = "cuda" if problem is None else "cpu"
-    note = ""
-    if requested == Device.auto:
-        note = "auto: CUDA" if problem is None else f"auto: CPU, since {problem}"
-        log.info("device %s", note)
-    return device, note
+    if requested == Device.cuda:
+        if problem is not None:
+            raise DeviceError(f"CUDA was asked for, but torch cannot use it: {problem}")
+        return "cuda", ""
+    note = "auto: CUDA" if problem is None else f"auto: CPU, since {problem}"
+    log.info("device %s", note)
+    return ("cpu" if problem else "cuda"), note

@@ -59,8 +59,7 @@ class LSTMClassifier(nn.Module):
         return x if self.batch_first else x.transpose(0, 1)
 
     def _last_step(self, out: torch.Tensor, h_n: torch.Tensor) -> torch.Tensor:
-        # Unidirectional: h_n[-1] holds the same numbers as the output's last step, and exported
-        # it reads the LSTM's final-state output directly instead of slicing the sequence.
+        # Unidirectional: h_n[-1] is the output's last step, read without slicing the sequence.
         # Bidirectional: forward state after the last row, backward state after one row.
         if not self.bidirectional:
             return h_n[-1]  # (N, H_out)
@@ -71,12 +70,8 @@ class LSTMClassifier(nn.Module):
         return self.fc(self._last_step(out, h_n))  # (N, num_classes)
 
     def forward_with_state(self, x: torch.Tensor, h_0: State = None, c_0: State = None) -> Logits:
-        """``(logits, h_n, c_n)`` after the rows ``x``, starting from ``(h_0, c_0)``.
-
-        A missing state is zeros, which gives :meth:`forward`'s answer. Feeding a sequence in
-        chunks, each from the state the previous one returned, gives the same logits and state
-        as feeding it at once (unidirectional LSTMs; a bidirectional one reads from both ends).
-        """
+        """``(logits, h_n, c_n)`` after the rows ``x``, starting from ``(h_0, c_0)`` (None: zeros,
+        :meth:`forward`'s answer); chunks fed one after another give the whole's answer."""
         if h_0 is None:
             h_0 = torch.zeros(
                 self.state_layers, x.size(0), self.output_size, dtype=x.dtype, device=x.device
@@ -90,11 +85,8 @@ class LSTMClassifier(nn.Module):
 
 
 class StatefulClassifier(nn.Module):
-    """The graph ``--with-state`` exports: ``(x, h_0, c_0) -> (logits, h_n, c_n)``.
-
-    It shares its parameters with ``model``. In TorchScript ``h_0`` and ``c_0`` may be left out
-    (zeros); in ONNX they are inputs that a caller feeds zeros for the stateless answer.
-    """
+    """The graph ``--with-state`` exports: ``(x, h_0, c_0) -> (logits, h_n, c_n)``, sharing
+    ``model``'s parameters (TorchScript: ``h_0``, ``c_0`` may be left out, zeros)."""
 
     def __init__(self, model: LSTMClassifier) -> None:
         super().__init__()
@@ -105,11 +97,7 @@ class StatefulClassifier(nn.Module):
 
 
 def check_streamable(config: ModelConfig) -> None:
-    """ConfigError unless a model of ``config`` can be fed a sequence in chunks (unidirectional).
-
-    A bidirectional LSTM's backward direction reads the rows from the last one: a chunk's answer
-    depends on rows not fed yet, so no carried state makes chunks give the whole's answer.
-    """
+    """ConfigError unless a model of ``config`` can be fed a sequence in chunks (unidirectional)."""
     if config.bidirectional:
         raise ConfigError(
             "a stateful export feeds a sequence in chunks, which a bidirectional LSTM cannot do: "

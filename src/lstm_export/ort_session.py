@@ -1,9 +1,7 @@
 """Opening ONNX Runtime sessions on a requested device: one place for every caller.
 
-``onnxruntime-gpu`` lists CUDAExecutionProvider even where CUDA cannot load, so the providers a
-session really got (``session.get_providers()``) decide, never ``get_available_providers()``.
-What ONNX Runtime prints while probing CUDA (``preload_dlls`` lines, its "EP Error" block) is
-captured and logged, so that standard output stays machine-readable.
+The providers a session really got decide, never ``get_available_providers()``; what ONNX Runtime
+prints while probing CUDA is logged, so that standard output stays machine-readable.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ log = logging.getLogger(__name__)
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
-TRT_EP = "TensorrtExecutionProvider"
 
 T = TypeVar("T")
 
@@ -42,14 +39,10 @@ def quietly(what: str, call: Callable[[], T]) -> T:
 
 
 def preload_cuda_libraries(ort: Any) -> None:
-    """Make the CUDA and cuDNN libraries of the nvidia-* pip wheels loadable (ORT >= 1.21).
-
-    ``preload_dlls`` prints (does not raise) when libraries are missing; that text is logged.
-    """
-    preload = getattr(ort, "preload_dlls", None)
+    """Make the CUDA and cuDNN libraries of the nvidia-* pip wheels loadable; what
+    ``preload_dlls`` prints about missing ones is logged."""
     try:
-        if preload is not None:
-            quietly("onnxruntime.preload_dlls", preload)
+        quietly("onnxruntime.preload_dlls", ort.preload_dlls)
     except Exception as exc:  # missing wheels: the session's providers will tell
         log.debug("onnxruntime.preload_dlls failed: %s", exc)
 
@@ -70,25 +63,18 @@ def ort_cuda_major() -> int | None:
 
 
 def cuda_pairing_problem() -> str | None:
-    """Why onnxruntime's CUDA build and this machine's CUDA runtime do not pair, or None.
-
-    onnxruntime-gpu needs ``libcudart.so.<major>`` of the CUDA major it was built for; torch's
-    CUDA wheels bring one, so a torch of another CUDA major is the usual cause.
-    """
+    """Why onnxruntime's CUDA build and this machine's CUDA runtime do not pair, or None: it needs
+    the ``libcudart.so.<major>`` it was built for, which torch's CUDA wheels bring."""
     major = ort_cuda_major()
     if major is None:
         return None
     import onnxruntime as ort
+    import torch
 
     preload_cuda_libraries(ort)
     if library_loads(f"libcudart.so.{major}"):
         return None
-    try:
-        import torch
-
-        have = f"brings CUDA {torch.version.cuda}" if torch.version.cuda else "has no CUDA"
-    except ImportError:
-        have = "has no CUDA"
+    have = f"brings CUDA {torch.version.cuda}" if torch.version.cuda else "has no CUDA"
     return (
         f"onnxruntime-gpu {ort.__version__} is built for CUDA {major}, but libcudart.so.{major} "
         f"does not load; torch {have}: install a torch (or nvidia-cuda-runtime) of CUDA {major}"
@@ -98,11 +84,8 @@ def cuda_pairing_problem() -> str | None:
 def cuda_diagnosis() -> str:
     """One line naming why ONNX Runtime could not use CUDA here (most basic cause first)."""
     lead = "the CUDA execution provider did not load"
-    try:
-        if not ort_has_cuda_build():
-            return f"{lead}: the installed onnxruntime has no CUDA build (install onnxruntime-gpu)"
-    except ImportError:
-        return "onnxruntime is not installed"
+    if not ort_has_cuda_build():
+        return f"{lead}: the installed onnxruntime has no CUDA build (install onnxruntime-gpu)"
     if not nvidia_driver_present():
         return f"{lead}: no NVIDIA driver (libcuda.so.1 missing)"
     pairing = cuda_pairing_problem()
@@ -122,43 +105,30 @@ def error_text(exc: BaseException) -> str:
     return text[:400]
 
 
-def wants_gpu(device: Device | str) -> bool:
-    """``cuda`` always tries the GPU; ``auto`` only where an NVIDIA driver is present."""
-    device = Device(device)
-    return device == Device.cuda or (device == Device.auto and nvidia_driver_present())
-
-
 def open_session(
     model: Path | bytes,
     device: Device | str,
     options: Any = None,
     *,
     cuda_options: Mapping[str, str] | None = None,
-    tensorrt: bool = False,
 ) -> Any:
-    """An ``onnxruntime.InferenceSession`` on ``device``.
+    """An ``onnxruntime.InferenceSession`` on ``device`` (``options``: its SessionOptions).
 
     ``cuda`` raises DeviceError naming why CUDA is unusable; ``auto`` falls back to the CPU (the
-    caller reads ``session.get_providers()`` to tell). ``options`` is an
-    ``onnxruntime.SessionOptions`` (default: ORT's, with quiet logging).
-    """
+    caller reads ``session.get_providers()`` to tell)."""
     import onnxruntime as ort
 
     device = Device(device)
     if options is None:
         options = ort.SessionOptions()
     options.log_severity_level = 3  # cuda_diagnosis() replaces ORT's provider warnings
-    if tensorrt and device == Device.cpu:
-        raise DeviceError("the TensorRT execution provider needs a CUDA device")
     if device == Device.cuda and not (ort_has_cuda_build() and nvidia_driver_present()):
         raise DeviceError(f"CUDA was asked for, but {cuda_diagnosis()}")
-    gpu = wants_gpu(device)
+    gpu = device == Device.cuda or (device == Device.auto and nvidia_driver_present())
     providers: list[Any] = [CPU_EP]
     if gpu:
         preload_cuda_libraries(ort)
         providers = [(CUDA_EP, dict(cuda_options or {})), CPU_EP]
-        if tensorrt:
-            providers.insert(0, TRT_EP)
         ort.set_default_logger_severity(4)  # a provider that fails to load logs errors
     what = model if isinstance(model, bytes) else str(model)
     try:
@@ -172,9 +142,6 @@ def open_session(
     finally:
         if gpu:
             ort.set_default_logger_severity(3)
-    got = session.get_providers()
-    if device == Device.cuda and CUDA_EP not in got and TRT_EP not in got:
+    if device == Device.cuda and CUDA_EP not in session.get_providers():
         raise DeviceError(f"CUDA was asked for, but {cuda_diagnosis()}")
-    if tensorrt and device == Device.cuda and TRT_EP not in got:
-        raise DeviceError("the TensorRT execution provider was asked for, but it did not load")
     return session

@@ -1,19 +1,11 @@
-"""Checks made on a model file from elsewhere before it runs (docs/trust.md says why each).
-
-A TorchScript file is a program: its ``__setstate__`` methods run while it loads and its graph
-runs on every call, and TorchScript can read and write files (``torch.from_file``). So a
-TorchScript file is refused unless it has no ``__setstate__`` and every node of its inlined
-graph, nested blocks included, is in :data:`TORCHSCRIPT_OPS` (pure tensor math, shapes, LSTMs,
-control flow; no file, storage, process or print operation). An ONNX file may use only the
-default and ``com.microsoft`` operator domains, and its external data must be regular files in
-its own folder. An OpenVINO model may use only the operator sets OpenVINO ships. A user who
-trusts a file lifts the checks (the runners' ``trusted`` option); the external data check stays.
+"""Checks made on a model file from elsewhere before it runs; docs/trust.md says what each format
+can do and why each check. The runners' ``trusted`` option lifts them, except the external data
+check.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,11 +46,8 @@ def refuse(path: Path, problem: str) -> ModelLoadError:
 
 
 def torchscript_load_problem(path: Path) -> str | None:
-    """What in a TorchScript archive would run while ``torch.jit.load`` reads it, or None.
-
-    ``torch.jit.load`` runs the ``__setstate__`` method of every object that has one; lstm-export
-    never writes one. ModelLoadError for a file that is no zip archive (it cannot be looked into).
-    """
+    """What in a TorchScript archive would run while ``torch.jit.load`` reads it (a
+    ``__setstate__``, which lstm-export never writes), or None; ModelLoadError for no zip."""
     try:
         with zipfile.ZipFile(path) as archive:
             budget = _CODE_LIMIT
@@ -127,7 +116,7 @@ def onnx_problem(path: Path, trusted: bool = False) -> str | None:
         inside = Path(folder) in Path(target).parents
         if os.path.isabs(location) or ".." in Path(location).parts or not inside:
             return f"its external data {location!r} is outside the model's folder"
-        if not os.path.exists(target) or not stat.S_ISREG(os.stat(target).st_mode):
+        if not os.path.isfile(target):
             return f"its external data {location!r} is not a regular file"
     unknown = sorted(domains - ONNX_DOMAINS)
     if unknown and not trusted:

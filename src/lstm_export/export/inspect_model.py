@@ -1,17 +1,8 @@
-"""``lstm-export inspect``: what a ``.onnx``, ``.ts`` or ``.pt`` file holds.
-
-ONNX: opset(s), op counts, inputs and outputs with dims (a symbolic time axis shows as
-``time``; a ``--with-state`` file adds ``h_0``, ``c_0`` and ``h_n``, ``c_n``), LSTM nodes with the
-time axis their input has after shape inference, metadata, and which execution provider each
-node runs on for the requested device. TorchScript: graph ops, forward signature (any number of
-rows; optional ``h_0``, ``c_0`` when stateful), ``metadata.json``. Checkpoint: architecture,
-parameters, class names, metrics.
-"""
+"""``lstm-export inspect``: what a ``.onnx``, ``.ts`` or ``.pt`` file holds (docs/stages.md)."""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +16,6 @@ from lstm_export.trust import onnx_problem, refuse, torchscript_graph_problem
 
 if TYPE_CHECKING:
     from lstm_export.config import ModelConfig
-
-log = logging.getLogger(__name__)
 
 
 #: what kind of file is inspected, by its suffix
@@ -102,8 +91,7 @@ def _config(meta: dict[str, str]) -> ModelConfig | None:
 def _inspect_onnx(path: Path, device: str) -> ModelInfo:
     import onnx
 
-    problem = onnx_problem(path)
-    if problem:
+    if problem := onnx_problem(path):
         raise refuse(path, problem)
     try:
         model = onnx.load(str(path))
@@ -132,28 +120,20 @@ def _inspect_onnx(path: Path, device: str) -> ModelInfo:
     )
 
 
-def _io_from_config(
-    meta: dict[str, str], input_name: str = "x"
-) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """A TorchScript file's interface from its metadata: any number of rows, and the state
-    inputs and outputs of a ``--with-state`` file."""
+def _io_from_config(meta: dict[str, str]) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """A model's interface from its metadata: any number of rows, and the state inputs and
+    outputs of a ``--with-state`` file."""
     from lstm_export.export.metadata import STATE_INPUTS, STATE_OUTPUTS, TIME_DIM, state_shapes
 
     config = _config(meta)
     if config is None:
         return [], []
-    inputs = [TensorInfo(input_name, "float32", ["batch", TIME_DIM, config.input_size])]
+    inputs = [TensorInfo("x", "float32", ["batch", TIME_DIM, config.input_size])]
     outputs = [TensorInfo("logits", "float32", ["batch", config.num_classes])]
     if "state_inputs" in meta:
         h, c = state_shapes(config)
-        inputs += [
-            TensorInfo(name, "float32", dims)
-            for name, dims in zip(STATE_INPUTS, (h, c), strict=True)
-        ]
-        outputs += [
-            TensorInfo(name, "float32", dims)
-            for name, dims in zip(STATE_OUTPUTS, (h, c), strict=True)
-        ]
+        inputs += [TensorInfo(n, "float32", d) for n, d in zip(STATE_INPUTS, (h, c), strict=True)]
+        outputs += [TensorInfo(n, "float32", d) for n, d in zip(STATE_OUTPUTS, (h, c), strict=True)]
     return inputs, outputs
 
 
@@ -199,13 +179,14 @@ def _inspect_checkpoint(path: Path) -> ModelInfo:
         if key in metrics:
             meta[key] = str(metrics[key])
     modules = Counter(type(m).__name__ for m in model.modules() if not list(m.children()))
+    inputs, outputs = _io_from_config(meta)
     return _info(
         path,
         "checkpoint",
         source.sha256,
         ops=dict(modules.most_common()),
-        inputs=[TensorInfo("x", "float32", ["batch", "time", config.input_size])],
-        outputs=[TensorInfo("logits", "float32", ["batch", config.num_classes])],
+        inputs=inputs,
+        outputs=outputs,
         metadata=meta,
         parameters=sum(p.numel() for p in model.parameters()),
         details={"format": str(ckpt.get("format")), "format_version": ckpt.get("format_version")},

@@ -1,14 +1,9 @@
 """The Runner contract every backend implements (after Polygraphy's loader/runner split).
 
-A runner is built cheaply with typed options, loads its model in :meth:`Runner.load` (or on
-``with``), and maps float32 pixels ``(N, T, F=28)`` in [0, 1] to float32 logits ``(N, C)`` in
-three phases, each a backend's own: :meth:`Runner.prepare` places the input where the model runs,
-:meth:`Runner.run_prepared` runs it, :meth:`Runner.fetch` brings the logits back to the host (the
-bench times them apart). ``T`` is the number of rows (LSTM steps): 28 for a digit, the only
-length a file exported with a fixed time axis accepts; checkpoints, TorchScript files and ONNX
-files exported with ``--dynamic-seq`` or ``--with-state`` take any ``T >= 1``. A model that takes
-its LSTM state (a checkpoint, a file exported with ``--with-state``) can be fed a sequence in
-chunks (:meth:`Runner.step`, :meth:`Runner.stream`), with the logits of the whole at the end.
+Float32 pixels ``(N, T, F=28)`` in [0, 1] -> float32 logits ``(N, C)``, in three phases the bench
+times apart: :meth:`Runner.prepare`, :meth:`Runner.run_prepared`, :meth:`Runner.fetch`. ``T`` is
+28 for a digit; a file exported with a fixed time axis takes no other. A model that takes its LSTM
+state can be fed a sequence in chunks (:meth:`Runner.step`, :meth:`Runner.stream`).
 """
 
 from __future__ import annotations
@@ -33,22 +28,14 @@ from lstm_export.errors import (
     first_line,
 )
 
-__all__ = ["Device", "LstmState", "NoOptions", "Runner", "check_input"]
-
 #: progress(description, done, total)
 Progress = Callable[[str, int, int], None]
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
-class NoOptions:
-    """A runner without options."""
-
-
-@dataclasses.dataclass(frozen=True)
 class TrustOption:
-    """``trusted``: the user trusts the file's source, so the checks that keep a file from
-    running code (:mod:`lstm_export.trust`) are lifted."""
+    """``trusted``: lift the checks that keep a file from running code (:mod:`lstm_export.trust`)."""
 
     trusted: bool = False
 
@@ -63,11 +50,8 @@ def check_counts(options: Any, *names: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LstmState:
-    """An LSTM's state between two chunks of a sequence, float32 on the host.
-
-    ``h`` (D * num_layers, N, H_out) and ``c`` (D * num_layers, N, H): ``h_n``/``c_n`` returned
-    by one step and ``h_0``/``c_0`` of the next. Image ``i`` of the batch goes with ``[:, i]``.
-    """
+    """An LSTM's state between two chunks of a sequence, float32 on the host: ``h``
+    (D * num_layers, N, H_out) and ``c`` (D * num_layers, N, H); image ``i`` is ``[:, i]``."""
 
     h: np.ndarray
     c: np.ndarray
@@ -81,7 +65,7 @@ class Runner(abc.ABC):
     #: file suffixes this backend reads, e.g. ``(".onnx",)``
     suffixes: ClassVar[tuple[str, ...]]
     #: the frozen dataclass of this backend's options; an unknown option is a ConfigError
-    Options: ClassVar[type] = NoOptions
+    Options: ClassVar[type]
 
     def __init__(self, path: Path, device: Device | str = Device.cpu, **options: Any) -> None:
         self.path = Path(path)
@@ -113,10 +97,8 @@ class Runner(abc.ABC):
     @classmethod
     def planned_options(cls, threads: int) -> dict[str, Any]:
         """Options for a run that gives the model ``threads`` cores beside image decoding."""
-        known = {f.name for f in dataclasses.fields(cls.Options)}
-        return {"threads": threads} if "threads" in known else {}
+        return {"threads": threads}
 
-    # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> Runner:
         """Load the model (idempotent). Raises ModelLoadError or DeviceError."""
         if not self._loaded:
@@ -155,14 +137,11 @@ class Runner(abc.ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- inference -------------------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """``x`` float32 (N, T, 28) in [0, 1] -> logits float32 (N, C); T is 28 for a digit.
+        """``x`` float32 (N, T, 28) in [0, 1] -> logits float32 (N, C).
 
-        InputError for a badly shaped ``x``; a backend's own exception (a file exported with a
-        fixed 28-step time axis refuses another T) becomes InferenceError naming the backend and
-        the shape, and so does an output that is not one row of logits per image. A file exported
-        with ``--with-state`` starts from zeros (the stateless answer).
+        InputError for a badly shaped ``x``; a backend's own exception, or an output that is not
+        one row of logits per image, is InferenceError naming the backend and the shape.
         """
         self.load()
         out = self._guarded(lambda: self.fetch(self.run_prepared(self.prepare(x))), x)
@@ -194,13 +173,11 @@ class Runner(abc.ABC):
         description: str = "predicting",
     ) -> np.ndarray:
         """Logits ``(N, C)`` for all ``images`` ``(N, T, 28)``, ``batch_size`` at a time."""
-        n, parts = len(images), []
+        n, parts, report = len(images), [], progress or (lambda *_: None)
         for start in range(0, n, batch_size):
-            if progress is not None:
-                progress(description, start, n)
+            report(description, start, n)
             parts.append(self.infer(images[start : start + batch_size]))
-        if progress is not None:
-            progress(description, n, n)
+        report(description, n, n)
         return np.concatenate(parts)
 
     @property
@@ -208,19 +185,16 @@ class Runner(abc.ABC):
         """Human-readable backend and device, e.g. ``onnxruntime (CPUExecutionProvider)``."""
         return f"{self.name} ({self.device or 'not loaded'})"
 
-    # -- streaming -------------------------------------------------------------------------------
     @property
     def streams(self) -> bool:
         """Whether the loaded model takes and returns its LSTM state (see :meth:`step`)."""
         return False
 
     def step(self, x: np.ndarray, state: LstmState | None = None) -> tuple[np.ndarray, LstmState]:
-        """Feed the rows ``x`` (N, T, 28) from ``state`` (None: zeros, the start of a sequence).
+        """Feed the rows ``x`` (N, T, 28) from ``state`` (None: zeros, the start of a sequence):
+        the logits (N, C) after the last row and the state after it, to pass with the next rows.
 
-        Returns the logits (N, C) after the last row and the state after it; pass that state
-        with the next rows to go on. ``step(x)`` gives :meth:`infer`'s logits. Raises
-        InferenceError when the model cannot take a state (an ONNX or TorchScript file exported
-        without ``--with-state``), InputError for a state that does not fit ``x``.
+        InferenceError when the model takes no state, InputError for a state that does not fit.
         """
         self.load()
         x = check_input(x)
@@ -246,11 +220,9 @@ class Runner(abc.ABC):
             yield logits, state
 
     def _step(self, x: np.ndarray, state: LstmState | None) -> tuple[Any, Any, Any]:
-        """``(logits, h_n, c_n)`` for a checked ``x`` from ``state`` (None: zeros), on the host;
-        backends whose :attr:`streams` can be true implement it (it is only called then)."""
+        """``(logits, h_n, c_n)`` for a checked ``x`` from ``state`` (None: zeros), on the host."""
         raise InferenceError(f"the {self.name} backend cannot feed an LSTM state")
 
-    # -- to implement ----------------------------------------------------------------------------
     @abc.abstractmethod
     def _load(self) -> None:
         """Load the model; set :attr:`device`, :attr:`device_note` and :attr:`metadata`."""
@@ -288,11 +260,7 @@ def class_names(raw: str) -> list[str]:
 
 
 def check_input(x: np.ndarray) -> np.ndarray:
-    """Validate and normalise a batch: float32, C-contiguous, shape (N, T, 28), N >= 1, T >= 1.
-
-    T is the number of rows (LSTM steps), 28 for an MNIST digit; whether a model accepts
-    another T is the model's matter (see the module docstring).
-    """
+    """Validate and normalise a batch: float32, C-contiguous, shape (N, T, 28), N >= 1, T >= 1."""
     if not isinstance(x, np.ndarray):
         raise InputError(f"expected a numpy array, got {type(x).__name__}")
     if x.ndim != 3 or x.shape[2] != 28 or x.shape[0] < 1 or x.shape[1] < 1:

@@ -1,23 +1,6 @@
-"""Image files -> MNIST-like uint8 digits ``(28, 28)``: decode, grayscale, polarity, size, ``fit``.
-
-The steps, in order (recorded in checkpoints through :func:`lstm_export.data.preprocess.describe`):
-
-0. read: regular files only (a FIFO, device or socket gets an error, never a blocking open), of at
-   most :data:`MAX_FILE_BYTES` (``$LSTM_EXPORT_MAX_IMAGE_BYTES`` or ``max_bytes`` to change it);
-1. decode with Pillow (PNG, JPEG, BMP, GIF first frame, TIFF, WebP, PNM), EXIF orientation applied
-   (JPEG, TIFF, WebP, and PNG with an ``eXIf`` chunk); images over :data:`MAX_PIXELS` refused,
-   those over 2,048 pixels a side reduced by an integer factor (box average) before any float copy;
-2. alpha composited onto the background the ink does not have (dark ink on white, light on black);
-3. grayscale (ITU-R 601-2 luma), 16-bit and float images scaled to 0..255;
-4. polarity: the model wants a light digit on a dark background, so a light border (paper) is
-   inverted (``Invert.auto``: most of the one-pixel border above 127), or always (yes) or never (no);
-5. ``fit=False``: padded to a square with the background value and resized to 28x28 (box filter
-   down, bicubic up). An MNIST 28x28 image passes through unchanged, bit for bit.
-   ``fit=True``: the way MNIST itself was made (:func:`fit_mnist`).
-
-The float scaling (``/255``) is :func:`lstm_export.data.preprocess.to_model_input`, shared with
-training; :func:`to_batch` applies it. ``preprocess.describe()["image_files"]`` records these
-steps in checkpoints and exported files; keep the two in step.
+"""Image files -> MNIST-like uint8 digits ``(28, 28)``: read (bounded), decode, alpha, grayscale,
+polarity, pad and resize (or ``fit``), the steps docs/stages.md lists; they are recorded in
+checkpoints and exports as ``preprocess.describe()["image_files"]`` (keep the three in step).
 """
 
 from __future__ import annotations
@@ -58,8 +41,7 @@ FIT_BOX = 20
 FIT_CENTRE = (14.0, 14.0)  # measured on MNIST test: (13.99, 14.01) in (row, column) pixel indices
 #: images above this many pixels (decompression bombs) are refused before they are decoded
 MAX_PIXELS = 64_000_000
-#: larger images are brought down to under twice this many pixels a side by integer box
-#: averaging in Pillow, before any float copy: one image then takes at most a few hundred MB
+#: larger images are reduced to under twice this many pixels a side before any float copy
 _WORK_SIDE = 1024
 #: no image file is read past this many bytes, so memory stays bounded whatever a folder holds
 MAX_FILE_BYTES = 64 * 2**20
@@ -84,7 +66,6 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-# -- decoding ------------------------------------------------------------------------------------
 def max_file_bytes() -> int:
     """The size limit of image files: ``$LSTM_EXPORT_MAX_IMAGE_BYTES`` or :data:`MAX_FILE_BYTES`."""
     raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
@@ -96,13 +77,8 @@ def max_file_bytes() -> int:
 
 
 def read_bytes(path: Path | str, max_bytes: int | None = None) -> bytes:
-    """The file's bytes; ImageError for anything that is not a readable regular image file.
-
-    Only regular files are read (symbolic links followed): a FIFO, device or socket is refused
-    without blocking, and nothing is read past ``max_bytes`` (default :func:`max_file_bytes`).
-    Empty, missing or unreadable files, broken links, and files that change size while read get
-    an ImageError saying so.
-    """
+    """The file's bytes, up to ``max_bytes`` (default :func:`max_file_bytes`); ImageError for
+    anything but a readable, non-empty regular file (a FIFO or device is refused, not opened)."""
     limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
         data = read_regular_file(path, limit)
@@ -122,10 +98,8 @@ def read_bytes(path: Path | str, max_bytes: int | None = None) -> bytes:
 
 @functools.cache
 def _quiet_bomb_warning() -> None:
-    """Silence Pillow's DecompressionBombWarning, raised by :func:`PIL.Image.open` for images of
-    over about 89M pixels: this module refuses everything over :data:`MAX_PIXELS` (64M) itself,
-    with the reason in the file's row. A process-wide filter for that one warning raised by Pillow
-    (``warnings.catch_warnings`` is not safe in decode threads)."""
+    """Silence Pillow's DecompressionBombWarning (about 89M pixels): :data:`MAX_PIXELS` refuses
+    such images first. Process-wide, since ``warnings.catch_warnings`` is not thread-safe."""
     from PIL import Image
 
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.")
@@ -143,8 +117,7 @@ def open_image(data: bytes) -> PILImage.Image:
 
     _quiet_bomb_warning()
     try:
-        # Pillow itself refuses (DecompressionBombError) images of over about 179M pixels;
-        # the header is read first, so anything over MAX_PIXELS stops before decoding.
+        # only the header is read here: anything over MAX_PIXELS stops before decoding
         img = Image.open(io.BytesIO(data))
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(
@@ -225,21 +198,16 @@ def _deep_to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite ``gray`` over the background the visible ink contrasts with.
-
-    Dark visible pixels (a black pen on a transparent sheet) go onto white, light ones onto
-    black; a fully opaque image is returned as it is.
-    """
+    """Composite ``gray`` over the background the visible ink contrasts with: dark ink (a pen on
+    a transparent sheet) onto white, light ink onto black."""
     if alpha.min() >= 1.0:
         return gray.astype(np.uint8)
-    weight = float(alpha.sum())
-    ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
+    ink = float(np.average(gray, weights=alpha)) if alpha.any() else 0.0
     background = 255.0 if ink < 127.5 else 0.0
     out = gray * alpha + background * (1.0 - alpha)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-# -- polarity, size, fit -------------------------------------------------------------------------
 def border_ring(gray: np.ndarray) -> np.ndarray:
     """The one-pixel border of ``gray`` ``(H, W)`` as a flat array."""
     if gray.shape[0] <= 2 or gray.shape[1] <= 2:
@@ -247,16 +215,12 @@ def border_ring(gray: np.ndarray) -> np.ndarray:
     return np.concatenate((gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]))
 
 
-def is_light_background(gray: np.ndarray) -> bool:
-    """True when most of the one-pixel border is light (> 127): a dark digit on paper."""
-    ring = border_ring(gray)
-    return 2 * int(np.count_nonzero(ring > 127)) > ring.size
-
-
 def apply_polarity(gray: np.ndarray, invert: Invert | str = Invert.auto) -> np.ndarray:
-    """uint8 ``(H, W)`` -> light digit on dark background (inverted when the border is light)."""
-    flip = invert == Invert.yes or (invert != Invert.no and is_light_background(gray))
-    return 255 - gray if flip else gray
+    """uint8 ``(H, W)`` -> light digit on dark background: with ``auto``, inverted when most of
+    the one-pixel border is light (> 127), a dark digit on paper."""
+    ring = border_ring(gray)
+    light = 2 * int(np.count_nonzero(ring > 127)) > ring.size
+    return 255 - gray if invert == Invert.yes or (invert != Invert.no and light) else gray
 
 
 def resize_square(gray: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -278,14 +242,8 @@ def resize_square(gray: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
 
 
 def fit_mnist(gray: np.ndarray) -> np.ndarray:
-    """Photo-like digit -> MNIST layout, the way MNIST itself was made.
-
-    ``gray`` uint8 ``(H, W)``, light digit on a darker (possibly noisy) background. The digit is
-    separated from the background (blur + Otsu threshold), its levels stretched so the background
-    is 0 and the strokes 255, cropped to its bounding box, scaled so the longer side is 20 px
-    (aspect kept, anti-aliased), and placed in a 28x28 field with its centre of mass at the centre.
-    Returns uint8 ``(28, 28)``. A blank image gives a blank digit.
-    """
+    """Photo-like digit, uint8 ``(H, W)`` light on a darker background -> uint8 ``(28, 28)``, the
+    way MNIST was made (docs/stages.md); a blank image gives a blank digit."""
     from PIL import Image, ImageFilter
 
     blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
@@ -295,14 +253,12 @@ def fit_mnist(gray: np.ndarray) -> np.ndarray:
     if threshold is None:
         return blank
     mask = blurred > threshold
-    inside = np.bincount(gray[mask], minlength=256)
-    outside = np.bincount(gray[~mask], minlength=256)
-    if not inside.any() or inside.sum() > 0.9 * gray.size:
+    inside, outside = gray[mask], gray[~mask]
+    if not inside.size or inside.size > 0.9 * gray.size:
         return blank
-    # Levels: background (a high percentile of what is not digit, so noise goes to 0) -> 0,
-    # stroke cores (a high percentile of the digit) -> 1.
-    low = min(_percentile(outside, 0.99), threshold) if outside.any() else 0.0
-    high = _percentile(inside, 0.90)
+    # levels: the background (its noise included) -> 0, the strokes' cores -> 1
+    low = min(_quantile(outside, 0.99), threshold) if outside.size else 0.0
+    high = _quantile(inside, 0.90)
     if high - low < 1.0:
         return blank
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -339,13 +295,11 @@ def _otsu(values: np.ndarray) -> float | None:
     return float(np.argmax(between)) if between.any() else None
 
 
-def _percentile(hist: np.ndarray, q: float) -> float:
-    """The ``q`` quantile (0..1) of uint8 values given by their histogram ``(256,)``."""
-    cumulative = np.cumsum(hist)
-    return float(np.searchsorted(cumulative, q * cumulative[-1]))
+def _quantile(values: np.ndarray, q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``: the least value with at least that share below."""
+    return float(np.quantile(values, q, method="inverted_cdf"))
 
 
-# -- the whole step ------------------------------------------------------------------------------
 def preprocess_image(
     img: PILImage.Image | np.ndarray, *, invert: Invert | str = Invert.auto, fit: bool = False
 ) -> np.ndarray:
@@ -365,10 +319,8 @@ def load_digit(
     fit: bool = False,
     max_bytes: int | None = None,
 ) -> np.ndarray:
-    """An image file (path or its bytes) -> uint8 digit ``(28, 28)``; ImageError when unusable.
-
-    ``max_bytes``: the file size limit (see :func:`read_bytes`).
-    """
+    """An image file (path or its bytes) -> uint8 digit ``(28, 28)``; ImageError when unusable
+    (``max_bytes``: see :func:`read_bytes`)."""
     data = source if isinstance(source, bytes) else read_bytes(source, max_bytes)
     if not data:  # bytes given as they are
         raise ImageError("empty file (0 bytes)")
@@ -391,21 +343,14 @@ def to_batch(digits: list[np.ndarray] | np.ndarray) -> np.ndarray:
 
 
 def decode_files(
-    paths: Sequence[str],
-    invert: str = Invert.auto.value,
-    fit: bool = False,
-    max_bytes: int | None = None,
+    paths: Sequence[str], invert: str = Invert.auto.value, fit: bool = False
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode a chunk of files (runs in a decode thread or process; arguments are picklable).
-
-    Returns uint8 digits ``(N, 28, 28)`` (zeros where a file failed) and, per file, None or the
-    reason it failed. Never raises for a bad file. ``max_bytes``: the file size limit (default
-    :func:`max_file_bytes`).
-    """
+    """Decode a chunk of files (in a decode thread or process; arguments are picklable): uint8
+    digits ``(N, 28, 28)`` (zeros where a file failed) and, per file, None or why it failed."""
     digits = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     errors: list[str | None] = [None] * len(paths)
     mode = Invert(invert)
-    limit = max_file_bytes() if max_bytes is None else max_bytes
+    limit = max_file_bytes()
     for i, path in enumerate(paths):
         try:
             digits[i] = load_digit(path, invert=mode, fit=fit, max_bytes=limit)

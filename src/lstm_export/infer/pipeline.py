@@ -1,8 +1,5 @@
-"""Decode image files in parallel with batched inference, and share the cores between the two.
-
-Python decoding holds the GIL while the inference backends release it, so one decode thread (or
-decode processes) overlaps well with inference; :func:`plan_run` chooses how many of each, and
-:func:`pipelined` runs them and gives the results back in order.
+"""Decode image files in parallel with batched inference, sharing the cores between the two:
+:func:`plan_run` chooses how many of each, :func:`pipelined` runs them, results in order.
 """
 
 from __future__ import annotations
@@ -27,8 +24,6 @@ from lstm_export.devices import usable_cores
 from lstm_export.errors import InputError
 from lstm_export.infer.images import Invert, decode_files
 
-__all__ = ["Plan", "pipelined", "plan_run"]
-
 log = logging.getLogger(__name__)
 
 #: images per inference call on the CPU (about the fastest for one ORT thread) and on CUDA
@@ -46,9 +41,8 @@ Decoded = tuple[np.ndarray, list[str | None]]
 @dataclass(frozen=True)
 class Plan:
     """How a run shares the cores. ``workers``: 0 decodes in the calling thread, 1 in one
-    background thread, 2 or more in that many processes; ``threads``: intra-op threads of the
-    model; ``streams``: inference threads (those after the first at the lowest priority);
-    ``notes``: knobs asked for beyond what the machine has, and what they were capped at."""
+    background thread, more in that many processes; ``threads``: the model's intra-op threads;
+    ``streams``: inference threads; ``notes``: the knobs capped at what the machine has."""
 
     workers: int
     threads: int
@@ -75,24 +69,13 @@ def plan_run(
     cores: int | None = None,
 ) -> Plan:
     """Choose decode workers, inference threads and streams that do not fight over ``cores``
-    (default: the cores this process may use).
+    (default: the cores this process may use; docs/design.md says why).
 
-    Measured on 2 cores: a 28x28 PNG decodes in about 40 us (mostly with the GIL held), the
-    fp32 ONNX model infers in about 60 us per image on one thread (33 us on two), and ORT
-    threads slow down badly when a decoder preempts one of them in the middle of an LSTM step.
-    So, automatically:
-
-    - decode: one thread on up to 3 cores (a second thread only adds GIL contention); decode
-      processes on 4+ cores (about 2 in 5 cores), or with ``fit`` (5 to 8 times dearer) on 2+
-      cores (all cores but one); at most 8;
-    - inference threads: the cores decoding leaves (at least 1); 1 on CUDA;
-    - streams: a second, low-priority stream where inference runs on 1 thread beside the
-      decoder (it takes only the decoder's idle time); 1 on CUDA;
-    - batch: 64 on the CPU, 512 on CUDA.
-
-    Workers, threads and streams asked for beyond ``cores`` are capped at ``cores`` (more would
-    only take memory and time slices from each other), a batch at :data:`MAX_BATCH_SIZE`
-    images, each with a note in :attr:`Plan.notes` and a logged warning.
+    Automatically: decode in one thread on up to 3 cores, else in processes (about 2 in 5 cores,
+    or with ``fit`` all cores but one; at most 8); inference threads: the cores decoding leaves (1
+    on CUDA); a second, low-priority stream where inference runs on 1 thread beside the decoder;
+    batch 64 on the CPU, 512 on CUDA. Knobs beyond ``cores`` (a batch beyond
+    :data:`MAX_BATCH_SIZE`) are capped, with a note in :attr:`Plan.notes` and a warning.
     """
     cores = cores or usable_cores()
     notes: list[str] = []
@@ -132,18 +115,13 @@ def plan_run(
     return Plan(workers, threads, batch_size, streams, tuple(notes))
 
 
-# -- decoding --------------------------------------------------------------------------------------
 def _decode_pool(workers: int) -> ProcessPoolExecutor:
     """``workers`` decode processes that ignore Ctrl-C (SIGINT): the run that started them
     handles it and shuts them down, so no worker prints a traceback of its own."""
     methods = multiprocessing.get_all_start_methods()
     # forkserver: safe with the model's threads already running; spawn where there is no fork.
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return ProcessPoolExecutor(workers, context, _ignore_sigint)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return ProcessPoolExecutor(workers, context, signal.signal, (signal.SIGINT, signal.SIG_IGN))
 
 
 def decoded_batches(
@@ -168,8 +146,6 @@ def decoded_batches(
         while pending:
             yield _decoded(pending.popleft())
     finally:
-        for future in pending:
-            future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -184,7 +160,6 @@ def _decoded(future: Future[Decoded]) -> Decoded:
         ) from exc
 
 
-# -- decoding and inference together ---------------------------------------------------------------
 def lower_thread_priority() -> None:
     """Make the calling thread run only on otherwise idle cores (Linux: nice 19, this thread)."""
     if sys.platform.startswith("linux"):
@@ -202,15 +177,11 @@ def pipelined(
 ) -> Generator[tuple[list[str | None], Any], None, None]:
     """Decode ``paths`` and run ``infer(digits, errors)`` on each batch, overlapping the two.
 
-    ``infer`` gets uint8 digits ``(B, 28, 28)`` and the per-file errors of one batch and may run
-    in several threads at once. Yields ``(errors, infer's result)`` per batch, in order. Closing
-    the generator early stops every thread it started.
-
-    One thread decodes into a short queue; ``plan.streams`` threads infer from it. The streams
-    after the first take only a surplus (the queue nearly full, or decoding ended): when decoding
-    is the slower stage they stay out of the decoder's way (measured: a second stream that always
-    takes work slows the decoder by 15-20 %); when inference is slower they run on the decoder's
-    idle time, at the lowest priority.
+    ``infer`` gets uint8 digits ``(B, 28, 28)`` and the per-file errors of one batch, possibly in
+    several threads at once. Yields ``(errors, infer's result)`` per batch, in order; closing the
+    generator stops every thread it started. One thread decodes into a short queue that
+    ``plan.streams`` threads infer from; those after the first, at the lowest priority, take only
+    a surplus (the queue nearly full, or decoding ended), so they never slow the decoder.
     """
     batches = decoded_batches(paths, plan, invert=invert, fit=fit)
     n_batches = -(-len(paths) // plan.batch_size)
@@ -225,6 +196,15 @@ def pipelined(
     failures: list[BaseException] = []
     ended = {"decoding": False, "run": False}
 
+    def recorded(work: Callable[..., None], *args: Any) -> None:
+        """``work(*args)``, its failure kept for the caller, who raises it in order."""
+        try:
+            work(*args)
+        except BaseException as exc:
+            with cond:
+                failures.append(exc)
+                cond.notify_all()
+
     def produce() -> None:
         try:
             for item in enumerate(batches):
@@ -234,44 +214,31 @@ def pipelined(
                         return
                     todo.append(item)
                     cond.notify_all()
-        except BaseException as exc:
-            failures.append(exc)  # seen by the caller once decoding's end is announced below
         finally:
             batches.close()
             with cond:
                 ended["decoding"] = True
                 cond.notify_all()
 
-    def ready(surplus: bool) -> bool:
-        """Whether a stream stops waiting: the run or decoding ended, or a batch waits for it."""
-        return ended["run"] or ended["decoding"] or len(todo) >= (capacity - 1 if surplus else 1)
-
     def consume(surplus: bool) -> None:
+        """Infer the batches in ``todo``; a surplus stream takes one only from a nearly full queue."""
+        need = capacity - 1 if surplus else 1
         if surplus:
             lower_thread_priority()
         while True:
             with cond:
-                cond.wait_for(lambda: ready(surplus))
+                cond.wait_for(lambda: ended["run"] or ended["decoding"] or len(todo) >= need)
                 if ended["run"] or not todo:
                     return
                 index, (digits, errors) = todo.popleft()
                 cond.notify_all()
-            try:
-                result = (errors, infer(digits, errors))
-            except BaseException as exc:
-                with cond:
-                    failures.append(exc)
-                    cond.notify_all()
-                return
+            result = (errors, infer(digits, errors))
             with cond:
                 done[index] = result
                 cond.notify_all()
 
-    threads = [threading.Thread(target=produce, name="lstm-export-decode", daemon=True)]
-    threads += [
-        threading.Thread(target=consume, args=(s > 0,), name=f"lstm-export-infer-{s}", daemon=True)
-        for s in range(plan.streams)
-    ]
+    jobs = [(produce,), *((consume, s > 0) for s in range(plan.streams))]
+    threads = [threading.Thread(target=recorded, args=job, daemon=True) for job in jobs]
     for thread in threads:
         thread.start()
     try:

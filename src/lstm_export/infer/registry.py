@@ -1,8 +1,5 @@
-"""Backend registry: adding a backend is one runner file and one line here.
-
-Every piece of code that runs a model (export validation, ``infer``, the bench) builds its
-runner with :func:`make_runner`.
-"""
+"""Backend registry: adding a backend is one runner file and one line here. Every piece of code
+that runs a model builds its runner with :func:`make_runner`."""
 
 from __future__ import annotations
 
@@ -68,6 +65,5 @@ def load_runner(
 
 def runner_options(plan: Any, backend: str = "onnxruntime") -> dict[str, Any]:
     """Options of the ``backend`` runner for a run planned as ``plan`` (a
-    :class:`~lstm_export.infer.pipeline.Plan`): its inference threads, and what else the runner
-    wants beside image decoding (:meth:`Runner.planned_options`)."""
+    :class:`~lstm_export.infer.pipeline.Plan`): :meth:`Runner.planned_options`."""
     return RUNNERS[backend].planned_options(plan.threads)

@@ -1,10 +1,7 @@
 """OpenVINO runtime on the CPU: the exported ONNX file read directly (``.onnx``), or an OpenVINO
-IR (``.xml`` + ``.bin``, written by :func:`save_ir`).
-
-``openvino`` is an optional extra (``pip install 'lstm-export[openvino]'``), imported only when a
-runner loads, without its usage telemetry (see :func:`import_openvino`). Tuned as OpenVINO's CPU
-guide says (:class:`OpenVinoOptions`); one compiled model per input shape spares the CPU plugin
-its shape inference on every call.
+IR (``.xml`` + ``.bin``, written by :func:`save_ir`). ``openvino`` is an optional extra, imported
+only when a runner loads; one compiled model per input shape spares the CPU plugin its shape
+inference on every call.
 """
 
 from __future__ import annotations
@@ -28,8 +25,8 @@ log = logging.getLogger(__name__)
 
 #: CPU flags that run bf16 dot products natively (AVX512-BF16, AMX); elsewhere bf16 is emulated
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-#: how :func:`save_ir` keeps the ONNX file's metadata (class names, preprocessing) in the IR
-_RT_INFO_KEY = "lstm_export"
+#: where OpenVINO keeps an ONNX file's ``metadata_props`` (class names...), in an IR too
+_RT_INFO_KEY = "framework"
 #: inference precisions of the CPU plugin, to their OpenVINO names (``INFERENCE_PRECISION_HINT``)
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 #: OpenVINO's high-level ``PERFORMANCE_HINT`` values
@@ -38,13 +35,11 @@ HINTS = ("latency", "throughput")
 
 @dataclass(frozen=True)
 class OpenVinoOptions(TrustOption):
-    """Options of :class:`OpenVinoRunner`: ``precision`` ``fp32`` or ``bf16`` (native with
-    AVX512-BF16 or AMX, see :func:`bf16_support`); ``hint`` ``latency`` or ``throughput``;
-    ``threads`` (``inference_num_threads``, None: OpenVINO's choice); ``streams``
-    (``num_streams``, None: the hint decides; with several, a batch runs as one slice per infer
-    request, in parallel); ``static_shapes``: compile once per input shape (cached);
-    ``trusted``: allow operations outside OpenVINO's operator sets and ONNX domains lstm-export
-    does not write."""
+    """Options of :class:`OpenVinoRunner`: ``precision`` ``fp32`` or ``bf16``; ``hint``
+    ``latency`` or ``throughput``; ``threads`` and ``streams`` (None: OpenVINO's choice; with
+    several streams a batch runs as one slice per infer request, in parallel); ``static_shapes``:
+    compile once per input shape; ``trusted``: allow operations outside OpenVINO's operator sets
+    and ONNX domains lstm-export does not write."""
 
     precision: str = "fp32"
     hint: str = "latency"
@@ -88,13 +83,8 @@ def openvino_problem() -> str | None:
 
 
 def import_openvino() -> Any:
-    """``import openvino`` without its usage telemetry.
-
-    Importing ``openvino`` also imports its model converter, which sends a usage event through
-    ``openvino_telemetry`` (in a forked process, unsafe in a process that already runs threads)
-    unless ``CI=true``. Hiding ``openvino_telemetry`` for the import makes OpenVINO use its own
-    no-op stub; nothing else changes.
-    """
+    """``import openvino`` without its usage telemetry: hidden for the import, its model converter
+    uses a no-op stub instead of sending an event from a forked process (unsafe beside threads)."""
     if "openvino" in sys.modules:
         return sys.modules["openvino"]
     hidden = "openvino_telemetry" not in sys.modules
@@ -120,18 +110,9 @@ def _shared_core() -> Any:
     return import_openvino().Core()
 
 
-def onnx_metadata(path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (class names, preprocessing), without its weights."""
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def save_ir(onnx_path: Path | str, xml_path: Path | str) -> Path:
     """Convert an exported ONNX file to OpenVINO IR (``.xml`` + ``.bin``), keeping its metadata."""
     model = _core().read_model(str(onnx_path))
-    for key, value in onnx_metadata(Path(onnx_path)).items():
-        model.set_rt_info(value, [_RT_INFO_KEY, key])
     import_openvino().save_model(model, str(xml_path), compress_to_fp16=False)
     return Path(xml_path)
 
@@ -200,8 +181,6 @@ class OpenVinoRunner(Runner):
                 raise ModelLoadError(f"{self.path} is not an OpenVINO IR file (no <net> XML)")
 
     def _metadata(self) -> dict[str, str]:
-        if self.path.suffix.lower() == ".onnx":
-            return onnx_metadata(self.path)
         if not self.model.has_rt_info([_RT_INFO_KEY]):
             return {}
         keys = self.model.get_rt_info()[_RT_INFO_KEY].keys()
@@ -238,16 +217,12 @@ class OpenVinoRunner(Runner):
         n = min(self._requests, x.shape[0])
         if n <= 1:
             return self._slot(x.shape).run_one(x)
-        bounds = np.linspace(0, x.shape[0], n + 1).astype(int)  # slices differ by <= 1 row
+        parts = np.array_split(x, n)  # slices differ by <= 1 row
         outputs: list[np.ndarray] = [np.empty(0, np.float32)] * n
-        started: dict[int, _Compiled] = {}
-        for i in range(n):
-            part = x[bounds[i] : bounds[i + 1]]
-            slot = self._slot(part.shape)
-            slot.start(part, outputs, i)
-            started[id(slot)] = slot
-        for slot in started.values():
-            slot.wait()
+        for i, part in enumerate(parts):
+            self._slot(part.shape).start(part, outputs, i)
+        for shape in {part.shape for part in parts}:
+            self._slot(shape).wait()
         return np.concatenate(outputs)
 
     def _slot(self, shape: tuple[int, ...]) -> _Compiled:
@@ -278,7 +253,7 @@ class _Compiled:
         if self._queue is None:
             self._queue = import_openvino().AsyncInferQueue(self.compiled)
             self._queue.set_callback(_store_output)
-        self._queue.start_async({0: np.ascontiguousarray(part)}, (outputs, index))
+        self._queue.start_async({0: part}, (outputs, index))
 
     def wait(self) -> None:
         if self._queue is not None:

@@ -1,50 +1,35 @@
-"""ONNX Runtime on the CPU, CUDA or TensorRT execution provider (``.onnx``)."""
+"""ONNX Runtime on the CPU or CUDA execution provider (``.onnx``)."""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
-from lstm_export.devices import Device, usable_cores
-from lstm_export.errors import ConfigError
+from lstm_export.devices import Device, nvidia_driver_present, usable_cores
 from lstm_export.infer.base import Runner, TrustOption, check_counts, check_input
-from lstm_export.ort_session import CUDA_EP, TRT_EP, cuda_diagnosis, open_session, wants_gpu
+from lstm_export.ort_session import CUDA_EP, cuda_diagnosis, open_session
 from lstm_export.trust import onnx_problem, refuse
 
 log = logging.getLogger(__name__)
 
-
-#: ONNX Runtime's graph optimisation levels, by name
-_ORT_LEVEL = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
 #: ONNX Runtime's names of the output types that are logits
 _FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 
 
 @dataclass(frozen=True)
 class OrtOptions(TrustOption):
-    """Options of :class:`OnnxRuntimeRunner`: ``threads`` intra-op threads (None: ONNX Runtime's
-    choice); ``optimization`` graph optimisation level; ``spinning`` lets idle pool threads spin;
-    ``tensorrt`` puts the TensorRT provider first; on CUDA ``io_binding`` keeps inputs and outputs
-    on the GPU, ``cuda_graph`` captures one CUDA graph per input shape and replays it, ``tf32``
-    lets cuDNN/cuBLAS use TF32 (off: true fp32, as the reference). ``profile_prefix``: write a
-    profile trace with this prefix. ``trusted``: allow operator domains lstm-export does not write.
-
-    CPU tuning (measured in ``benchmarks/``): ``micro_batch`` runs larger inputs in runs of at
-    most that many rows (the LSTM's state stays in cache); ``serial_up_to`` runs inputs of at most
-    that many rows on a single-threaded session (waking a pool costs more than it saves on one
-    image); ``sliced`` runs a batch of 8+ rows per thread as ``threads`` slices at once, each on a
-    single-threaded session (no barrier between threads on every LSTM step).
-    """
+    """Options of :class:`OnnxRuntimeRunner`: ``threads`` (None: ONNX Runtime's choice);
+    ``spinning`` idle pool threads; on CUDA ``cuda_graph`` (one per input shape) and ``tf32`` (off:
+    true fp32); ``profile_prefix`` of a profile trace; ``trusted``. CPU tuning: ``micro_batch``
+    rows at most per run; inputs of at most ``serial_up_to`` rows on a single-threaded session;
+    ``sliced``: a batch of 8+ rows per thread as ``threads`` single-threaded slices at once."""
 
     threads: int | None = None
-    optimization: str = "all"
     spinning: bool = True
-    tensorrt: bool = False
-    io_binding: bool = True
     cuda_graph: bool = False
     tf32: bool = False
     micro_batch: int | None = None
@@ -53,11 +38,6 @@ class OrtOptions(TrustOption):
     profile_prefix: str | None = None
 
     def __post_init__(self) -> None:
-        if self.optimization not in _ORT_LEVEL:
-            levels = ", ".join(_ORT_LEVEL)
-            raise ConfigError(
-                f"unknown graph optimisation level {self.optimization!r} (choose {levels})"
-            )
         check_counts(self, "threads", "micro_batch", "serial_up_to")
 
 
@@ -96,7 +76,6 @@ class OnnxRuntimeRunner(Runner):
         if problem := onnx_problem(self.path, o.trusted):
             raise refuse(self.path, problem)
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel(_ORT_LEVEL[o.optimization])
         opts.intra_op_num_threads = o.threads or 0  # 0: ONNX Runtime's choice
         if not o.spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -108,13 +87,13 @@ class OnnxRuntimeRunner(Runner):
         if o.cuda_graph:
             cuda_options["enable_cuda_graph"] = "1"
         self.session = open_session(
-            self.path, self.requested_device, opts, cuda_options=cuda_options, tensorrt=o.tensorrt
+            self.path, self.requested_device, opts, cuda_options=cuda_options
         )
         self.providers = got = self.session.get_providers()
-        self.device = "cuda" if CUDA_EP in got or TRT_EP in got else "cpu"
+        self.device = "cuda" if CUDA_EP in got else "cpu"
         if self.requested_device == Device.auto:
             no_driver = "no NVIDIA driver (libcuda.so.1 missing)"
-            why = cuda_diagnosis() if wants_gpu(Device.auto) else no_driver
+            why = cuda_diagnosis() if nvidia_driver_present() else no_driver
             self.device_note = (
                 f"auto: {got[0]}" if self.device == "cuda" else f"auto: CPU, since {why}"
             )
@@ -123,8 +102,7 @@ class OnnxRuntimeRunner(Runner):
         output = self.session.get_outputs()[0]
         self.output_name = output.name
         self.check_outputs(output.shape or (), output.type in _FLOAT_TYPES)
-        # A file exported with --with-state: h_0, c_0 inputs (fed zeros by infer) and h_n, c_n
-        # outputs (left out by infer); (name, layers, width) of each state input.
+        # --with-state: (name, layers, width) of h_0 and c_0, fed zeros by infer
         self._state_inputs = [
             (i.name, i.shape[0], i.shape[2])
             for i in self.session.get_inputs()[1:]
@@ -142,8 +120,6 @@ class OnnxRuntimeRunner(Runner):
             if o.serial_up_to and o.threads != 1:
                 self._serial = open_session(self.path, Device.cpu, opts)
             if slices > 1:
-                from concurrent.futures import ThreadPoolExecutor
-
                 self._slices = [open_session(self.path, Device.cpu, opts) for _ in range(slices)]
                 self._pool = ThreadPoolExecutor(slices, "ort-slice")
 
@@ -154,8 +130,8 @@ class OnnxRuntimeRunner(Runner):
 
     @property
     def _bound(self) -> bool:
-        # Stateful files run through host feeds, which also carry the zero state.
-        return self.device == "cuda" and self.options.io_binding and not self._state_inputs
+        """Inputs and outputs stay on the GPU (stateful files run through host feeds)."""
+        return self.device == "cuda" and not self._state_inputs
 
     @property
     def streams(self) -> bool:
@@ -177,7 +153,7 @@ class OnnxRuntimeRunner(Runner):
         return logits, h_n, c_n
 
     def prepare(self, x: np.ndarray) -> Any:
-        """On CUDA with IO binding: an OrtValue on the GPU; else the host array."""
+        """On CUDA: an OrtValue on the GPU (or a captured graph's slot); else the host array."""
         x = check_input(x)
         if not self._bound:
             return x
@@ -188,11 +164,8 @@ class OnnxRuntimeRunner(Runner):
         return slot
 
     def _graph_slot(self, x: np.ndarray) -> _GraphSlot:
-        """The captured graph for ``x``'s shape: fixed buffers and a graph id of its own.
-
-        A CUDA graph replays fixed device addresses, so each input shape keeps its buffers and
-        binding alive for the runner's life and runs under its own ``gpu_graph_id``.
-        """
+        """The captured graph for ``x``'s shape: a CUDA graph replays fixed device addresses, so
+        each shape keeps its buffers and binding for the runner's life, under its own graph id."""
         slot = self._graphs.get(x.shape)
         if slot is None:
             ort = self._ort
@@ -227,12 +200,7 @@ class OnnxRuntimeRunner(Runner):
         ``micro_batch`` rows; small ones run serially."""
         n = len(self._slices)
         if session is None and n and x.shape[0] >= n * MIN_SLICE_ROWS:
-            bounds = np.linspace(0, x.shape[0], n + 1).astype(int)
-            parts = self._pool.map(
-                self._run_host,
-                [x[a:b] for a, b in pairwise(bounds)],
-                self._slices,
-            )
+            parts = self._pool.map(self._run_host, np.array_split(x, n), self._slices)
             return np.concatenate(list(parts))
         step = self.options.micro_batch or 0
         if step and x.shape[0] > step:
@@ -246,9 +214,8 @@ class OnnxRuntimeRunner(Runner):
         return session.run([self.output_name], feeds)[0]
 
     def fetch(self, result: Any) -> np.ndarray:
-        if isinstance(result, np.ndarray):
-            return np.asarray(result, dtype=np.float32)
-        return np.asarray(result.numpy(), dtype=np.float32)  # device -> host copy
+        host = result if isinstance(result, np.ndarray) else result.numpy()  # device -> host
+        return np.asarray(host, dtype=np.float32)
 
     def _close(self) -> None:
         self._graphs.clear()

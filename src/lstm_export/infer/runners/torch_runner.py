@@ -1,8 +1,5 @@
-"""PyTorch runners: eager (an lstm-export checkpoint, ``.pt``) and TorchScript (``.ts``).
-
-Both run a ``torch.nn.Module`` the same way; they differ only in how the module is loaded.
-Eager PyTorch is the reference every other backend is held to.
-"""
+"""PyTorch runners: eager (an lstm-export checkpoint, ``.pt``, the reference every other backend
+is held to) and TorchScript (``.ts``); they differ only in how the module is loaded."""
 
 from __future__ import annotations
 
@@ -26,15 +23,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TorchOptions:
-    """``threads``: torch intra-op threads while loaded (restored on close); None keeps torch's.
-
-    ``tf32`` (CUDA): allow TF32 in cuDNN and cuBLAS. Off by default, so that fp32 on CUDA is true
-    fp32 (torch enables TF32 in cuDNN by default); the setting is restored on close.
-    """
+    """``threads``: torch intra-op threads while loaded (None keeps torch's); ``tf32`` (CUDA):
+    allow TF32 in cuDNN and cuBLAS (off: true fp32, though torch allows it in cuDNN by default);
+    both restored on close. ``autocast="bf16"``: run under ``torch.autocast`` in bfloat16."""
 
     threads: int | None = None
     tf32: bool = False
-    #: ``"bf16"``: run under ``torch.autocast`` in bfloat16 (what a PyTorch user tries first)
     autocast: str | None = None
 
     def __post_init__(self) -> None:
@@ -45,8 +39,7 @@ class TorchOptions:
 
 @dataclass(frozen=True)
 class TorchScriptOptions(TorchOptions, TrustOption):
-    """:class:`TorchOptions`, and ``trusted``: run a file whose code does more than tensor math
-    (see :mod:`lstm_export.trust`)."""
+    """:class:`TorchOptions` and ``trusted``."""
 
 
 class TorchRunner(Runner):
@@ -54,8 +47,6 @@ class TorchRunner(Runner):
 
     Options: ClassVar[type] = TorchOptions
     options: TorchOptions
-    #: set on CUDA when cuDNN copies the LSTM weights into one chunk on every call
-    weights_compacted_per_call = False
 
     def _load(self) -> None:
         import torch
@@ -75,9 +66,8 @@ class TorchRunner(Runner):
             torch.set_num_threads(self.options.threads)
 
     def _probe(self) -> None:
-        """Run the model once on a blank digit: its output must be float logits ``(1, C)``. On
-        CUDA, say when cuDNN compacts the LSTM weights on every call (they are not one chunk, as
-        ``export_torchscript`` packs them), which costs time."""
+        """Run the model once on a blank digit: its output must be float logits ``(1, C)``; on
+        CUDA, warn when cuDNN compacts the LSTM weights on every call (not packed in one chunk)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -91,7 +81,6 @@ class TorchRunner(Runner):
         tensor = isinstance(out, self._torch.Tensor)
         self.check_outputs(tuple(out.shape) if tensor else (), tensor and out.is_floating_point())
         if self.device == "cuda" and any("contiguous chunk" in str(w.message) for w in caught):
-            self.weights_compacted_per_call = True
             log.warning(
                 "%s: cuDNN compacts the LSTM weights on every call (they are not one contiguous "
                 "chunk), which costs time on CUDA; exporting it again packs them",
@@ -122,18 +111,14 @@ class TorchRunner(Runner):
             result = result[0]
         return np.asarray(result.float().cpu().numpy(), dtype=np.float32)
 
-    def _step(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        torch = self._torch
-        h = c = None
-        if state is not None:
-            h = torch.from_numpy(state.h).to(self.device)
-            c = torch.from_numpy(state.c).to(self.device)
-        with torch.inference_mode():
-            out = self._forward_state(torch.from_numpy(x).to(self.device), h, c)
-        logits, h_n, c_n = (np.asarray(t.float().cpu().numpy(), dtype=np.float32) for t in out)
+    def _step(self, x: np.ndarray, state: Any) -> tuple[Any, Any, Any]:
+        arrays = (x,) if state is None else (x, state.h, state.c)
+        with self._torch.inference_mode():
+            out = self._forward_state(*(self._torch.from_numpy(a).to(self.device) for a in arrays))
+        logits, h_n, c_n = (t.float().cpu().numpy() for t in out)
         return logits, h_n, c_n
 
-    def _forward_state(self, x: Any, h_0: Any, c_0: Any) -> Any:
+    def _forward_state(self, x: Any, h_0: Any = None, c_0: Any = None) -> Any:
         """``(logits, h_n, c_n)`` from the module; None states are zeros."""
         return self.module(x, h_0, c_0)
 
@@ -156,7 +141,7 @@ class EagerRunner(TorchRunner):
     def streams(self) -> bool:
         return True
 
-    def _forward_state(self, x: Any, h_0: Any, c_0: Any) -> Any:
+    def _forward_state(self, x: Any, h_0: Any = None, c_0: Any = None) -> Any:
         return self.module.forward_with_state(x, h_0, c_0)
 
     def _load_module(self) -> Any:

@@ -364,3 +364,22 @@ def test_graph_ab(small_model: tuple[Path, Path], tmp_path: Path) -> None:
     foreign = export_onnx(other, legacy=True, validate=False).path
     refused = run_script("graph_ab.py", legacy, foreign, *args)
     assert refused.returncode == 1 and "error: the files disagree at batch 1" in refused.stderr
+
+
+def test_readme_outputs(tmp_path: Path) -> None:
+    """readme_outputs.py --check on a one-block README finds the stale output (exit 1)."""
+    readme = tmp_path / "README.md"
+    readme.write_text("```bash\necho hello\n```\n\n<!-- output: -->\n```text\nstale\n```\n")
+    result = run_script(
+        "readme_outputs.py", "--check", "--readme", readme, "--workdir", tmp_path, "--skip-figures"
+    )
+    assert result.returncode == 1 and "+hello" in result.stdout, result.stdout + result.stderr
+
+
+def test_serve_load(small_model: tuple[Path, Path], tmp_path: Path) -> None:
+    """serve_load.py on a small model: every cell's answers match the in-process ones."""
+    out = tmp_path / "load.json"
+    args = ["--model", small_model[1], "--requests", "8", "--warmup", "1", "--concurrency", "1,2"]
+    ok(run_script("serve_load.py", *args, "--json", out, timeout=300))
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(r["answers_match"] for r in rows)

@@ -1,11 +1,5 @@
-"""The ``lstm-export`` command line: a thin typer layer over the stage packages.
-
-Each stage keeps its commands in ``<stage>/cli.py``; this module registers them and turns every
-library error into one line on stderr and exit code 1. A bare ``lstm-export`` prints the help.
-
-Only typer's public API is used: since typer 0.28 every usage error (click's, vendored inside
-typer) is a ``typer.TyperException``, and an interrupted prompt is a ``typer.Abort``.
-"""
+"""The ``lstm-export`` command line: registers each stage's commands (``<stage>/cli.py``) and
+turns every usage or library error into one line on stderr and exit code 1."""
 
 from __future__ import annotations
 
@@ -37,10 +31,8 @@ class _OneLineErrors(TyperGroup):
         **extra: Any,
     ) -> Any:
         code: Any = 0
-        if args is None:
-            args = sys.argv[1:]
-        if not args:  # a bare `lstm-export`: the help, exit code 0
-            args = ["--help"]
+        args = sys.argv[1:] if args is None else args
+        args = args or ["--help"]  # a bare `lstm-export`: the help, exit code 0
         try:
             code = super().main(
                 args=args,

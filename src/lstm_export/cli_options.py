@@ -1,8 +1,5 @@
-"""Options shared by several commands, declared once in typer's ``Annotated`` form.
-
-A command writes ``as_json: JsonFlag = False`` instead of repeating the flag, its name and its help.
-Panels group the flags a first-time reader can skip in ``--help``.
-"""
+"""Options shared by several commands, declared once in typer's ``Annotated`` form; panels group
+the flags a first-time reader can skip in ``--help``."""
 
 from __future__ import annotations
 

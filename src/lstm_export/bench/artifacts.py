@@ -11,11 +11,6 @@ from lstm_export.artifacts import Artifact
 log = logging.getLogger(__name__)
 
 
-def is_fresh(path: Path, checkpoint: Path) -> bool:
-    """An export is fresh when it exists and is not older than its checkpoint."""
-    return path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime
-
-
 def ensure_artifacts(
     checkpoint: Path,
     needed: Iterable[Artifact],
@@ -24,8 +19,8 @@ def ensure_artifacts(
     force: bool = False,
     on_export: Callable[[Artifact], None] | None = None,
 ) -> dict[Artifact, Path]:
-    """Paths of the needed artifacts beside ``checkpoint``; stale or missing ones are exported
-    (and validated against eager PyTorch by the export stage)."""
+    """Paths of the needed artifacts beside ``checkpoint``; missing ones and ones older than the
+    checkpoint are exported (and validated against eager PyTorch by the export stage)."""
     wanted = set(needed)
     if Artifact.onnx_int8 in wanted or Artifact.onnx_fp16 in wanted:
         wanted.add(Artifact.onnx)  # both are made from the fp32 graph
@@ -35,7 +30,7 @@ def ensure_artifacts(
         if artifact not in wanted:
             continue
         path = artifact.beside(checkpoint)
-        if force or not is_fresh(path, checkpoint):
+        if force or not path.is_file() or path.stat().st_mtime < checkpoint.stat().st_mtime:
             if on_export is not None:
                 on_export(artifact)
             log.info("exporting %s", path)
@@ -45,19 +40,16 @@ def ensure_artifacts(
 
 
 def _export(artifact: Artifact, checkpoint: Path, path: Path, data_dir: Path | None) -> None:
-    if artifact == Artifact.torchscript:
-        from lstm_export.export.to_torchscript import export_torchscript
+    from lstm_export.export.fp16 import convert_fp16
+    from lstm_export.export.quantize import quantize_int8
+    from lstm_export.export.to_onnx import export_onnx
+    from lstm_export.export.to_torchscript import export_torchscript
 
-        export_torchscript(checkpoint, path, data_dir=data_dir)
-    elif artifact == Artifact.onnx:
-        from lstm_export.export.to_onnx import export_onnx
-
-        export_onnx(checkpoint, path, data_dir=data_dir)
-    elif artifact == Artifact.onnx_int8:
-        from lstm_export.export.quantize import quantize_int8
-
-        quantize_int8(Artifact.onnx.beside(checkpoint), path, data_dir=data_dir)
-    elif artifact == Artifact.onnx_fp16:
-        from lstm_export.export.fp16 import convert_fp16
-
-        convert_fp16(Artifact.onnx.beside(checkpoint), path, data_dir=data_dir)
+    source = {Artifact.torchscript: checkpoint, Artifact.onnx: checkpoint}
+    make: dict[Artifact, Callable[..., object]] = {
+        Artifact.torchscript: export_torchscript,
+        Artifact.onnx: export_onnx,
+        Artifact.onnx_int8: quantize_int8,
+        Artifact.onnx_fp16: convert_fp16,
+    }
+    make[artifact](source.get(artifact, Artifact.onnx.beside(checkpoint)), path, data_dir=data_dir)

@@ -24,15 +24,12 @@ _VARIANT_NAMES = ", ".join(variant.name for variant in VARIANTS)
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        values = ()
-    if not values or min(values) < 1:
         raise typer.BadParameter(
-            f"expected comma-separated integers >= 1 (batch sizes), got {text!r}",
+            f"expected comma-separated integers (batch sizes), got {text!r}",
             param_hint="--batch-sizes",
-        )
-    return values
+        ) from None
 
 
 def _tuning(flag: str, minimum: float, help: str, *aliases: str) -> Any:

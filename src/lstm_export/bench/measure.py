@@ -1,13 +1,8 @@
-"""Measure one backend in a process of its own, so no other backend's threads run or spin.
+"""Measure one backend in a spawned process of its own, so no other backend's threads run or spin.
 
-The parent sends a :class:`MeasureJob`; the child loads the runner, computes logits on the parity
-images and times every batch size, posting progress, each batch size's figures as soon as they
-are measured, and then the raw result on a queue. :func:`check_in_child` loads every runner
-once, briefly, before anything is measured.
-
-A child never outlives the bench: the parent kills it whenever it stops waiting for it (an error,
-Ctrl-C, SIGTERM), and on Linux the kernel kills it when the parent dies (``PR_SET_PDEATHSIG``),
-even of SIGKILL.
+The child posts progress, each batch size's figures and then its result on a queue. It never
+outlives the bench: the parent kills it when it stops waiting, and on Linux the kernel kills it
+when the parent dies (``PR_SET_PDEATHSIG``), even of SIGKILL.
 """
 
 from __future__ import annotations
@@ -92,10 +87,9 @@ def measure(job: MeasureJob, report: Any = None, measured: Any = None) -> Measur
             warm_up(runner, batch_of(images, batch), calls=job.warmup, seconds=WARMUP_SECONDS)
         for batch in job.batch_sizes:
             say(f"batch {batch}")
-            seconds = None if job.iterations else job.seconds
             timings = time_runner(
                 runner, batch_of(images, batch), warmup=job.warmup, iterations=job.iterations,
-                seconds=seconds,
+                seconds=job.seconds,
             )  # fmt: skip
             result.compute[batch], result.copies[batch] = timings.compute, timings.copies
             if measured is not None:
@@ -120,11 +114,8 @@ class CheckJob:
 
 
 def check_in_child(job: CheckJob, report: Any = None) -> None:
-    """Load each runner of ``job`` and run one image through it, in one spawned process.
-
-    Raises the runner's typed error (or BenchError) as one line naming the backend that failed,
-    before any time is spent measuring the others.
-    """
+    """Load each runner of ``job`` and run one image through it, in one spawned process; the first
+    that fails raises its typed error (or BenchError) as one line naming the backend."""
     _in_child(check, job, "check", report, None)
 
 

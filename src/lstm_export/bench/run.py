@@ -1,11 +1,5 @@
-"""Run the benchmark: parity on the test set and latency per batch size, one backend at a time.
-
-Rounds interleave the backends (eager, A, B, ..., eager, A, B, ...) so that a machine that drifts
-moves every backend alike. After the minimum number of rounds, only the figures that are not yet
-stable (the interquartile range of their rounds above
-:data:`~lstm_export.bench.stats.STABLE_SPREAD` of the median; a backend's rounds are its ratios
-to eager in the same round) are measured again, together with eager at those batch sizes, up to
-``max_rounds``; a figure still unstable then is reported as such.
+"""Run the benchmark: parity on the test set and latency per batch size, one backend at a time,
+in rounds that interleave the backends; figures not yet stable are measured again (docs/bench-schema.md).
 """
 
 from __future__ import annotations
@@ -175,11 +169,7 @@ def run_bench(
     on_line: LineCallback | None = None,
 ) -> BenchResult:
     """Benchmark every planned backend against eager PyTorch: prepare, measure, report.
-
-    ``on_progress`` follows the steps (its total is the rounds' measurements, known more
-    precisely as rounds end); ``on_line`` gets one line per backend and batch size as soon as it
-    is measured (with its ratio to eager's figure of the same round).
-    """
+    ``on_progress`` follows the rounds; ``on_line`` gets each backend and batch size's line."""
     progress = on_progress or (lambda *_: None)
     say = on_line or (lambda _text: None)
     paths = _prepare(plan, progress)
@@ -241,7 +231,7 @@ def _measure(
                 batch_sizes=pending[variant.name],
                 warmup=settings.warmup,
                 iterations=settings.iterations,
-                seconds=None if settings.iterations else settings.seconds,
+                seconds=settings.seconds,
             )
             where = f"round {round_index + 1}, {variant.name}"
 
@@ -317,7 +307,7 @@ def _latency_row(got: _Rounds, name: str, batch: int, device: str) -> dict[str, 
     compute, copies = median_round(list(per_round.values()))
     medians = got.p50[(name, batch)]
     ratios = _round_ratios(got.p50, name, batch)
-    figures = ratios if name != REFERENCE else list(medians.values())
+    figures = _figures(got.p50, name, batch)
     return {
         "backend": name,
         "device": device,
@@ -328,7 +318,7 @@ def _latency_row(got: _Rounds, name: str, batch: int, device: str) -> dict[str, 
         "round_p50_ms": [medians[r] for r in sorted(medians)],
         "round_ratios": ratios,
         "round_spread": round_spread(figures or list(medians.values())),
-        "stable": _stable(figures),
+        "stable": is_stable(figures, min_rounds=2) if len(figures) >= 2 else None,
     }
 
 
@@ -346,11 +336,6 @@ def _progress_line(
     return line + (" (noisy)" if stats["disturbed"] else "")
 
 
-def _stable(values: list[float]) -> bool | None:
-    """Whether the rounds agree (None: a single round cannot tell)."""
-    return is_stable(values, min_rounds=2) if len(values) >= 2 else None
-
-
 def _round_ratios(
     round_p50: dict[tuple[str, int], dict[int, float]], name: str, batch: int
 ) -> list[float]:
@@ -361,22 +346,26 @@ def _round_ratios(
     return [mine[r] / ref[r] for r in sorted(mine) if r in ref and ref[r] > 0]
 
 
+def _figures(
+    round_p50: dict[tuple[str, int], dict[int, float]], name: str, batch: int
+) -> list[float]:
+    """What tells whether a figure is stable: a backend's ratios to eager in the same round (drift
+    cancels), eager's own p50s."""
+    if name == REFERENCE:
+        return list(round_p50[(name, batch)].values())
+    return _round_ratios(round_p50, name, batch)
+
+
 def _unstable(
     round_p50: dict[tuple[str, int], dict[int, float]],
     batch_sizes: tuple[int, ...],
     names: list[str],
 ) -> dict[str, tuple[int, ...]]:
-    """What to measure again: each figure whose rounds disagree, with eager at its batch size.
-
-    A backend's figure is its ratio to eager in the same round (drift cancels); eager's own is
-    its p50.
-    """
+    """What to measure again: each figure whose rounds disagree, with eager at its batch size."""
     again: dict[str, set[int]] = {}
     for name in names:
         for batch in batch_sizes:
-            ratios = _round_ratios(round_p50, name, batch)
-            values = ratios if name != REFERENCE else list(round_p50[(name, batch)].values())
-            if not is_stable(values, min_rounds=1):
+            if not is_stable(_figures(round_p50, name, batch), min_rounds=1):
                 again.setdefault(name, set()).add(batch)
                 again.setdefault(REFERENCE, set()).add(batch)
     return {name: tuple(sorted(b)) for name, b in again.items()}
@@ -391,11 +380,7 @@ def median_round(
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Add ``latency_ratio`` (p50 / eager p50) and ``speedup`` (eager p50 / p50) in place.
-
-    Both come from the median, as does ``throughput`` (batch / p50), so ``speedup`` is exactly
-    ``throughput / eager throughput`` and ``1 / latency_ratio``.
-    """
+    """Add ``latency_ratio`` (p50 / eager p50) and ``speedup`` (eager p50 / p50) in place."""
     eager = {(r["device"], r["batch_size"]): r for r in rows if r["backend"] == REFERENCE}
     for row in rows:
         ref = eager.get((row["device"], row["batch_size"]))
@@ -407,10 +392,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 def best_per_batch(
     latency: list[dict[str, Any]], parity: list[dict[str, Any]], variants: list[Variant]
 ) -> list[dict[str, Any]]:
-    """Per batch size: the fastest backend (by p50) overall, of our exports, and of the peers.
-
-    A backend whose parity row is flagged (accuracy or agreement out of bounds) does not count.
-    """
+    """Per batch size: the fastest backend (by p50) overall, of our exports, and of the peers;
+    a backend whose parity row is flagged does not count."""
     role = {v.name: v.role for v in variants}
     ok = {p["backend"] for p in parity if not p["flagged"]}
     picks = {"best": {"export", "peer", "reference"}, "best_export": {"export"}}

@@ -1,10 +1,5 @@
-"""Latency statistics: pure numpy, no timing here (parity lives in :mod:`lstm_export.parity`).
-
-Every figure the bench compares comes from one robust statistic, the median: ``p50_ms`` of a
-round, ``throughput = batch / p50``, the ratios against eager, the plot. The mean is kept for
-reference only, since one stalled call (a 492 ms outlier among 90 calls of 0.5 ms) moves it
-tenfold.
-"""
+"""Latency statistics, pure numpy: every figure the bench compares comes from the median (the
+mean is kept for reference only: one stalled call moves it tenfold)."""
 
 from __future__ import annotations
 
@@ -18,8 +13,7 @@ from lstm_export.errors import BenchError
 
 #: a round whose p90 is more than this multiple of its p50 was disturbed (another process ran)
 DISTURBED_SPREAD = 1.5
-#: a figure is stable when the interquartile range of its rounds is within this fraction of
-#: their median
+#: a figure is stable when the interquartile range of its rounds is within this share of the median
 STABLE_SPREAD = 0.10
 
 
@@ -51,10 +45,7 @@ class LatencyStats:
 
 
 def latency_stats(seconds: Sequence[float] | np.ndarray, batch_size: int) -> LatencyStats:
-    """Summarise per-call durations (seconds) of calls on ``batch_size`` images each.
-
-    Percentiles use numpy's linear interpolation between closest ranks.
-    """
+    """Summarise per-call durations (seconds) of calls on ``batch_size`` images each."""
     t = np.asarray(seconds, dtype=np.float64) * 1e3
     if t.size == 0:
         raise BenchError("no timings to summarise")
@@ -75,11 +66,8 @@ def latency_stats(seconds: Sequence[float] | np.ndarray, batch_size: int) -> Lat
 
 
 def round_spread(values: Sequence[float]) -> float:
-    """Interquartile range / median of per-round figures: 0 when every round agrees.
-
-    With three rounds this is half their range; with more, one disturbed round moves the
-    quartiles little, so further rounds can still show the median to be stable.
-    """
+    """Interquartile range / median of per-round figures: 0 when every round agrees (one disturbed
+    round among several moves the quartiles little)."""
     m = np.asarray(values, dtype=np.float64)
     if m.size == 0:
         raise BenchError("no rounds to compare")

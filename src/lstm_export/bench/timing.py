@@ -11,6 +11,8 @@ import numpy as np
 from lstm_export.errors import BenchError
 from lstm_export.infer.base import Runner
 
+MAX_ITERATIONS = 100_000
+
 
 @dataclass(frozen=True)
 class Timings:
@@ -28,18 +30,12 @@ def time_runner(
     iterations: int | None = None,
     seconds: float | None = 1.0,
     min_iterations: int = 10,
-    max_iterations: int = 100_000,
 ) -> Timings:
-    """Call ``runner`` on ``x`` (N, 28, 28) repeatedly; either a fixed count or a time budget.
-
-    Compute time is :meth:`Runner.run_prepared` on an input placed once (device-resident on
-    CUDA; the runners synchronise before returning). Copy time is timed separately on each
-    iteration so that it can be reported apart.
-    """
-    if iterations is None and seconds is None:
-        raise BenchError("give iterations or seconds")
-    if iterations is not None and iterations < 1:
-        raise BenchError(f"iterations must be >= 1, got {iterations}")
+    """Call ``runner`` on ``x`` (N, 28, 28) ``iterations`` times, else for ``seconds`` (at most
+    :data:`MAX_ITERATIONS` calls). Compute time is :meth:`Runner.run_prepared` on an input placed
+    once (the runners synchronise before returning); copies are timed apart."""
+    if (iterations is None and seconds is None) or (iterations is not None and iterations < 1):
+        raise BenchError(f"give iterations >= 1 or seconds, got {iterations} and {seconds}")
     prepared = warm_up(runner, x, calls=warmup)
     compute: list[float] = []
     copies: list[float] = []
@@ -49,16 +45,13 @@ def time_runner(
         t0 = clock()
         result = runner.run_prepared(prepared)
         t1 = clock()
-        compute.append(t1 - t0)
-        t2 = clock()
         runner.fetch(result)
         runner.prepare(x)
-        copies.append(clock() - t2)
+        compute.append(t1 - t0)
+        copies.append(clock() - t1)
         n = len(compute)
-        if iterations is not None:
-            if n >= iterations:
-                break
-        elif (n >= min_iterations and clock() - start >= (seconds or 0)) or n >= max_iterations:
+        budget_spent = n >= min_iterations and clock() - start >= (seconds or 0)
+        if n >= (iterations or MAX_ITERATIONS) or (iterations is None and budget_spent):
             break
     return Timings(compute=np.asarray(compute), copies=np.asarray(copies))
 

@@ -1,8 +1,5 @@
-"""What the bench measures: named backend variants over the exported artifacts.
-
-Adding a variant is one line in :data:`VARIANTS`. Our own exports (TorchScript, ONNX with ONNX
-Runtime) are measured beside the peers a user could ship instead: OpenVINO on the same ONNX
-file, and PyTorch's own bf16 autocast over the eager model.
+"""What the bench measures: named backend variants over the exported artifacts, ours beside the
+peers a user could ship instead (OpenVINO, PyTorch's bf16 autocast); one line each in :data:`VARIANTS`.
 """
 
 from __future__ import annotations
@@ -111,23 +108,11 @@ class Selection:
 
 
 def select_variants(names: list[str] | None, device: BenchDevice) -> Selection:
-    """The variants to run on ``device``: all available by default, else those named (eager first).
-
-    By default a variant that cannot run here (its package is missing, bf16 would be emulated)
-    is skipped with its reason; one named explicitly is an error naming that reason.
-    """
+    """The variants to run on ``device``, eager first: those named (one that cannot run here is an
+    error), else all that can run here (the others skipped with their reason)."""
     by_name = {v.name: v for v in VARIANTS}
-    skipped: dict[str, str] = {}
     if names is None:
-        chosen = []
-        for v in VARIANTS:
-            if device not in v.devices:
-                continue
-            problem = v.problem()
-            if problem is None:
-                chosen.append(v)
-            else:
-                skipped[v.name] = problem
+        chosen = [v for v in VARIANTS if device in v.devices]
     else:
         unknown = [n for n in names if n not in by_name]
         if unknown:
@@ -136,10 +121,12 @@ def select_variants(names: list[str] | None, device: BenchDevice) -> Selection:
         wrong = [v.name for v in chosen if device not in v.devices]
         if wrong:
             raise BenchError(f"backend {wrong[0]!r} does not run on {device.value}")
-        for v in chosen:
-            problem = v.problem()
-            if problem is not None:
-                raise BenchError(f"backend {v.name!r} cannot run here: {problem}")
+    problems = {v.name: v.problem() for v in chosen}
+    skipped = {name: problem for name, problem in problems.items() if problem is not None}
+    if names is not None and skipped:
+        name, problem = next(iter(skipped.items()))
+        raise BenchError(f"backend {name!r} cannot run here: {problem}")
+    chosen = [v for v in chosen if v.name not in skipped]
     if REFERENCE not in [v.name for v in chosen]:
         chosen.insert(0, by_name[REFERENCE])  # every ratio is against eager in the same run
     chosen.sort(key=lambda v: v.name != REFERENCE)

@@ -1,8 +1,5 @@
-"""``lstm-export data``: fetch or verify MNIST and print where it is.
-
-Also home of :func:`require_mnist`, the one way a command gets MNIST: unlike the library (which
-never downloads unless asked), a command fetches a missing cache and says so on stderr.
-"""
+"""``lstm-export data``, and :func:`require_mnist`: the one way a command gets MNIST (unlike the
+library, a command fetches a missing cache and says so on stderr)."""
 
 from __future__ import annotations
 
@@ -17,16 +14,14 @@ from lstm_export.console import console, err_console, plain, print_json
 REFETCH_HINT = "run `lstm-export data --force` to fetch it again"
 
 
-def require_mnist(data_dir: Path | None = None, *, force: bool = False) -> Path:
-    """The verified MNIST folder for a command, fetching a missing cache (one line on stderr).
-
-    A DataError about an unusable cache gets the hint to fetch it again.
-    """
-    return _ensure(data_dir, force=force)[0]
+def require_mnist(data_dir: Path | None = None) -> Path:
+    """The verified MNIST folder for a command, fetching a missing cache (one line on stderr)."""
+    return _ensure(data_dir, force=False)[0]
 
 
 def _ensure(data_dir: Path | None, *, force: bool) -> tuple[Path, bool]:
-    """``(folder, fetched)``: :func:`require_mnist`, also saying whether it downloaded."""
+    """``(folder, fetched)``: :func:`require_mnist`, also saying whether it downloaded; an unusable
+    cache's error gets the hint to fetch it again."""
     from lstm_export.data.mnist import CorruptCacheError, ensure_mnist
 
     fetched: list[Path] = []

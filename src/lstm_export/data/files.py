@@ -1,12 +1,9 @@
-"""The four official MNIST IDX files: their names, their md5, finding and verifying them.
-
-Both the loader (:mod:`lstm_export.data.mnist`) and the fetcher (:mod:`lstm_export.data.fetch`)
-import this module; neither imports the other at module level.
-"""
+"""The four official MNIST IDX files: their names, their md5, finding and verifying them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lstm_export.data.idx import idx_md5
@@ -34,12 +31,12 @@ def has_any(directory: Path) -> bool:
     return directory.is_dir() and any(find_file(directory, n) for n in MD5)
 
 
-def _paths(directory: Path) -> dict[str, Path]:
-    """The four files of ``directory``; DataError naming the folder or the first missing file."""
+def find_files(directory: Path, names: Iterable[str] = MD5) -> dict[str, Path]:
+    """The named files of ``directory``; DataError naming the folder or the first missing file."""
     if not directory.is_dir():
         raise DataError(f"MNIST folder {directory} does not exist")
     paths = {}
-    for name in MD5:
+    for name in names:
         path = find_file(directory, name)
         if path is None:
             raise DataError(f"MNIST folder {directory} is missing {name} (or {name}.gz)")
@@ -73,13 +70,11 @@ class FileCheck:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
+        compressed = self.path.suffix == ".gz"
         return {
-            "name": self.name,
+            **asdict(self),
             "path": str(self.path),
-            "size": self.size,
-            "compressed": self.path.suffix == ".gz",
-            "md5": self.md5,
-            "expected_md5": self.expected_md5,
+            "compressed": compressed,
             "md5_ok": self.md5_ok,
         }
 
@@ -87,7 +82,7 @@ class FileCheck:
 def check_dir(directory: Path) -> list[FileCheck]:
     """Size and md5 of each of the four files; DataError if one is missing or unreadable."""
     checks = []
-    for name, path in _paths(Path(directory)).items():
+    for name, path in find_files(Path(directory)).items():
         digest = idx_md5(path)
         checks.append(FileCheck(name, path, path.stat().st_size, digest, MD5[name]))
     return checks

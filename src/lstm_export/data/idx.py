@@ -1,16 +1,14 @@
 """Read and write IDX files (the MNIST container format), raw or gzip-compressed.
 
-Reading is streamed and bounded: a ``.gz`` file is decompressed chunk by chunk, and reading stops
-(with a DataError) as soon as the data passes the size its own IDX header declares or
-:data:`MAX_IDX_BYTES`, so a small ``.gz`` that expands to gigabytes costs at most that much memory
-and time. An expected md5 is checked on the same stream. Only regular files are read (a FIFO or a
-device named like an MNIST file is refused, never opened for a blocking read).
+Reading is streamed and bounded by the size the IDX header declares and :data:`MAX_IDX_BYTES`
+(a decompression bomb costs at most that much); only regular files are opened.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -38,29 +36,20 @@ _MAX_HEADER = 4 + 4 * 255  # magic number and up to 255 dimensions
 
 
 def declared_size(header: bytes) -> int | None:
-    """The total size (header included) an IDX header declares, or None if not an IDX header yet.
-
-    ``header``: the first bytes of the file (at least ``4 + 4 * ndim`` for an answer).
-    """
+    """The total size an IDX header (the file's first bytes) declares, or None (not one, yet)."""
     if len(header) < 4:
         return None
     zero, code, ndim = struct.unpack(">HBB", header[:4])
     if zero != 0 or code not in _DTYPES or ndim == 0 or len(header) < 4 + 4 * ndim:
         return None
     shape = struct.unpack(f">{ndim}I", header[4 : 4 + 4 * ndim])
-    count = 1
-    for dim in shape:
-        count *= dim
-    return 4 + 4 * ndim + count * _DTYPES[code].itemsize
+    return 4 + 4 * ndim + math.prod(shape) * _DTYPES[code].itemsize
 
 
-def iter_idx_chunks(path: Path, *, max_bytes: int = MAX_IDX_BYTES) -> Iterator[bytes]:
-    """The uncompressed bytes of an IDX file (raw or ``.gz``), chunk by chunk, bounded.
-
-    Raises DataError as soon as the data passes the size its header declares (an oversized or
-    padded file, a decompression bomb behind a real header) or ``max_bytes`` (one without a usable
-    header), and for a file that is missing, not a regular file, or not readable gzip.
-    """
+def iter_idx_chunks(path: Path) -> Iterator[bytes]:
+    """The uncompressed bytes of an IDX file (raw or ``.gz``), chunk by chunk; DataError as soon
+    as they pass the size the header declares or :data:`MAX_IDX_BYTES`, or the file is missing,
+    not a regular file, or not readable gzip."""
     from lstm_export.fileio import open_regular
 
     path = Path(path)
@@ -81,47 +70,30 @@ def iter_idx_chunks(path: Path, *, max_bytes: int = MAX_IDX_BYTES) -> Iterator[b
                     head += chunk[:_MAX_HEADER]
                     declared = declared_size(head)
                 total += len(chunk)
-                if total > min(max_bytes, declared or max_bytes):
-                    raise DataError(_too_long(path, declared, max_bytes))
+                if total > min(MAX_IDX_BYTES, declared or MAX_IDX_BYTES):
+                    raise DataError(_too_long(path, declared))
                 yield chunk
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
-def _too_long(path: Path, declared: int | None, max_bytes: int) -> str:
-    if declared is not None and declared <= max_bytes:
+def _too_long(path: Path, declared: int | None) -> str:
+    if declared is not None and declared <= MAX_IDX_BYTES:
         return f"{path}: oversized: more than the {declared:,} bytes its IDX header declares"
-    return f"{path}: larger than the {max_bytes:,}-byte limit for IDX files (uncompressed)"
+    return f"{path}: larger than the {MAX_IDX_BYTES:,}-byte limit for IDX files (uncompressed)"
 
 
-def read_idx_bytes(path: Path, *, max_bytes: int = MAX_IDX_BYTES, md5: str | None = None) -> bytes:
-    """The uncompressed bytes of an IDX file (``.gz`` decompressed), read as a bounded stream.
-
-    See :func:`iter_idx_chunks` for the limits. ``md5``: the expected md5 of the uncompressed
-    bytes, checked as they stream (DataError naming both digests when it differs).
-    """
-    digest = hashlib.md5(usedforsecurity=False) if md5 is not None else None
-    chunks = []
-    for chunk in iter_idx_chunks(path, max_bytes=max_bytes):
-        if digest is not None:
-            digest.update(chunk)
-        chunks.append(chunk)
-    if digest is not None and md5 is not None:
-        _check_md5(path, digest.hexdigest(), md5)
-    return b"".join(chunks)
+def read_idx_bytes(path: Path) -> bytes:
+    """The uncompressed bytes of an IDX file, read as a bounded stream (:func:`iter_idx_chunks`)."""
+    return b"".join(iter_idx_chunks(path))
 
 
-def idx_md5(path: Path, *, max_bytes: int = MAX_IDX_BYTES) -> str:
+def idx_md5(path: Path) -> str:
     """md5 of an IDX file's uncompressed bytes, streamed (memory: one chunk)."""
     digest = hashlib.md5(usedforsecurity=False)
-    for chunk in iter_idx_chunks(path, max_bytes=max_bytes):
+    for chunk in iter_idx_chunks(path):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def _check_md5(path: Path, digest: str, expected: str) -> None:
-    if digest != expected:
-        raise DataError(f"{path} is corrupt: md5 {digest} is not the official {expected}")
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -141,9 +113,9 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
-def read_idx(path: Path, *, max_bytes: int = MAX_IDX_BYTES, md5: str | None = None) -> np.ndarray:
-    """Read an IDX file (raw or ``.gz``), bounded and optionally md5-checked (see above)."""
-    return parse_idx(read_idx_bytes(path, max_bytes=max_bytes, md5=md5), name=str(path))
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (raw or ``.gz``), bounded (see :func:`iter_idx_chunks`)."""
+    return parse_idx(read_idx_bytes(path), name=str(path))
 
 
 def encode_idx(arr: np.ndarray) -> bytes:

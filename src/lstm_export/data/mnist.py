@@ -1,9 +1,5 @@
-"""Find, verify and load the four official MNIST IDX files.
-
-Search order: an explicit ``data_dir``, then ``$LSTM_EXPORT_DATA_DIR``, then the cache
-``${XDG_CACHE_HOME:-~/.cache}/lstm-export/mnist``. Only the cache is ever fetched into, and only
-when the caller asks for it (``fetch=True``): a library call never downloads on its own.
-"""
+"""Find, verify and load the four official MNIST IDX files: in ``data_dir``, else
+``$LSTM_EXPORT_DATA_DIR``, else the cache (fetched into only when the caller asks)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_export.data.files import find_file, has_any, verify_dir
+from lstm_export.data.files import find_files, has_any, verify_dir
 from lstm_export.data.idx import parse_idx, read_idx_bytes
 from lstm_export.errors import DataError
 
@@ -53,10 +49,7 @@ def cache_dir() -> Path:
 
 
 def locate(data_dir: Path | None = None) -> tuple[Path, str]:
-    """Pick the folder to read MNIST from and say where the choice came from.
-
-    Returns ``(folder, source)``; the folder may still need fetching if it is the cache.
-    """
+    """``(folder, source)``: the folder to read MNIST from (the cache may still need fetching)."""
     if data_dir is not None:
         return Path(data_dir).expanduser(), "--data-dir"
     env = os.environ.get(ENV_VAR)
@@ -72,14 +65,9 @@ def ensure_mnist(
     force: bool = False,
     on_fetch: FetchCallback | None = None,
 ) -> Path:
-    """Return a folder holding the four verified MNIST files.
-
-    An explicit folder (``data_dir`` or ``$LSTM_EXPORT_DATA_DIR``) is only verified, never
-    written. The cache is downloaded into only when the caller asks: ``fetch=True`` fills an empty
-    cache, ``force=True`` fetches it again even if it is complete (and implies ``fetch``).
-    ``on_fetch(cache)`` is called just before a download starts. A cache holding some files but
-    not the four verified ones raises :class:`CorruptCacheError` rather than being re-fetched.
-    """
+    """A folder holding the four verified MNIST files. An explicit folder is only verified; the
+    cache is fetched into when empty and ``fetch``, or always with ``force`` (``on_fetch(cache)``
+    first); a cache with some files but not the four verified ones raises CorruptCacheError."""
     directory, source = locate(data_dir)
     if source != "cache":
         verify_dir(directory)
@@ -114,22 +102,14 @@ class MnistSplit:
 
 def load_split(directory: Path, split: Split | str) -> MnistSplit:
     """Load one split from a verified folder (see :func:`ensure_mnist`)."""
-    split, directory = Split(split), Path(directory)
-    images_name, labels_name = _FILES[split]
-    arrays = []
-    for name in (images_name, labels_name):
-        path = find_file(directory, name)
-        if path is None:
-            raise DataError(f"MNIST folder {directory} is missing {name} (or {name}.gz)")
-        arrays.append(parse_idx(read_idx_bytes(path), name=str(path)))
-    images, labels = arrays
+    directory = Path(directory)
+    paths = find_files(directory, _FILES[Split(split)]).values()
+    images, labels = (parse_idx(read_idx_bytes(path), name=str(path)) for path in paths)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
         raise DataError(f"{directory}: unexpected shapes {images.shape} and {labels.shape}")
     return MnistSplit(images=images.astype(np.uint8), labels=labels.astype(np.int64))
 
 
-def load_mnist(
-    split: Split | str, data_dir: Path | None = None, *, fetch: bool = False
-) -> MnistSplit:
-    """Find, verify and load one split; download into the cache only if ``fetch`` is true."""
-    return load_split(ensure_mnist(data_dir, fetch=fetch), split)
+def load_mnist(split: Split | str, data_dir: Path | None = None) -> MnistSplit:
+    """Find, verify and load one split (never downloads)."""
+    return load_split(ensure_mnist(data_dir), split)

@@ -1,8 +1,5 @@
-"""``lstm-export onnx``, ``torchscript``, ``inspect`` and ``shapes``.
-
-Results go to stdout (through :mod:`lstm_export.export.render`, or whole with ``--json``),
-progress and caveats to stderr. Heavy imports stay inside the commands.
-"""
+"""``lstm-export onnx``, ``torchscript``, ``inspect`` and ``shapes``: results on stdout (through
+:mod:`lstm_export.export.render`, or whole with ``--json``), progress and caveats on stderr."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""How the export stage's reports read on a terminal (``--json`` prints them whole instead).
-
-Every text that comes from a file (paths, tensor and node names, metadata) goes through
-:func:`~lstm_export.console.plain` before rich sees it.
-"""
+"""How the export stage's reports read on a terminal; every text from a file goes through
+:func:`~lstm_export.console.plain` before rich sees it."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Run the whole pipeline end to end and gather a summary.
-
-Steps: verify MNIST -> train (seed recipe by default) -> export TorchScript, ONNX and int8 ONNX,
-each validated against eager PyTorch -> classify a sample folder written from the test set ->
-benchmark every backend against eager. Each step reports through ``on_step``. MNIST is never
-downloaded here: ``lstm-export demo`` fetches it into the cache first when it is missing.
-"""
+"""The whole pipeline end to end: verify MNIST (never downloaded here), train, export
+TorchScript, ONNX and int8 ONNX, classify a sample folder, benchmark; each step reports through
+``on_step``."""
 
 from __future__ import annotations
 
@@ -48,7 +44,6 @@ class DemoSettings:
 class DemoSummary:
     """Figures and paths produced by the demo."""
 
-    data_dir: str = ""
     test_accuracy: float = 0.0
     train_seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
@@ -66,11 +61,8 @@ def run_demo(
     on_epoch: EpochCallback | None = None,
     on_bench_progress: ProgressCallback | None = None,
 ) -> DemoSummary:
-    """Run every stage in order; any failure raises the stage's typed error.
-
-    ``on_train_step`` and ``on_epoch`` follow the training (see :func:`~lstm_export.train.loop.
-    train`), ``on_bench_progress`` the bench's rounds (see :func:`~lstm_export.bench.run.run_bench`).
-    """
+    """Run every stage in order; any failure raises the stage's typed error. ``on_train_step`` and
+    ``on_epoch`` follow the training, ``on_bench_progress`` the bench's rounds."""
     from lstm_export.bench.report import plot, write_json
     from lstm_export.bench.run import BenchSettings, plan_bench, run_bench
     from lstm_export.data.mnist import ensure_mnist, load_split
@@ -90,7 +82,6 @@ def run_demo(
 
     step("data", "")
     data_dir = ensure_mnist(settings.data_dir)
-    summary.data_dir = str(data_dir)
     step("data", f"MNIST verified in {data_dir}")
 
     step("train", "")
@@ -126,15 +117,13 @@ def run_demo(
     )
     folder = classify_folder(onnx_report.path, samples, backend="onnxruntime", device="cpu")
     summary.files["samples"] = str(samples)
+    images, accuracy = folder.summary.images, folder.summary.accuracy
     summary.folder = {
-        "images": folder.summary.images,
-        "accuracy": folder.summary.accuracy,
+        "images": images,
+        "accuracy": accuracy,
         "images_per_second": folder.summary.images_per_second,
     }
-    step(
-        "classify",
-        f"{count(folder.summary.images, 'PNG')}, accuracy {(folder.summary.accuracy or 0) * 100:.2f} %",
-    )
+    step("classify", f"{count(images, 'PNG')}, accuracy {(accuracy or 0) * 100:.2f} %")
 
     step("bench", "")
     bench_settings = BenchSettings(
@@ -145,7 +134,6 @@ def run_demo(
     )
     plan = plan_bench(checkpoint, bench_settings)
     bench = run_bench(plan, on_progress=on_bench_progress).to_dict()
-    ensure_writable_dir(out)
     write_json(bench, out / "bench.json")
     plot(bench, out / "bench.png")
     summary.files.update(bench_json=str(out / "bench.json"), bench_png=str(out / "bench.png"))

@@ -14,11 +14,8 @@ from lstm_export.fileio import ensure_writable_dir
 def write_sample_folder(
     images: np.ndarray, labels: np.ndarray, folder: Path, *, count: int = 1000
 ) -> Path:
-    """Save the first ``count`` images (uint8 (N, 28, 28)) as ``folder/<label>/<index>.png``.
-
-        The folder is built beside its target and renamed into place, replacing an older copy; its
-    permissions are a new folder's (0755 under the usual umask).
-    """
+    """Save the first ``count`` images (uint8 (N, 28, 28)) as ``folder/<label>/<index>.png``,
+    built beside ``folder`` and renamed into place (replacing an older copy)."""
     from PIL import Image
 
     ensure_writable_dir(folder.parent)

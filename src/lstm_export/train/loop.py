@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class TrainResult:
     model: LSTMClassifier
     checkpoint: dict[str, Any]
     metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -126,9 +125,7 @@ def train(
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
-        log.info(
-            "epoch %d: loss %.4f, test accuracy %.4f", epoch + 1, record["train_loss"], accuracy
-        )
+        log.info("epoch %d: loss %.4f, test accuracy %.4f", epoch + 1, total_loss / steps, accuracy)
         if on_epoch is not None:
             on_epoch(record)
     train_seconds = time.perf_counter() - start
@@ -144,4 +141,4 @@ def train(
         "torch_threads": torch.get_num_threads(),
     }
     checkpoint = make_checkpoint(model, metrics=metrics, train_config=config.to_dict())
-    return TrainResult(model=model, checkpoint=checkpoint, metrics=metrics, history=history)
+    return TrainResult(model=model, checkpoint=checkpoint, metrics=metrics)

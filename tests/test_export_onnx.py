@@ -209,16 +209,12 @@ def test_a_fixed_time_axis_is_refused_where_a_dynamic_one_is_wanted(
     _, report = exported["one_layer"]
     assert [n.time_axis for n in report.audit.lstm_nodes] == [28]
     with pytest.raises(ExportError) as info:
-        check_io(
-            report.audit, ModelConfig(**CONFIGS["one_layer"]), "pixels", "logits", dynamic_seq=True
-        )
+        check_io(report.audit, ModelConfig(**CONFIGS["one_layer"]), dynamic_seq=True)
     assert "expected pixels: float32 [batch, <symbolic>, 28]" in str(info.value)
     assert "the time axis does not reach the LSTM" in str(info.value)
     assert "runs 28 fixed steps" in str(info.value)
     with pytest.raises(ExportError, match="expected inputs pixels, h_0, c_0, got pixels"):
-        check_io(
-            report.audit, ModelConfig(**CONFIGS["one_layer"]), "pixels", "logits", with_state=True
-        )
+        check_io(report.audit, ModelConfig(**CONFIGS["one_layer"]), with_state=True)
 
 
 def test_dynamic_seq_seed_model(exported: dict[str, Any], tmp_path: Path, mnist_dir: Path) -> None:

@@ -1,8 +1,5 @@
-"""The files of a run folder, named in one table used by train, export, bench and demo.
-
-A run folder holds the checkpoint ``model.pt`` and what is exported from it, each named after
-the checkpoint's stem: ``model.ts``, ``model.onnx``, ``model.int8.onnx``, ``model.fp16.onnx``.
-"""
+"""The files of a run folder, named in one table used by train, export, bench and demo: the
+checkpoint ``model.pt`` and what is exported from it, each named after the checkpoint's stem."""
 
 from __future__ import annotations
 

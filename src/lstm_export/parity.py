@@ -1,12 +1,10 @@
-"""How one backend's logits compare with another's: the one comparison every stage uses.
-
-Export validation, the int8 and fp16 accuracy guards and the bench's parity table all call
-:func:`compare` and, where they enforce something, :func:`problems` with their own thresholds.
-Logits are float arrays ``(N, C)``; labels are int ``(N,)``.
+"""How one backend's logits compare with another's: the one comparison every stage uses, each
+caller with its own thresholds (:func:`problems`). Logits are float ``(N, C)``; labels int ``(N,)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -102,3 +100,15 @@ def problems(
             f"{parity.reference_accuracy * 100:.2f} % (allowed: {max_accuracy_drop * 100:.2f})"
         )
     return found
+
+
+def max_abs_diff(got: Sequence[Any], want: Sequence[Any]) -> float:
+    """Largest absolute difference between the arrays of ``got`` and those of ``want``, pair by
+    pair; ``inf`` where a pair's shapes differ."""
+    worst = 0.0
+    for a, b in zip(got, want, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(a - b).max(initial=0.0)))
+    return worst

@@ -1,8 +1,6 @@
-"""One recipe for every ONNX file derived from the fp32 graph (int8, fp16).
-
-load the fp32 file -> transform it -> audit -> write under a temporary name -> accuracy guard
-(both files through the runner registry, on the full MNIST test set) -> record the measured
-figures in the file's metadata -> rename into place. A failed step leaves no file behind.
+"""One recipe for every ONNX file derived from the fp32 graph (int8, fp16): transform, audit,
+write under a temporary name, accuracy guard, the measured figures recorded in the file's
+metadata, rename. A failed step leaves no file behind.
 """
 
 from __future__ import annotations
@@ -42,23 +40,6 @@ class DerivedReport:
     evaluate_seconds: float
 
 
-@dataclass
-class Derived:
-    """What :func:`derive_onnx` wrote: ``report`` holds the :class:`DerivedReport` fields;
-    ``guard`` is None when not validated."""
-
-    report: dict[str, Any]
-    guard: parity.Parity | None
-    provider: str | None
-    transform_seconds: float
-
-
-def derived_path(path: Path, tag: str) -> Path:
-    """``model.onnx`` + ``int8`` -> ``model.int8.onnx`` (same folder, same suffix)."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")
-
-
 def _transformed(
     source: Path, tag: str, transform: Transform, progress: ProgressFn | None
 ) -> tuple[Any, OnnxAudit, dict[str, str]]:
@@ -94,12 +75,12 @@ def derive_onnx(
     max_accuracy_drop: float,
     device: Device | str = Device.cpu,
     progress: ProgressFn | None = None,
-) -> Derived:
-    """Derive ``<stem>.<tag>.onnx`` (or ``out``) from ``onnx_path`` with ``transform``.
-
-    With ``validate`` the top-1 accuracy of the derived file on the MNIST test set, run on
-    ``device``, must stay within ``max_accuracy_drop`` (0.003 = 0.3 points) of the fp32 file's;
-    else ValidationError and no file. ``transform`` raises ExportError when its result is wrong.
+) -> tuple[dict[str, Any], parity.Parity | None, str | None, float]:
+    """Derive ``<stem>.<tag>.onnx`` (or ``out``) from ``onnx_path`` with ``transform``:
+    ``(the DerivedReport fields, guard, provider, transform seconds)``, guard and provider None
+    when not validated. With ``validate`` the top-1 accuracy of the derived file on the MNIST test
+    set, run on ``device``, must stay within ``max_accuracy_drop`` (0.003 = 0.3 points) of the
+    fp32 file's, else ValidationError and no file.
     """
     import onnx
 
@@ -109,7 +90,8 @@ def derive_onnx(
     if not 0 <= max_accuracy_drop < 1:
         raise ConfigError(f"max accuracy drop must be in [0, 1), got {max_accuracy_drop}")
     device = Device(device)
-    target = check_writable_file(Path(out) if out is not None else derived_path(source, tag))
+    default = source.with_name(f"{source.stem}.{tag}{source.suffix or '.onnx'}")
+    target = check_writable_file(Path(out) if out is not None else default)
     data = load_test_set(data_dir, purpose=f"the {tag} accuracy guard") if validate else None
     t0 = time.perf_counter()
     model, audit, meta = _transformed(source, tag, transform, progress)
@@ -150,7 +132,7 @@ def derive_onnx(
         "max_accuracy_drop": max_accuracy_drop,
         "evaluate_seconds": time.perf_counter() - t1,
     }
-    return Derived(report, guard, provider, transform_seconds)
+    return report, guard, provider, transform_seconds
 
 
 def accuracy_guard(
@@ -162,7 +144,6 @@ def accuracy_guard(
     tag: str,
     max_drop: float,
     device: Device | str = Device.cpu,
-    progress: ProgressFn | None = None,
 ) -> tuple[parity.Parity, str]:
     """Both files through the ONNX Runtime runner on ``images`` (N, 28, 28) with ``labels``
     (N,): the derived file's parity against fp32 and the provider that ran it.
@@ -172,12 +153,10 @@ def accuracy_guard(
     from lstm_export.infer.registry import make_runner
 
     with make_runner(fp32, "onnxruntime", Device.cpu) as reference:
-        fp32_logits = reference.infer_all(images, progress=progress, description="fp32 accuracy")
+        fp32_logits = reference.infer_all(images)
     with make_runner(derived, "onnxruntime", device) as runner:
         provider = str(getattr(runner, "providers", [runner.device])[0])
-        logits = runner.infer_all(
-            images, progress=progress, description=f"{tag} accuracy ({provider})"
-        )
+        logits = runner.infer_all(images)
     result = parity.compare(logits, fp32_logits, labels)
     if parity.problems(result, max_accuracy_drop=max_drop):
         assert result.accuracy is not None and result.reference_accuracy is not None

@@ -1,11 +1,7 @@
 """fp32 ONNX -> float16 weights and compute, float32 inputs and outputs kept (for GPUs).
 
-Policy: the file is produced on any machine and validated on the best device present. With a
-usable CUDA device, ONNX Runtime's CUDA execution provider runs it (fp16 kernels: the real
-target). Without one, ONNX Runtime's CPU provider runs it; that proves the graph and the
-fp16-rounded weights, not the GPU's fp16 arithmetic, and the report says so (``caveat``).
-Either way the top-1 accuracy on the full MNIST test set must stay within ``max_accuracy_drop``
-of the fp32 file, or no file is written (:func:`lstm_export.export.derive.derive_onnx`).
+Validated on ONNX Runtime's CUDA provider when a GPU is usable, else on the CPU provider, which
+proves the graph and the rounded weights but not GPU fp16 arithmetic (the report's ``caveat``).
 """
 
 from __future__ import annotations
@@ -46,13 +42,13 @@ class Fp16Report(DerivedReport):
 
 
 def to_fp16(model: Any, audit: OnnxAudit | None = None) -> Any:
-    """fp16 copy of an fp32 ModelProto, float32 graph inputs/outputs kept, nodes sorted."""
+    """fp16 copy of an fp32 ModelProto, float32 graph inputs/outputs kept, nodes sorted (the
+    converter appends its Cast nodes at the end; onnx.checker wants them in order)."""
     import onnx
     import onnx_ir as ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     half = convert_float_to_float16(model, keep_io_types=True)
-    # The converter appends its input/output Cast nodes at the end; onnx.checker wants order.
     irm = ir.serde.deserialize_model(half)
     irm.graph.sort()
     half = ir.serde.serialize_model(irm)
@@ -79,7 +75,7 @@ def convert_fp16(
     ``device``: where to validate -- ``auto`` (CUDA when usable, else CPU with a caveat),
     ``cuda`` (DeviceError without CUDA) or ``cpu``.
     """
-    derived = derive_onnx(
+    report, guard, provider, seconds = derive_onnx(
         onnx_path,
         out,
         tag="fp16",
@@ -91,9 +87,8 @@ def convert_fp16(
         device=device,
         progress=progress,
     )
-    guard, provider = derived.guard, derived.provider
     return Fp16Report(
-        **derived.report,
+        **report,
         validated=guard is not None,
         provider=provider,
         gpu_checked=provider == CUDA_EP,
@@ -103,5 +98,5 @@ def convert_fp16(
         accuracy_drop=-guard.accuracy_delta if guard and guard.accuracy_delta is not None else None,
         argmax_agreement=guard.agreement if guard else None,
         max_abs_diff=guard.max_abs_diff if guard else None,
-        convert_seconds=derived.transform_seconds,
+        convert_seconds=seconds,
     )

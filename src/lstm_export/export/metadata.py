@@ -1,13 +1,7 @@
-"""Metadata stored in exported files (ONNX ``metadata_props``, TorchScript ``metadata.json``).
-
-Every value is a string. Keys read by the runners and other stages:
-
-``class_names`` (comma-separated), ``preprocessing`` (JSON), ``source_checkpoint_sha256``,
-``test_accuracy`` (0..1, when the checkpoint recorded it), ``lstm_export_version``; plus
-``model_config`` (JSON), ``torch_version``, ``exporter``, ``format``, ``input``, ``output``,
-``seq_len`` (``28``, or ``any`` when the time axis is symbolic), ``created`` and, for derived
-files, ``precision`` and ``source_onnx_sha256``. A file exported with ``--with-state`` also has
-``state_inputs`` and ``state_outputs`` (their presence is how the runners know it streams).
+"""Metadata stored in exported files (ONNX ``metadata_props``, TorchScript ``metadata.json``), every
+value a string: ``class_names`` (comma-separated), ``preprocessing`` and ``model_config`` (JSON),
+``source_checkpoint_sha256``, ``test_accuracy``, ``seq_len`` (``28`` or ``any``), versions and
+more (docs/stages.md). ``state_inputs`` and ``state_outputs`` tell the runners a file streams.
 """
 
 from __future__ import annotations
@@ -47,11 +41,8 @@ def _dims(dims: list[int | str]) -> str:
 def source_metadata(
     source: Source, *, exporter: str, fmt: str, dynamic_seq: bool = False, with_state: bool = False
 ) -> dict[str, str]:
-    """The metadata every file exported from ``source`` carries.
-
-    ``dynamic_seq``: the time axis is symbolic (any number of rows); ``with_state``: the graph
-    also takes ``h_0``, ``c_0`` and returns ``h_n``, ``c_n``.
-    """
+    """The metadata every file exported from ``source`` carries (``dynamic_seq``: a symbolic time
+    axis; ``with_state``: ``h_0``, ``c_0`` in and ``h_n``, ``c_n`` out)."""
     import torch
 
     from lstm_export import __version__
@@ -95,12 +86,9 @@ def source_metadata(
 
 def set_onnx_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
     """Replace ``model.metadata_props`` keys in ``meta`` (others are kept)."""
-    existing = {p.key: p.value for p in model.metadata_props}
-    existing.update(meta)
-    del model.metadata_props[:]
-    for key in sorted(existing):
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, existing[key]
+    import onnx
+
+    onnx.helper.set_model_props(model, dict(sorted({**onnx_metadata(model), **meta}.items())))
 
 
 def onnx_metadata(model: onnx.ModelProto) -> dict[str, str]:

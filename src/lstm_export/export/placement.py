@@ -1,23 +1,17 @@
-"""Which execution provider ONNX Runtime runs each node on, for a requested device.
-
-ORT decides placement after its graph optimisations, so the answer comes from a real session:
-one profiled run on a zero batch, whose trace names the provider of every executed kernel.
-``onnxruntime-gpu`` lists CUDA even where it cannot load, so only ``session.get_providers()``
-counts.
+"""Which execution provider ONNX Runtime runs each node on, for a requested device: one profiled
+run of a real session (placement is decided after ORT's graph optimisations), whose trace names
+the provider of every executed kernel.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,14 +50,10 @@ def node_placement(model: Path, device: str = "cpu") -> Placement:
             events = json.loads(trace.read_text())
     seen: dict[str, NodePlacement] = {}
     for event in events:
-        args = event.get("args", {})
-        name = str(event.get("name", ""))
-        if (
-            event.get("cat") != "Node"
-            or "provider" not in args
-            or not name.endswith("_kernel_time")
-        ):
-            continue
-        node = name[: -len("_kernel_time")]
-        seen.setdefault(node, NodePlacement(node, str(args.get("op_name", "?")), args["provider"]))
+        args, name = event.get("args", {}), str(event.get("name", ""))
+        if event.get("cat") == "Node" and "provider" in args and name.endswith("_kernel_time"):
+            node = name.removesuffix("_kernel_time")
+            seen.setdefault(
+                node, NodePlacement(node, str(args.get("op_name", "?")), args["provider"])
+            )
     return Placement(device=device, session_providers=providers, nodes=list(seen.values()))

@@ -1,12 +1,8 @@
 """fp32 ONNX -> dynamic int8 ONNX whose LSTMs really are quantized, with an accuracy guard.
 
-ONNX Runtime's ``quantize_dynamic`` only turns an ``LSTM`` into ``DynamicQuantizeLSTM`` when its
-W and R inputs are initializers; the dynamo exporter computes them inside the graph, and the
-quantizer then silently leaves the LSTM in fp32. The graph is therefore pre-processed first
-(``quant_pre_process``: ORT basic optimisation folds those constants, plus shape inference), and
-the result must hold one ``DynamicQuantizeLSTM`` per original ``LSTM``. Accuracy on the full MNIST
-test set (10k images) must stay within ``max_accuracy_drop`` of the fp32 file
-(:func:`lstm_export.export.derive.derive_onnx`).
+ONNX Runtime's ``quantize_dynamic`` quantizes an ``LSTM`` only when its W and R are initializers,
+so the graph is pre-processed first (``quant_pre_process`` folds them), and the result must hold
+one ``DynamicQuantizeLSTM`` per original ``LSTM``.
 """
 
 from __future__ import annotations
@@ -28,8 +24,6 @@ DEFAULT_MAX_ACCURACY_DROP = 0.003
 class QuantizeReport(DerivedReport):
     """What ``quantize_int8`` wrote and measured; accuracies are in 0..1."""
 
-    weight_type: str
-    per_channel: bool
     lstm_nodes: int
     quantized_lstm_nodes: int
     fp32_accuracy: float
@@ -39,6 +33,8 @@ class QuantizeReport(DerivedReport):
     max_abs_diff: float
     test_examples: int
     quantize_seconds: float
+    weight_type: str = "QInt8"
+    per_channel: bool = False
 
 
 def _prune_opset_imports(model: Any) -> None:
@@ -53,7 +49,7 @@ def _count(audit: OnnxAudit, op_type: str) -> int:
     return sum(1 for n in audit.lstm_nodes if n.op_type == op_type)
 
 
-def to_int8(original: Any, audit: OnnxAudit, *, per_channel: bool = False) -> Any:
+def to_int8(original: Any, audit: OnnxAudit) -> Any:
     """Dynamic int8 copy of an fp32 ModelProto; ExportError unless every LSTM got quantized."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -66,9 +62,7 @@ def to_int8(original: Any, audit: OnnxAudit, *, per_channel: bool = False) -> An
         pre, quant = Path(work) / "pre.onnx", Path(work) / "int8.onnx"
         try:
             quant_pre_process(original, str(pre))
-            quantize_dynamic(
-                str(pre), str(quant), weight_type=QuantType.QInt8, per_channel=per_channel
-            )
+            quantize_dynamic(str(pre), str(quant), weight_type=QuantType.QInt8)
         except Exception as exc:
             raise ExportError(f"onnxruntime.quantization failed: {first_line(exc)}") from exc
         model = onnx.load(str(quant))
@@ -89,24 +83,21 @@ def quantize_int8(
     *,
     data_dir: Path | None = None,
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
-    per_channel: bool = False,
     progress: ProgressFn | None = None,
 ) -> QuantizeReport:
-    """Quantize ``onnx_path`` (default output ``<stem>.int8.onnx`` beside it).
-
-    Weights int8 (symmetric), activations quantized per batch at run time. Raises ExportError when
-    an LSTM was left unquantized and ValidationError when the test accuracy drops by more than
-    ``max_accuracy_drop`` (0.003 = 0.3 points); no file is left behind in either case. The
-    guard always runs: int8 is never written unchecked.
+    """Quantize ``onnx_path`` (default output ``<stem>.int8.onnx`` beside it): int8 weights,
+    activations quantized per batch at run time. The accuracy guard always runs; ExportError
+    (an LSTM left unquantized) or ValidationError (a drop over ``max_accuracy_drop``, 0.003 = 0.3
+    points) leaves no file behind.
     """
     import onnxruntime
 
-    derived = derive_onnx(
+    report, guard, _, seconds = derive_onnx(
         onnx_path,
         out,
         tag="int8",
         precision="int8 (dynamic: int8 weights, uint8 activations quantized per batch)",
-        transform=lambda model, audit: to_int8(model, audit, per_channel=per_channel),
+        transform=to_int8,
         extra_metadata={
             "quantizer": f"onnxruntime.quantization.quantize_dynamic {onnxruntime.__version__}"
         },
@@ -114,14 +105,11 @@ def quantize_int8(
         max_accuracy_drop=max_accuracy_drop,
         progress=progress,
     )
-    guard = derived.guard
     assert guard is not None and guard.accuracy is not None
     assert guard.reference_accuracy is not None
-    quantized = _count(derived.report["audit"], "DynamicQuantizeLSTM")
+    quantized = _count(report["audit"], "DynamicQuantizeLSTM")
     return QuantizeReport(
-        **derived.report,
-        weight_type="QInt8",
-        per_channel=per_channel,
+        **report,
         lstm_nodes=quantized,
         quantized_lstm_nodes=quantized,
         fp32_accuracy=guard.reference_accuracy,
@@ -130,5 +118,5 @@ def quantize_int8(
         argmax_agreement=guard.agreement,
         max_abs_diff=guard.max_abs_diff,
         test_examples=guard.images,
-        quantize_seconds=derived.transform_seconds,
+        quantize_seconds=seconds,
     )

@@ -1,9 +1,6 @@
-"""The export stage's side of the terminal, where library code never prints.
-
-Progress goes through a callback the CLI passes (:data:`ProgressFn`). The exporters' own chatter
-(torch.onnx, torch.jit and onnxscript FutureWarnings, UserWarnings, prints and log records that
-say nothing about the user's model) is re-logged at DEBUG level by :func:`quiet_exporters`; our
-own ``lstm_export`` loggers are left alone.
+"""The export stage's side of the terminal, where library code never prints: progress through a
+callback the CLI passes (:data:`ProgressFn`); the exporters' own chatter (warnings, prints, log
+records of torch.onnx, torch.jit, onnxscript...) re-logged at DEBUG by :func:`quiet_exporters`.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """``lstm-export shapes``: what each ``nn.LSTM`` argument means, and the shapes it gives, measured.
 
-A checkpoint (or run folder) is run once on ``batch`` x ``seq_len`` rows of pixels from a seeded
-random initial state, with a hook on the LSTM. The report lists the LSTM's arguments with their
-values and meaning; every tensor (input, h_0, c_0, output, h_n, c_n, logits) with its shape
-formula, the shape the formula gives here and the shape measured; and identities checked on the
-run's numbers (the last output step is the top layer's ``h_n``, per direction; ``batch_first``
-only transposes; a missing initial state is zeros; the classifier reads the last step).
-
-An ``.onnx`` or ``.ts`` file shows less: arguments from its ``model_config`` metadata, the input
-it accepts, the outputs it returns and, for a ``--with-state`` file, the identities that need
-only those (zeros give the stateless answer; two chunks with the state carried give the answer
-of all rows at once). :func:`check_shapes` raises ValidationError naming every shape that
-differs from its formula and every identity that does not hold.
+A checkpoint is run once on ``batch`` x ``seq_len`` rows from a seeded random initial state, with
+a hook on the LSTM: every tensor's shape formula, the shape it gives and the shape measured, and
+identities checked on the run's numbers. An ``.onnx`` or ``.ts`` file shows its input and outputs
+and, with ``--with-state``, the identities that need only those. :func:`check_shapes` raises
+ValidationError naming every shape and identity that fails.
 """
 
 from __future__ import annotations
@@ -25,6 +18,7 @@ import numpy as np
 
 from lstm_export.config import ModelConfig
 from lstm_export.errors import ConfigError, ModelLoadError, ValidationError
+from lstm_export.parity import max_abs_diff
 
 DEFAULT_BATCH = 3
 DEFAULT_SEQ_LEN = 28
@@ -125,17 +119,6 @@ def _shape(dims: list[int] | None) -> str:
     return "-" if dims is None else "(" + ", ".join(str(d) for d in dims) + ")"
 
 
-def _diff(*pairs: tuple[Any, Any]) -> float:
-    """Largest absolute difference over tensor (or array) pairs of the same shape."""
-    worst = 0.0
-    for a, b in pairs:
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        if a.shape != b.shape:
-            return float("inf")
-        worst = max(worst, float(np.abs(a - b).max()) if a.size else 0.0)
-    return worst
-
-
 # -- formulas ----------------------------------------------------------------------------------------
 def _symbols(config: ModelConfig, batch: int, seq_len: int) -> dict[str, int]:
     return {
@@ -163,10 +146,6 @@ def _formulas(config: ModelConfig, s: dict[str, int]) -> dict[str, tuple[str, li
         "c_n": ("(D*L, N, H_cell)", [layers, n, s["H_cell"]]),
         "logits": ("(N, C)", [n, s["C"]]),
     }
-
-
-def _arguments(config: ModelConfig) -> list[Argument]:
-    return [Argument(name, getattr(config, name), text) for name, text in MEANINGS.items()]
 
 
 def _pixels(batch: int, seq_len: int, features: int) -> np.ndarray:
@@ -207,25 +186,26 @@ def _measure_checkpoint(path: Path, batch: int, seq_len: int) -> ShapesReport:
     finally:
         handle.remove()
     seen["logits"] = logits
-    tensors = []
-    for name, (formula, dims) in formulas.items():
-        note = ""
-        if name == "input" and not config.batch_first:
-            note = "the model's pixels (N, T, H_in), transposed for the LSTM"
-        elif name in ("h_0", "c_0"):
-            note = "fed (seeded random, not zeros)"
-        tensors.append(TensorShape(name, formula, dims, list(seen[name].shape), note))
+    notes = dict.fromkeys(("h_0", "c_0"), "fed (seeded random, not zeros)")
+    if not config.batch_first:
+        notes["input"] = "the model's pixels (N, T, H_in), transposed for the LSTM"
+    tensors = [
+        TensorShape(name, formula, dims, list(seen[name].shape), notes.get(name, ""))
+        for name, (formula, dims) in formulas.items()
+    ]
     identities = _checkpoint_identities(model, config, seen)
-    notes = [f"measured by running {source.path.name} once, eval mode, on the CPU"]
-    return _report(source.path, "checkpoint", config, symbols, tensors, identities, notes)
+    ran = [f"measured by running {source.path.name} once, eval mode, on the CPU"]
+    return _report(source.path, "checkpoint", config, symbols, tensors, identities, ran)
 
 
 def _report(
     path: Path, kind: str, config: ModelConfig, symbols: dict[str, int], *rest: Any
 ) -> ShapesReport:
     """The report, ``rest`` being its tensors, identities and notes."""
-    batch, seq_len, arguments = symbols["N"], symbols["T"], _arguments(config)
-    return ShapesReport(path, kind, batch, seq_len, config.to_dict(), symbols, arguments, *rest)
+    arguments = [Argument(name, getattr(config, name), text) for name, text in MEANINGS.items()]
+    return ShapesReport(
+        path, kind, symbols["N"], symbols["T"], config.to_dict(), symbols, arguments, *rest
+    )
 
 
 def _checkpoint_identities(model: Any, config: ModelConfig, seen: dict[str, Any]) -> list[Identity]:
@@ -251,32 +231,32 @@ def _checkpoint_identities(model: Any, config: ModelConfig, seen: dict[str, Any]
             "last step is h_n",
             f"output{last}, :H_out] == h_n[{top}]: the forward direction's last output step is "
             "the top layer's forward h_n",
-            [(out[:, -1, :h_out], by_layer[-1, 0])],
+            ([out[:, -1, :h_out]], [by_layer[-1, 0]]),
         ),
         (
             "backward first step is its h_n",
             f"output{first}, H_out:] == h_n[{top + 1}]: the backward direction ends at the first "
             "row, so its first output step is its h_n",
-            [(out[:, 0, h_out:], by_layer[-1, 1])] if config.bidirectional else None,
+            ([out[:, 0, h_out:]], [by_layer[-1, 1]]) if config.bidirectional else None,
         ),
         (
             "batch_first only transposes",
             f"nn.LSTM(batch_first={not config.batch_first}) with the same weights on "
             "input.transpose(0, 1) gives output.transpose(0, 1) and the same h_n, c_n",
-            [(t_out.transpose(0, 1), seen["output"]), (t_h, seen["h_n"]), (t_c, seen["c_n"])],
+            ([t_out.transpose(0, 1), t_h, t_c], [seen["output"], seen["h_n"], seen["c_n"]]),
         ),
         (
             "no state is zeros",
             "lstm(input) == lstm(input, (zeros, zeros)): output, h_n and c_n",
-            [(bare_out, zero_out), (bare_h, zero_h), (bare_c, zero_c)],
+            ([bare_out, bare_h, bare_c], [zero_out, zero_h, zero_c]),
         ),
         (
             "the head reads the last step",
             "logits == fc(output at the last step, both directions)",
-            [(head, seen["logits"])],
+            ([head], [seen["logits"]]),
         ),
     ]
-    return [Identity(name, text, _diff(*pairs)) for name, text, pairs in checks if pairs]
+    return [Identity(name, text, max_abs_diff(*pairs)) for name, text, pairs in checks if pairs]
 
 
 # -- exported files ----------------------------------------------------------------------------------
@@ -355,7 +335,7 @@ def _state_identities(
         Identity(
             "no state is zeros",
             "the file's stateless answer (infer) == its answer from h_0 = c_0 = 0",
-            _diff((logits, zero_logits)),
+            max_abs_diff([logits], [zero_logits]),
         )
     ]
     rows = x.shape[1]
@@ -368,7 +348,7 @@ def _state_identities(
                 "the state carries",
                 f"rows fed as {half} + {rows - half} with the state carried == all {rows} at "
                 "once: logits, h_n and c_n",
-                _diff((end_logits, zero_logits), (end.h, zero.h), (end.c, zero.c)),
+                max_abs_diff([end_logits, end.h, end.c], [zero_logits, zero.h, zero.c]),
             )
         )
     return found

@@ -1,19 +1,9 @@
 """Semantics-preserving clean-ups of an exported LSTM graph: fewer nodes, no shape arithmetic.
 
-Each rewrite applies only where it is proven on the graph itself, and leaves the rest alone:
-
-1. an ``initial_h``/``initial_c`` that is zero by construction (``Expand`` of a zero constant,
-   ``ConstantOfShape`` of zero, or a slice of either) is left out, which ONNX defines as zeros;
-2. a ``Reshape`` whose target is computed at run time, and whose output keeps the input's leading
-   dims (ONNX shape inference with data propagation proves it from the graph alone, the exporter's
-   annotations set aside), gets the constant ``[0, ..., 0, -1]``;
-3. a one-direction LSTM's ``Y`` ``[T, 1, B, H]``, transposed and flattened to ``[T, B, H]``, is
-   ``Squeeze(Y, 1)``;
-4. ``Gather(Concat(Y_h of each layer), k)`` reads row ``k`` from the LSTM output that holds it.
-
-Rewrites 2-4 are onnxscript rewrite rules (pattern, check, replacement); what nothing reads any
-more is then dropped. The seed model's 21 dynamo nodes become 6: ``Transpose, LSTM, Squeeze,
-LSTM, Gather, Gemm``. The export's validation runs on the simplified graph.
+Each rewrite applies only where it is proven on the graph itself (docs/design.md): zero initial
+states left out, computed ``Reshape`` targets made constant, a one-direction ``Y`` squeezed, and
+``Gather(Concat(Y_h...), k)`` read from the LSTM that holds the row. The seed model's 21 dynamo
+nodes become 6; the export's validation runs on the simplified graph.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""What every export from a checkpoint shares: its plan (the checkpoint loaded, the target checked,
-the validation data loaded, before any slow step), its last step (write under a temporary name,
-validate, rename) and the fields of its report."""
+"""What every export from a checkpoint shares: its plan (checkpoint, target, test images, before
+any slow step), its last step (write under a temporary name, validate, rename) and its report."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lstm_export.artifacts import Artifact
 from lstm_export.config import ModelConfig
 from lstm_export.errors import ConfigError
-from lstm_export.export.quiet import ProgressFn, status
+from lstm_export.export.quiet import ProgressFn, quiet_exporters, status
 from lstm_export.export.validate import (
     STREAM_BATCHES,
     Batch,
@@ -23,6 +22,7 @@ from lstm_export.export.validate import (
     length_batches,
     load_test_set,
     make_batches,
+    validate_export,
 )
 from lstm_export.fileio import atomic_path, check_writable_file, file_digest
 
@@ -120,24 +120,37 @@ class ExportReport:
 def write_validated(
     plan: ExportPlan,
     write: Callable[[Path], object],
-    check: Callable[[Path], ValidationReport],
     *,
+    backend: str,
+    candidate_name: str,
+    structural: Callable[[Path], list[str]],
     metadata: dict[str, str],
     export_seconds: float,
     progress: ProgressFn | None,
 ) -> dict[str, Any]:
-    """``write`` the file under a temporary name, ``check`` it (unless the plan skips validation)
-    and rename it onto the target; the :class:`ExportReport` fields of what was written."""
+    """``write`` the file under a temporary name, validate it with the ``backend`` runner unless
+    the plan skips validation (:func:`validate_export`) and rename it onto the target; the
+    :class:`ExportReport` fields of what was written."""
     validation = None
     t0 = time.perf_counter()
     with atomic_path(plan.target) as tmp:
         write(tmp)
-        if plan.batches is not None:
+        if plan.batches is None:
+            log.warning("validation skipped: %s is unchecked", plan.target)
+        else:
             checks = describe_checks(plan.batches, plan.streams)
             status(progress, f"validating against eager PyTorch ({checks})")
-            validation = check(tmp)
-        else:
-            log.warning("validation skipped: %s is unchecked", plan.target)
+            with quiet_exporters():
+                validation = validate_export(
+                    tmp,
+                    backend,
+                    plan.source.path,
+                    plan.batches,
+                    plan.tolerance,
+                    candidate_name=candidate_name,
+                    streams=plan.streams,
+                    structural=structural,
+                )
     size = plan.target.stat().st_size
     log.info("wrote %s (%d bytes)", plan.target, size)
     return {

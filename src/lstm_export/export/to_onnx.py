@@ -1,20 +1,10 @@
 """Checkpoint -> ONNX with torch.onnx, checked to hold native LSTM ops, validated before renaming.
 
 The graph takes ``pixels`` float32 ``[batch, 28, 28]`` (raw pixels in [0, 1]) and returns
-``logits`` float32 ``[batch, classes]``; the batch axis is symbolic (named ``batch``).
-
-``dynamic_seq`` (``--dynamic-seq``): the time axis is symbolic too, ``[batch, time, 28]``, and
-reaches every LSTM node (checked on the graph), so the file takes any number of rows T >= 1 (a
-prefix of a digit's rows, or a taller image), validated at 1, 7, 28 and 100 rows. ``infer``
-still resizes every image to 28 rows; other lengths go through ``runner.infer(x)``.
-
-``with_state`` (``--with-state``, implies ``dynamic_seq``): the graph also takes ``h_0``
-``[D*num_layers, batch, H_out]`` and ``c_0`` ``[..., H]`` and returns ``h_n``, ``c_n`` beside the
-logits, so a stream of rows can be fed in chunks (``Runner.step`` / ``Runner.stream``); zeros
-give the stateless answer. Validation also feeds 28 rows in chunks of 7+7+14 and requires the
-logits and states of all 28 at once. Bidirectional models cannot stream.
-
-``proj_size`` models are refused: ONNX's LSTM has no projection of the hidden state.
+``logits`` float32 ``[batch, classes]``. ``dynamic_seq``: ``[batch, time, 28]``, any T >= 1;
+``with_state`` (implies ``dynamic_seq``): also ``h_0`` ``[D*num_layers, batch, H_out]``, ``c_0``
+``[..., H]`` in and ``h_n``, ``c_n`` out (docs/stages.md). ``proj_size`` models are refused: ONNX's
+LSTM has no projection of the hidden state.
 """
 
 from __future__ import annotations
@@ -29,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from lstm_export.artifacts import Artifact
 from lstm_export.errors import ConfigError, ExportError, first_line
-from lstm_export.export.audit import OnnxAudit, audit_onnx, check_io, check_native_lstm
+from lstm_export.export.audit import (
+    OnnxAudit,
+    audit_onnx,
+    check_io,
+    check_native_lstm,
+    without_shapes,
+)
 from lstm_export.export.metadata import (
     BATCH_DIM,
     INPUT_NAME,
@@ -43,7 +39,7 @@ from lstm_export.export.metadata import (
 from lstm_export.export.quiet import ProgressFn, quiet_exporters, status
 from lstm_export.export.simplify import simplify_lstm_graph
 from lstm_export.export.source import ExportPlan, ExportReport, plan_export, write_validated
-from lstm_export.export.validate import DEFAULT_TOLERANCE, check_onnx_file, validate_export
+from lstm_export.export.validate import DEFAULT_TOLERANCE, check_onnx_file
 
 if TYPE_CHECKING:
     import onnx
@@ -55,8 +51,7 @@ log = logging.getLogger(__name__)
 
 #: opset used when none is asked for (pinned so a torch upgrade does not silently change files)
 DEFAULT_OPSET = 20
-#: the first opset with an LSTM op
-MIN_OPSET = 7
+MIN_OPSET = 7  # the first with an LSTM op
 
 
 @dataclass(kw_only=True)
@@ -123,14 +118,9 @@ def _module_and_args(model: LSTMClassifier, with_state: bool) -> tuple[Any, tupl
 
 
 def _fresh_trace_state() -> None:
-    """Forget what earlier traces in this process cached about aten::lstm.
-
-    For a dynamic time axis the dynamo exporter (torch 2.14) traces a while-loop LSTM; aten::lstm's
-    dispatch cache (the unrolled decomposition) and dynamo's compiled frames of the loop's body
-    (static shapes of an earlier export) outlive a trace and silently fix every later export's
-    time axis to 28 rows, which :func:`~lstm_export.export.audit.check_io` refuses. Clearing both
-    keeps it symbolic (anything compiled with ``torch.compile`` recompiles on next use).
-    """
+    """Forget what earlier traces in this process cached about aten::lstm: its dispatch cache and
+    dynamo's compiled frames outlive a trace and would fix a later export's dynamic time axis to
+    28 rows (torch 2.14), which :func:`~lstm_export.export.audit.check_io` refuses."""
     import torch
 
     packet = torch.ops.aten.lstm
@@ -211,14 +201,11 @@ def _optimised(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int | Non
     before = len(graph.graph.node)
     simpler = _or_as_is("graph simplification", lambda: simplify_lstm_graph(graph))
     graph = graph if simpler is None else simpler
-    fresh = onnx.ModelProto()
-    fresh.CopyFrom(graph)
-    del fresh.graph.value_info[:]
-    for output in fresh.graph.output:
-        output.type.tensor_type.ClearField("shape")
     inferred = _or_as_is(
         "shape re-inference",
-        lambda: onnx.shape_inference.infer_shapes(fresh, strict_mode=True, data_prop=True),
+        lambda: onnx.shape_inference.infer_shapes(
+            without_shapes(graph), strict_mode=True, data_prop=True
+        ),
     )
     simplified_from = before if len(graph.graph.node) < before else None
     return graph if inferred is None else inferred, folded is not None, simplified_from
@@ -226,8 +213,6 @@ def _optimised(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int | Non
 
 @dataclass
 class _Graph:
-    """The graph built by :func:`_build`, before it is written."""
-
     proto: Any
     audit: OnnxAudit
     metadata: dict[str, str]
@@ -273,8 +258,7 @@ def _build(plan: ExportPlan, opset: int, legacy: bool, dynamic_seq: bool) -> _Gr
     audit = audit_onnx(proto)
     check_native_lstm(audit, config)
     try:
-        io_names = (INPUT_NAME, OUTPUT_NAME)
-        check_io(audit, config, *io_names, dynamic_seq=dynamic_seq, with_state=plan.with_state)
+        check_io(audit, config, dynamic_seq=dynamic_seq, with_state=plan.with_state)
     except ExportError as exc:
         if dynamic_seq and not legacy and "fixed steps" in str(exc):
             import torch
@@ -301,14 +285,8 @@ def export_onnx(
     with_state: bool = False,
 ) -> OnnxExportReport:
     """Export a checkpoint (run folder or ``.pt``) to ONNX; default output ``model.onnx`` beside it.
-
-    Plan (load the checkpoint, check the target, load the test images), build the graph (export,
-    simplify, check), then write it under a temporary name, validate it (``onnx.checker``, shape
-    inference, ONNX Runtime CPU vs eager PyTorch at batch 1, 7 and 512 within ``tolerance``,
-    every argmax equal) and rename it onto ``out``; the report says what was written and proved.
-    ``dynamic_seq``: symbolic time axis, validated at 1, 7, 28 and 100 rows; ``with_state``:
-    ``h_0``/``c_0`` in, ``h_n``/``c_n`` out, validated fed in chunks too. Raises CheckpointError,
-    ConfigError, OutputError, DataError, ExportError or ValidationError.
+    Plan, build the graph (export, fold, simplify, check), write it, validate it
+    (:func:`check_onnx_file`, then :func:`write_validated`) and rename it onto ``out``.
     """
     import onnx
 
@@ -332,16 +310,9 @@ def export_onnx(
     written = write_validated(
         plan,
         lambda tmp: onnx.save_model(graph.proto, str(tmp)),
-        lambda tmp: validate_export(
-            tmp,
-            "onnxruntime",
-            plan.source.path,
-            plan.batches or [],
-            tolerance,
-            candidate_name="ONNX Runtime (CPU)",
-            streams=plan.streams,
-            structural=check_onnx_file,
-        ),
+        backend="onnxruntime",
+        candidate_name="ONNX Runtime (CPU)",
+        structural=check_onnx_file,
         metadata=graph.metadata,
         export_seconds=time.perf_counter() - t0,
         progress=progress,

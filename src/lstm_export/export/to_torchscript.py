@@ -1,11 +1,9 @@
 """Checkpoint -> TorchScript (``.ts``): scripted, frozen, optimised for inference, validated.
 
-Scripted, not traced, so nothing device-specific is baked in (``torch.jit.load(path,
-map_location="cuda")`` works); it loads with plain ``torch.jit.load`` without ``lstm_export`` and
-carries its metadata as ``_extra_files={"metadata.json": ...}`` (a JSON object of strings). It
-takes any number of rows, ``module(x)`` with x (N, T, 28), validated at 1, 7, 28 and 100 rows.
-``with_state``: ``module(x, h_0=None, c_0=None) -> (logits, h_n, c_n)`` (None: zeros), validated
-fed in chunks of 7+7+14 rows too.
+Scripted, not traced, so nothing device-specific is baked in; it loads with plain
+``torch.jit.load`` and carries its metadata as ``_extra_files={"metadata.json": ...}``.
+``module(x)`` takes x float32 (N, T, 28) for any T; with ``with_state``,
+``module(x, h_0=None, c_0=None) -> (logits, h_n, c_n)`` (None: zeros).
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,17 +22,16 @@ from lstm_export.artifacts import Artifact
 from lstm_export.errors import ExportError, first_line
 from lstm_export.export.metadata import source_metadata
 from lstm_export.export.quiet import ProgressFn, quiet_exporters, status
-from lstm_export.export.source import ExportPlan, ExportReport, plan_export, write_validated
-from lstm_export.export.validate import DEFAULT_TOLERANCE, ValidationReport, validate_export
+from lstm_export.export.source import ExportReport, plan_export, write_validated
+from lstm_export.export.validate import DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
     from lstm_export.model import LSTMClassifier
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "metadata.json"
 #: graph ops that tie a TorchScript file to the machine it was optimised on
-_NON_PORTABLE = ("mkldnn", "to_dense", "prim::MKLDNN")
+_NON_PORTABLE = ("mkldnn", "to_dense", "prim::MKLDNN", "Device = prim::Constant")
 
 
 @dataclass(kw_only=True)
@@ -48,35 +46,20 @@ class TorchScriptExportReport(ExportReport):
 
 def graph_op_counts(graph: Any) -> dict[str, int]:
     """Node kinds of a TorchScript graph, nested blocks included, constants left out."""
-    counts: Counter[str] = Counter()
 
-    def walk(block: Any) -> None:
+    def kinds(block: Any) -> Iterator[str]:
         for node in block.nodes():
-            if node.kind() != "prim::Constant":
-                counts[node.kind()] += 1
+            yield node.kind()
             for sub in node.blocks():
-                walk(sub)
+                yield from kinds(sub)
 
-    walk(graph)
-    return dict(counts.most_common())
-
-
-def _is_portable(module: Any) -> bool:
-    text = str(module.graph)
-    return (
-        not any(marker in text for marker in _NON_PORTABLE)
-        and "Device = prim::Constant" not in text
-    )
+    return dict(Counter(k for k in kinds(graph) if k != "prim::Constant").most_common())
 
 
 def pack_lstm_weights(model: Any) -> None:
-    """Make each ``nn.LSTM``'s weights views into one buffer, in place, values unchanged.
-
-    A frozen module holds them as constants, which cuDNN would copy into one buffer on every call
-    (with a warning); views of one storage survive ``torch.jit.save`` and ``load(map_location=
-    "cuda")``, and in ``nn.LSTM.all_weights`` order (per layer and direction ``w_ih, w_hh, b_ih,
-    b_hh``, dense) cuDNN uses that storage as it is.
-    """
+    """Make each ``nn.LSTM``'s weights views into one buffer in ``all_weights`` order, in place,
+    values unchanged: cuDNN then runs from the frozen file's constants as they are instead of
+    copying them on every call (docs/design.md)."""
     import torch
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
@@ -88,39 +71,22 @@ def pack_lstm_weights(model: Any) -> None:
 
 
 def build_scripted(model: LSTMClassifier | Any) -> tuple[Any, bool, list[str]]:
-    """Script, freeze and optimise ``model``: ``(module, optimized, notes)``.
-
-    ``torch.jit.optimize_for_inference`` may bake in machine-specific (MKLDNN) ops; when it does,
-    the frozen module is kept instead so the file stays portable across devices. Each LSTM's
-    weights are packed into one buffer first (:func:`pack_lstm_weights`).
-    """
+    """Pack the LSTM weights, script, freeze and optimise ``model``: ``(module, optimized,
+    notes)``. Where ``torch.jit.optimize_for_inference`` fails or bakes in machine-specific
+    (MKLDNN) ops, the frozen module is kept, so the file stays portable across devices."""
     import torch
 
-    notes: list[str] = []
     pack_lstm_weights(model)
     scripted = torch.jit.script(model.eval())
     frozen = torch.jit.freeze(scripted.eval())
     try:
         optimized = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
     except Exception as exc:  # pragma: no cover - depends on torch build
-        notes.append(f"optimize_for_inference failed ({first_line(exc)}); kept frozen")
-        return frozen, False, notes
-    if not _is_portable(optimized):
-        notes.append("optimize_for_inference produced machine-specific ops; kept frozen module")
-        return frozen, False, notes
-    return optimized, True, notes
-
-
-def _script(plan: ExportPlan) -> tuple[Any, bool, list[str]]:
-    """:func:`build_scripted` on the plan's model (ExportError when scripting fails)."""
-    from lstm_export.model import StatefulClassifier
-
-    model = plan.source.model
-    try:
-        with quiet_exporters():
-            return build_scripted(StatefulClassifier(model).eval() if plan.with_state else model)
-    except Exception as exc:
-        raise ExportError(f"TorchScript export failed: {first_line(exc)}") from exc
+        return frozen, False, [f"optimize_for_inference failed ({first_line(exc)}); kept frozen"]
+    if any(marker in str(optimized.graph) for marker in _NON_PORTABLE):
+        note = "optimize_for_inference produced machine-specific ops; kept frozen module"
+        return frozen, False, [note]
+    return optimized, True, []
 
 
 def _saved(module: Any, meta: dict[str, str]) -> bytes:
@@ -130,22 +96,8 @@ def _saved(module: Any, meta: dict[str, str]) -> bytes:
 
     buffer = io.BytesIO()
     with quiet_exporters():
-        torch.jit.save(module, buffer, _extra_files={METADATA_FILE: json.dumps(meta)})
+        torch.jit.save(module, buffer, _extra_files={"metadata.json": json.dumps(meta)})
     return buffer.getvalue()
-
-
-def _validate(path: Path, plan: ExportPlan) -> ValidationReport:
-    with quiet_exporters():
-        return validate_export(
-            path,
-            "torchscript",
-            plan.source.path,
-            plan.batches or [],
-            plan.tolerance,
-            candidate_name="TorchScript",
-            streams=plan.streams,
-            structural=lambda path: ["reloaded with torch.jit.load"],
-        )
 
 
 def export_torchscript(
@@ -159,12 +111,11 @@ def export_torchscript(
     with_state: bool = False,
 ) -> TorchScriptExportReport:
     """Export a checkpoint (run folder or ``.pt``) to TorchScript; default ``model.ts`` beside it.
-
-    The saved file is reloaded with ``torch.jit.load`` and compared with eager PyTorch on MNIST
-    test images at batch 1, 7 and 512 of 28 rows and 1, 7 and 64 of 1, 7 and 100 rows
-    (``tolerance`` on logits, every argmax equal), and with ``with_state`` fed in chunks too,
-    before it is renamed onto ``out``.
+    The saved file is reloaded and compared with eager PyTorch (:func:`write_validated`) before
+    it is renamed onto ``out``.
     """
+    from lstm_export.model import StatefulClassifier
+
     plan = plan_export(
         checkpoint,
         out,
@@ -178,18 +129,24 @@ def export_torchscript(
     )
     status(progress, "scripting, freezing and optimising")
     t0 = time.perf_counter()
-    module, optimized, notes = _script(plan)
+    model = StatefulClassifier(plan.source.model) if with_state else plan.source.model
+    try:
+        with quiet_exporters():
+            module, optimized, notes = build_scripted(model.eval())
+    except Exception as exc:
+        raise ExportError(f"TorchScript export failed: {first_line(exc)}") from exc
     method = "torch.jit.script + freeze" + (" + optimize_for_inference" if optimized else "")
     meta = source_metadata(
         plan.source, exporter=method, fmt="torchscript", dynamic_seq=True, with_state=with_state
     )
-    export_seconds = time.perf_counter() - t0
     written = write_validated(
         plan,
         lambda tmp: tmp.write_bytes(_saved(module, meta)),
-        lambda tmp: _validate(tmp, plan),
+        backend="torchscript",
+        candidate_name="TorchScript",
+        structural=lambda path: ["reloaded with torch.jit.load"],
         metadata=meta,
-        export_seconds=export_seconds,
+        export_seconds=time.perf_counter() - t0,
         progress=progress,
     )
     for note in notes:

@@ -1,17 +1,13 @@
 """Proof that an exported file gives eager PyTorch's answers, before it is renamed into place.
 
-The file and the checkpoint each run through the runner registry (the code path users run) on
-disjoint slices of the MNIST test set at batch 1, an odd 7 and a large 512. The largest absolute
-logit difference must stay within a tolerance and every argmax must agree
-(:mod:`lstm_export.parity`); otherwise :class:`ValidationError` says what differed. A file that
-takes any number of rows is also checked at 1, 7 and 100 rows (a prefix of each digit, or digits
-stacked into a taller image; :func:`length_batches`); a ``--with-state`` file is also fed 28 rows
-in chunks, the state carried, and must end where all rows at once do (:class:`StreamCheck`).
+The file and the checkpoint each run through the runner registry on disjoint slices of the MNIST
+test set, compared by :mod:`lstm_export.parity`: logits within a tolerance, every argmax equal;
+at several lengths for a file that takes any number of rows (:func:`length_batches`), and fed in
+chunks for a ``--with-state`` file (:class:`StreamCheck`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -41,11 +37,8 @@ IMAGE_ROWS = 28
 
 @dataclass(frozen=True)
 class Batch:
-    """``images`` float32 (N, T, 28) made from test images ``offset`` onwards.
-
-    Each item is ``digits`` consecutive test images stacked vertically and cut to T rows
-    (one image for T <= 28: its first T rows).
-    """
+    """``images`` float32 (N, T, 28) made from test images ``offset`` onwards: each item is
+    ``digits`` consecutive test images stacked vertically and cut to T rows."""
 
     offset: int
     images: np.ndarray
@@ -82,13 +75,10 @@ class BatchCheck:
 
 @dataclass(frozen=True)
 class StreamCheck:
-    """A stateful file fed ``batch`` digits in ``chunks`` of rows, the state carried over.
-
-    Each figure is the largest absolute difference over logits, ``h_n`` and ``c_n``:
-    ``chunked``: the file chunked vs the file all at once; ``eager_chunked``: the same for eager
-    PyTorch; ``vs_eager``: the file vs eager PyTorch, all at once; ``zero_state``: the file's
-    stateless answer (``infer``) vs starting from a zero state.
-    """
+    """A stateful file fed ``batch`` digits in ``chunks`` of rows, the state carried over; each
+    figure the largest absolute difference over logits, ``h_n`` and ``c_n``: the file chunked vs
+    all at once, the same for eager PyTorch, the file vs eager, its stateless answer vs a zero
+    state."""
 
     batch: int
     chunks: tuple[int, ...]
@@ -123,10 +113,8 @@ class ValidationReport:
 def load_test_set(
     data_dir: Path | None = None, *, purpose: str = "validation"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The MNIST test set: float32 images (10000, 28, 28) in [0, 1] and int64 labels (10000,).
-
-    Never downloads; raises DataError saying what needs the data.
-    """
+    """The MNIST test set: float32 images (10000, 28, 28) in [0, 1] and int64 labels (10000,);
+    never downloads (DataError saying what needs the data)."""
     from lstm_export.data.mnist import load_mnist
     from lstm_export.data.preprocess import to_model_input
 
@@ -142,17 +130,11 @@ def make_batches(images: np.ndarray, sizes: Sequence[int] = DEFAULT_BATCHES) -> 
     return _batches(images, [(IMAGE_ROWS, n) for n in sizes])
 
 
-def length_batches(
-    images: np.ndarray,
-    lengths: Sequence[int] = DEFAULT_LENGTHS,
-    sizes: Sequence[int] = DEFAULT_BATCHES,
-    other_sizes: Sequence[int] = LENGTH_BATCHES,
-) -> list[Batch]:
-    """Batches for a file that takes any number of rows: ``sizes`` at 28 rows and
-    ``other_sizes`` at each other length of ``lengths`` (in the order of ``lengths``)."""
-    return _batches(
-        images, [(t, n) for t in lengths for n in (sizes if t == IMAGE_ROWS else other_sizes)]
-    )
+def length_batches(images: np.ndarray, other_sizes: Sequence[int] = LENGTH_BATCHES) -> list[Batch]:
+    """Batches for a file that takes any number of rows: :data:`DEFAULT_BATCHES` at 28 rows and
+    ``other_sizes`` at each other length of :data:`DEFAULT_LENGTHS`."""
+    sizes = {t: DEFAULT_BATCHES if t == IMAGE_ROWS else other_sizes for t in DEFAULT_LENGTHS}
+    return _batches(images, [(t, n) for t, batch in sizes.items() for n in batch])
 
 
 def _batches(images: np.ndarray, plan: Sequence[tuple[int, int]]) -> list[Batch]:
@@ -206,14 +188,11 @@ def validate_export(
     *,
     candidate_name: str,
     streams: Sequence[Batch] = (),
-    chunks: Sequence[int] = STREAM_CHUNKS,
     structural: Callable[[Path], list[str]] | None = None,
 ) -> ValidationReport:
     """Run ``path`` with the ``backend`` runner and the checkpoint with the eager runner (both on
-    the CPU) on every batch; ValidationError listing every batch that differs.
-
-    ``streams``: batches to feed a stateful file in ``chunks`` of rows (see :class:`StreamCheck`);
-    ``structural``: checks of the file itself, first (:func:`check_onnx_file`).
+    the CPU) on every batch and ``streams`` (fed in chunks, :class:`StreamCheck`), after the
+    ``structural`` checks of the file itself; ValidationError listing every batch that differs.
     """
     from lstm_export.infer.registry import make_runner
 
@@ -236,9 +215,9 @@ def validate_export(
             checks.append(check)
             failures += [f"{batch.label}: {problem}" for problem in found]
         for batch in streams:
-            stream, found = _check_stream(candidate, reference, batch, chunks, tolerance)
+            stream, found = _check_stream(candidate, reference, batch, tolerance)
             stream_checks.append(stream)
-            failures += [f"{batch.size} digit(s) in chunks {list(chunks)}: {p}" for p in found]
+            failures += found
         description = candidate.description
     if failures:
         raise ValidationError(
@@ -273,57 +252,37 @@ def _check_batch(
     return BatchCheck(batch.size, got.max_abs_diff, agree, batch.seq_len), found
 
 
-def _max_diff(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
-    if [a.shape for a in got] != [b.shape for b in want]:
-        raise ValidationError(
-            f"shapes {[tuple(a.shape) for a in got]} differ from {[tuple(b.shape) for b in want]}"
-        )
-    return max(
-        float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-        for a, b in zip(got, want, strict=True)
-    )
-
-
-def _run_stream(runner: Any, x: np.ndarray, chunks: Sequence[int]) -> tuple[list, list]:
+def _run_stream(runner: Any, x: np.ndarray) -> tuple[list, list]:
     """``([logits, h_n, c_n] all at once, [logits, h_n, c_n] after the chunks)``."""
     logits, state = runner.step(x)
-    whole = [logits, state.h, state.c]
-    pieces = [x[:, a:b] for a, b in itertools.pairwise(np.cumsum([0, *chunks]))]
-    *_, (logits, state) = runner.stream(pieces)  # the state after the last chunk
-    return whole, [logits, state.h, state.c]
+    *_, (last, end) = runner.stream(np.split(x, np.cumsum(STREAM_CHUNKS)[:-1], axis=1))
+    return [logits, state.h, state.c], [last, end.h, end.c]
 
 
 def _check_stream(
-    candidate: Any, reference: Any, batch: Batch, chunks: Sequence[int], tolerance: float
+    candidate: Any, reference: Any, batch: Batch, tolerance: float
 ) -> tuple[StreamCheck, list[str]]:
-    """Feed ``batch`` in ``chunks`` and at once to both runners: the check and its problems."""
-    if sum(chunks) != batch.seq_len or any(n < 1 for n in chunks):
-        raise ValidationError(f"chunks {list(chunks)} do not split {batch.seq_len} rows")
-    whole, chunked = _run_stream(candidate, batch.images, chunks)
-    ref_whole, ref_chunked = _run_stream(reference, batch.images, chunks)
-    check = StreamCheck(
-        batch=batch.size,
-        chunks=tuple(chunks),
-        chunked=_max_diff(chunked, whole),
-        eager_chunked=_max_diff(ref_chunked, ref_whole),
-        vs_eager=max(_max_diff(whole, ref_whole), _max_diff(chunked, ref_chunked)),
-        zero_state=_max_diff([candidate.infer(batch.images)], whole[:1]),
-    )
-    log.info("stream of %d in chunks %s: max |diff| %.3g", batch.size, chunks, check.max_abs_diff)
-    names = {
-        "chunked": "chunked vs all at once",
-        "eager_chunked": "eager PyTorch chunked vs all at once",
-        "vs_eager": "vs eager PyTorch",
-        "zero_state": "stateless answer vs a zero state",
+    """Feed ``batch`` in :data:`STREAM_CHUNKS` and all at once to both runners: the check and its
+    problems, each saying where."""
+    whole, chunked = _run_stream(candidate, batch.images)
+    ref_whole, ref_chunked = _run_stream(reference, batch.images)
+    diff = parity.max_abs_diff
+    figures = {
+        "chunked vs all at once": diff(chunked, whole),
+        "eager PyTorch chunked vs all at once": diff(ref_chunked, ref_whole),
+        "vs eager PyTorch": diff(whole + chunked, ref_whole + ref_chunked),
+        "stateless answer vs a zero state": diff([candidate.infer(batch.images)], whole[:1]),
     }
+    check = StreamCheck(batch.size, STREAM_CHUNKS, *figures.values())
+    log.info("stream of %d in chunks: max |diff| %.3g", batch.size, check.max_abs_diff)
+    where = f"{batch.size} digit(s) in chunks {list(STREAM_CHUNKS)}"
     found = [
-        f"{label}: max |diff| (logits, h_n, c_n) {getattr(check, key):.3g} > tolerance "
-        f"{tolerance:.3g}"
-        for key, label in names.items()
-        if not getattr(check, key) <= tolerance
+        f"{where}: {label}: max |diff| (logits, h_n, c_n) {value:.3g} > tolerance {tolerance:.3g}"
+        for label, value in figures.items()
+        if not value <= tolerance
     ]
     if not np.array_equal(chunked[0].argmax(1), ref_whole[0].argmax(1)):
-        found.append("argmax after the last chunk differs from eager PyTorch all at once")
+        found.append(f"{where}: argmax after the last chunk differs from eager PyTorch all at once")
     return check, found
 
 
@@ -332,7 +291,7 @@ def describe_checks(batches: Sequence[Batch], streams: Sequence[Batch] | None = 
     sizes = list(dict.fromkeys(b.size for b in batches))
     lengths = list(dict.fromkeys(b.seq_len for b in batches))
     text = "batch " + ", ".join(str(n) for n in sizes)
-    if lengths != [28]:
+    if lengths != [IMAGE_ROWS]:
         text += " at " + ", ".join(str(t) for t in lengths) + " rows"
     if streams:
         text += "; in chunks " + "+".join(str(n) for n in STREAM_CHUNKS)

@@ -121,18 +121,8 @@ class BenchPlan:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class _Rounds:
-    """What the rounds measured, per (variant, batch size) and round."""
-
-    #: timings[(variant, batch)][round] = (compute seconds, copy seconds) of each call
-    timings: dict[tuple[str, int], dict[int, tuple[np.ndarray, np.ndarray]]] = field(
-        default_factory=dict
-    )
-    #: p50[(variant, batch)][round] = median compute ms of that round
-    p50: dict[tuple[str, int], dict[int, float]] = field(default_factory=dict)
-    #: each variant's first measurement (its description and parity logits)
-    first: dict[str, Measurement] = field(default_factory=dict)
+#: timings[(variant, batch)][round] = (compute seconds, copy seconds) of each call
+_Timings = dict[tuple[str, int], dict[int, tuple[np.ndarray, np.ndarray]]]
 
 
 def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
@@ -175,8 +165,7 @@ def run_bench(
     paths = _prepare(plan, progress)
     for name, reason in plan.skipped.items():
         say(f"skipped {name}: {reason}")
-    rounds = _measure(plan, paths, progress, say)
-    result = _report(plan, rounds)
+    result = _report(plan, *_measure(plan, paths, progress, say))
     progress("done", 1, 1)
     return result
 
@@ -209,11 +198,13 @@ def _prepare(plan: BenchPlan, progress: ProgressCallback) -> dict[Any, Path]:
 
 def _measure(
     plan: BenchPlan, paths: dict[Any, Path], progress: ProgressCallback, say: LineCallback
-) -> _Rounds:
+) -> tuple[_Timings, dict[str, Measurement]]:
     """Measure the backends in turn, round after round; after ``rounds`` rounds only the figures
-    that are not stable yet (and eager at their batch sizes), up to ``round_cap`` rounds."""
+    that are not stable yet (and eager at their batch sizes), up to ``round_cap`` rounds. Returns
+    the timings and each variant's first measurement (its description and parity logits)."""
     settings, variants = plan.settings, plan.variants
-    got = _Rounds()
+    timings: _Timings = {}
+    first: dict[str, Measurement] = {}
     pending = {v.name: tuple(settings.batch_sizes) for v in variants}
     round_index, done, total = 0, 0, settings.rounds * len(variants)
     while pending and round_index < settings.round_cap:
@@ -227,7 +218,7 @@ def _measure(
                 threads=plan.threads,
                 data_dir=plan.data_dir,
                 parity_images=settings.parity_images,
-                parity=variant.name not in got.first,
+                parity=variant.name not in first,
                 batch_sizes=pending[variant.name],
                 warmup=settings.warmup,
                 iterations=settings.iterations,
@@ -241,26 +232,30 @@ def _measure(
             def measured(
                 batch: int, stats: dict[str, Any], name: str = variant.name, r: int = round_index
             ) -> None:
-                ref = got.p50.get((REFERENCE, batch), {}).get(r)
+                ref = _p50(timings).get((REFERENCE, batch), {}).get(r)
                 say(_progress_line(r, name, batch, stats, ref))
-                got.p50.setdefault((name, batch), {})[r] = stats["p50_ms"]
 
             measurement = measure_in_child(job, report, measured)
-            got.first.setdefault(variant.name, measurement)
+            first.setdefault(variant.name, measurement)
             for batch in job.batch_sizes:
                 calls = (measurement.compute[batch], measurement.copies[batch])
-                got.timings.setdefault((variant.name, batch), {})[round_index] = calls
-                got.p50.setdefault((variant.name, batch), {})[round_index] = float(
-                    np.median(calls[0]) * 1e3
-                )
+                timings.setdefault((variant.name, batch), {})[round_index] = calls
             done += 1
         round_index += 1
         if round_index >= settings.rounds:
-            pending = _unstable(got.p50, settings.batch_sizes, [v.name for v in variants])
-    return got
+            pending = _unstable(_p50(timings), settings.batch_sizes, [v.name for v in variants])
+    return timings, first
 
 
-def _report(plan: BenchPlan, got: _Rounds) -> BenchResult:
+def _p50(timings: _Timings) -> dict[tuple[str, int], dict[int, float]]:
+    """p50[(variant, batch)][round] = median compute ms of that round."""
+    return {
+        key: {r: float(np.median(calls[0]) * 1e3) for r, calls in rounds.items()}
+        for key, rounds in timings.items()
+    }
+
+
+def _report(plan: BenchPlan, timings: _Timings, first: dict[str, Measurement]) -> BenchResult:
     """The result: parity against eager's logits, and the median round of every figure."""
     from lstm_export.data.mnist import load_split
     from lstm_export.fileio import file_digest
@@ -286,40 +281,35 @@ def _report(plan: BenchPlan, got: _Rounds) -> BenchResult:
         },
         skipped=[{"backend": k, "reason": v} for k, v in plan.skipped.items()],
     )
-    reference = got.first[REFERENCE].logits  # eager runs first: every backend is held to it
+    reference = first[REFERENCE].logits  # eager runs first: every backend is held to it
     for variant in plan.variants:
-        first = got.first[variant.name]
-        result.backends.append(first.description)
-        labels_n = labels[: len(first.logits)]
-        result.parity.append(_parity_row(variant, device, first.logits, reference, labels_n))
+        mine = first[variant.name]
+        result.backends.append(mine.description)
+        labels_n = labels[: len(mine.logits)]
+        result.parity.append(_parity_row(variant, device, mine.logits, reference, labels_n))
     order = {v.name: i for i, v in enumerate(plan.variants)}
-    for name, batch in sorted(got.timings, key=lambda key: (order[key[0]], key[1])):
-        result.latency.append(_latency_row(got, name, batch, device))
+    p50 = _p50(timings)
+    for name, batch in sorted(timings, key=lambda key: (order[key[0]], key[1])):
+        compute, copies = median_round(list(timings[(name, batch)].values()))
+        medians, figures = p50[(name, batch)], _figures(p50, name, batch)
+        result.latency.append(
+            {
+                "backend": name,
+                "device": device,
+                "batch_size": batch,
+                **latency_stats(compute, batch).to_dict(),
+                "copy_ms": float(np.median(copies) * 1e3),
+                "rounds": len(medians),
+                "round_p50_ms": [medians[r] for r in sorted(medians)],
+                "round_ratios": [] if name == REFERENCE else figures,
+                "round_spread": round_spread(figures or list(medians.values())),
+                "stable": is_stable(figures, min_rounds=2) if len(figures) >= 2 else None,
+            }
+        )
     result.machine["load_average_end"] = machine_info(device).get("load_average")
     add_ratios(result.latency)
     result.best = best_per_batch(result.latency, result.parity, plan.variants)
     return result
-
-
-def _latency_row(got: _Rounds, name: str, batch: int, device: str) -> dict[str, Any]:
-    """One backend at one batch size: the statistics of its median round, and every round's p50."""
-    per_round = got.timings[(name, batch)]
-    compute, copies = median_round(list(per_round.values()))
-    medians = got.p50[(name, batch)]
-    ratios = _round_ratios(got.p50, name, batch)
-    figures = _figures(got.p50, name, batch)
-    return {
-        "backend": name,
-        "device": device,
-        "batch_size": batch,
-        **latency_stats(compute, batch).to_dict(),
-        "copy_ms": float(np.median(copies) * 1e3),
-        "rounds": len(per_round),
-        "round_p50_ms": [medians[r] for r in sorted(medians)],
-        "round_ratios": ratios,
-        "round_spread": round_spread(figures or list(medians.values())),
-        "stable": is_stable(figures, min_rounds=2) if len(figures) >= 2 else None,
-    }
 
 
 def _progress_line(
@@ -336,24 +326,15 @@ def _progress_line(
     return line + (" (noisy)" if stats["disturbed"] else "")
 
 
-def _round_ratios(
-    round_p50: dict[tuple[str, int], dict[int, float]], name: str, batch: int
-) -> list[float]:
-    """Per-round p50 / eager's p50 of the same round (rounds where both were measured)."""
-    if name == REFERENCE:
-        return []
-    mine, ref = round_p50.get((name, batch), {}), round_p50.get((REFERENCE, batch), {})
-    return [mine[r] / ref[r] for r in sorted(mine) if r in ref and ref[r] > 0]
-
-
 def _figures(
     round_p50: dict[tuple[str, int], dict[int, float]], name: str, batch: int
 ) -> list[float]:
-    """What tells whether a figure is stable: a backend's ratios to eager in the same round (drift
-    cancels), eager's own p50s."""
+    """What tells whether a figure is stable: eager's own p50s; another backend's per-round p50 /
+    eager's p50 of the same round (drift cancels; rounds where both were measured)."""
+    mine, ref = round_p50.get((name, batch), {}), round_p50.get((REFERENCE, batch), {})
     if name == REFERENCE:
-        return list(round_p50[(name, batch)].values())
-    return _round_ratios(round_p50, name, batch)
+        return list(mine.values())
+    return [mine[r] / ref[r] for r in sorted(mine) if r in ref and ref[r] > 0]
 
 
 def _unstable(

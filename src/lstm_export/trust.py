@@ -65,23 +65,24 @@ def torchscript_load_problem(path: Path) -> str | None:
     return None
 
 
+def graph_kinds(block: Any) -> Iterator[str]:
+    """The kind of every node of a TorchScript graph or block, nested blocks included."""
+    for node in block.nodes():
+        yield node.kind()
+        for sub in node.blocks():
+            yield from graph_kinds(sub)
+
+
 def torchscript_graph_problem(module: Any) -> str | None:
     """The first operation of a loaded TorchScript module's ``forward`` (its inlined graph,
     nested blocks included) that is not in :data:`TORCHSCRIPT_OPS`, in words; or None."""
-
-    def kinds(block: Any) -> Iterator[str]:
-        for node in block.nodes():
-            yield node.kind()
-            for sub in node.blocks():
-                yield from kinds(sub)
-
-    found = sorted({kind for kind in kinds(module.inlined_graph) if kind not in TORCHSCRIPT_OPS})
+    found = sorted(set(graph_kinds(module.inlined_graph)) - TORCHSCRIPT_OPS)
     if found:
         return f"its graph calls {', '.join(found)}, outside the pure tensor operations allowed"
     return None
 
 
-def _onnx_nodes_and_tensors(graph: Any) -> Iterator[Any]:
+def onnx_nodes_and_tensors(graph: Any) -> Iterator[Any]:
     """Every node and tensor of an ONNX graph, subgraphs included."""
     yield from graph.initializer
     for node in graph.node:
@@ -90,7 +91,7 @@ def _onnx_nodes_and_tensors(graph: Any) -> Iterator[Any]:
             yield from ([attribute.t] if attribute.HasField("t") else [])
             yield from attribute.tensors
             for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                yield from _onnx_nodes_and_tensors(sub)
+                yield from onnx_nodes_and_tensors(sub)
 
 
 def onnx_problem(path: Path, trusted: bool = False) -> str | None:
@@ -105,7 +106,7 @@ def onnx_problem(path: Path, trusted: bool = False) -> str | None:
         raise ModelLoadError(f"{path} is not a loadable ONNX file: {first_line(exc)}") from exc
     folder = os.path.realpath(Path(path).parent)
     domains = {o.domain for o in model.opset_import}
-    for item in _onnx_nodes_and_tensors(model.graph):
+    for item in onnx_nodes_and_tensors(model.graph):
         if isinstance(item, onnx.NodeProto):
             domains.add(item.domain)
             continue

@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lstm_export.errors import ExportError
+from lstm_export.export.metadata import (
+    BATCH_DIM,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    state_shapes,
+)
+from lstm_export.trust import onnx_nodes_and_tensors
 
 if TYPE_CHECKING:
     import onnx
@@ -118,26 +127,13 @@ def inferred_dims(model: Any) -> dict[str, list[int | str]]:
     }
 
 
-def _all_nodes(graph: Any) -> list[Any]:
-    """Nodes of ``graph`` and of every subgraph (Loop/Scan/If bodies)."""
-    import onnx
-
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                nodes.extend(_all_nodes(sub))
-    return nodes
-
-
 def audit_onnx(model: onnx.ModelProto, file_size: int | None = None) -> OnnxAudit:
     """Describe ``model`` (nothing is checked here: see :func:`check_native_lstm`, :func:`check_io`)."""
     import numpy as np
     import onnx
 
     graph = model.graph
-    nodes = _all_nodes(graph)
+    nodes = [n for n in onnx_nodes_and_tensors(graph) if isinstance(n, onnx.NodeProto)]
     counts = Counter(n.op_type for n in nodes)
     constants = {i.name for i in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -202,29 +198,29 @@ def check_native_lstm(audit: OnnxAudit, config: ModelConfig) -> None:
         )
 
 
+def interface(
+    config: ModelConfig, time: int | str, *, with_state: bool, input_name: str = INPUT_NAME
+) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The inputs and outputs of a model of ``config``: float32 ``input_name [batch, time, F]``
+    -> ``logits [batch, classes]``; ``with_state`` adds ``h_0``, ``c_0`` in and ``h_n``, ``c_n``
+    out (``[D * num_layers, batch, H_out]`` / ``[..., H]``)."""
+    inputs = [TensorInfo(input_name, "float32", [BATCH_DIM, time, config.input_size])]
+    outputs = [TensorInfo(OUTPUT_NAME, "float32", [BATCH_DIM, config.num_classes])]
+    if with_state:
+        for names, found in ((STATE_INPUTS, inputs), (STATE_OUTPUTS, outputs)):
+            shapes = zip(names, state_shapes(config), strict=True)
+            found += [TensorInfo(n, "float32", d) for n, d in shapes]
+    return inputs, outputs
+
+
 def check_io(
     audit: OnnxAudit, config: ModelConfig, *, dynamic_seq: bool = False, with_state: bool = False
 ) -> None:
-    """The graph's interface: float32 ``pixels [batch, T, F]`` -> ``logits [batch, classes]``,
-    the batch axis symbolic. ``T`` is 28, or with ``dynamic_seq`` a symbolic axis that reaches
-    every LSTM node. ``with_state`` adds ``h_0``, ``c_0`` in and ``h_n``, ``c_n`` out
-    (``[D * num_layers, batch, H_out]`` / ``[..., H]``). ExportError lists every difference.
-    """
-    from lstm_export.export.metadata import (
-        INPUT_NAME,
-        OUTPUT_NAME,
-        STATE_INPUTS,
-        STATE_OUTPUTS,
-        state_shapes,
+    """The graph's :func:`interface`, the batch axis symbolic, ``T`` 28 or with ``dynamic_seq``
+    a symbolic axis that reaches every LSTM node; ExportError lists every difference."""
+    want_in, want_out = interface(
+        config, "<symbolic>" if dynamic_seq else 28, with_state=with_state
     )
-
-    time = "<symbolic>" if dynamic_seq else 28
-    want_in = [TensorInfo(INPUT_NAME, "float32", ["batch", time, config.input_size])]
-    want_out = [TensorInfo(OUTPUT_NAME, "float32", ["batch", config.num_classes])]
-    if with_state:
-        for names, want in ((STATE_INPUTS, want_in), (STATE_OUTPUTS, want_out)):
-            shapes = zip(names, state_shapes(config), strict=True)
-            want += [TensorInfo(n, "float32", d) for n, d in shapes]
     problems = []
     for kind, got, want in (("input", audit.inputs, want_in), ("output", audit.outputs, want_out)):
         if [t.name for t in got] != [t.name for t in want]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lstm_export.errors import ModelLoadError, first_line
-from lstm_export.export.audit import LstmNode, TensorInfo, audit_onnx
+from lstm_export.export.audit import LstmNode, TensorInfo, audit_onnx, interface
 from lstm_export.export.placement import Placement, node_placement
 from lstm_export.fileio import file_digest
 from lstm_export.trust import onnx_problem, refuse, torchscript_graph_problem
@@ -123,18 +123,12 @@ def _inspect_onnx(path: Path, device: str) -> ModelInfo:
 def _io_from_config(meta: dict[str, str]) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """A model's interface from its metadata: any number of rows, and the state inputs and
     outputs of a ``--with-state`` file."""
-    from lstm_export.export.metadata import STATE_INPUTS, STATE_OUTPUTS, TIME_DIM, state_shapes
+    from lstm_export.export.metadata import TIME_DIM
 
     config = _config(meta)
     if config is None:
         return [], []
-    inputs = [TensorInfo("x", "float32", ["batch", TIME_DIM, config.input_size])]
-    outputs = [TensorInfo("logits", "float32", ["batch", config.num_classes])]
-    if "state_inputs" in meta:
-        h, c = state_shapes(config)
-        inputs += [TensorInfo(n, "float32", d) for n, d in zip(STATE_INPUTS, (h, c), strict=True)]
-        outputs += [TensorInfo(n, "float32", d) for n, d in zip(STATE_OUTPUTS, (h, c), strict=True)]
-    return inputs, outputs
+    return interface(config, TIME_DIM, with_state="state_inputs" in meta, input_name="x")
 
 
 def _inspect_torchscript(path: Path) -> ModelInfo:

@@ -88,9 +88,5 @@ def set_onnx_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
     """Replace ``model.metadata_props`` keys in ``meta`` (others are kept)."""
     import onnx
 
-    onnx.helper.set_model_props(model, dict(sorted({**onnx_metadata(model), **meta}.items())))
-
-
-def onnx_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    """``metadata_props`` as a dict."""
-    return {p.key: p.value for p in model.metadata_props}
+    old = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, dict(sorted({**old, **meta}.items())))

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from lstm_export.export.metadata import source_metadata
 from lstm_export.export.quiet import ProgressFn, quiet_exporters, status
 from lstm_export.export.source import ExportReport, plan_export, write_validated
 from lstm_export.export.validate import DEFAULT_TOLERANCE
+from lstm_export.trust import graph_kinds
 
 if TYPE_CHECKING:
     from lstm_export.model import LSTMClassifier
@@ -46,14 +46,7 @@ class TorchScriptExportReport(ExportReport):
 
 def graph_op_counts(graph: Any) -> dict[str, int]:
     """Node kinds of a TorchScript graph, nested blocks included, constants left out."""
-
-    def kinds(block: Any) -> Iterator[str]:
-        for node in block.nodes():
-            yield node.kind()
-            for sub in node.blocks():
-                yield from kinds(sub)
-
-    return dict(Counter(k for k in kinds(graph) if k != "prim::Constant").most_common())
+    return dict(Counter(k for k in graph_kinds(graph) if k != "prim::Constant").most_common())
 
 
 def pack_lstm_weights(model: Any) -> None:

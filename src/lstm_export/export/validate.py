@@ -140,8 +140,6 @@ def length_batches(images: np.ndarray, other_sizes: Sequence[int] = LENGTH_BATCH
 def _batches(images: np.ndarray, plan: Sequence[tuple[int, int]]) -> list[Batch]:
     """A batch per ``(length T, size)`` of ``plan``, from disjoint consecutive images: T <= 28
     takes each digit's first T rows; a longer T stacks ceil(T / 28) digits and keeps T rows."""
-    if any(t < 1 or n < 1 for t, n in plan):
-        raise ValidationError(f"batch sizes and lengths must be >= 1, got {list(plan)}")
     rows = images.shape[1]
     need = sum(n * -(-t // rows) for t, n in plan)
     if need > len(images):

@@ -57,13 +57,12 @@ def best_rate(count: int, fn: Callable[[], object], repeat: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="infer-bench-"))
     try:
-        return measure(scratch, argv)
+        return measure(scratch, parse_args(argv))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def measure(scratch: Path, argv: list[str] | None = None) -> int:
-    """Run every measurement (scratch files under ``scratch``); 0 when both targets are met."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/latest/model.pt"))
     parser.add_argument("--folder", type=Path, default=None, help="default: 10k test PNGs")
@@ -77,26 +76,11 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-targets", action="store_true", help="exit 0 even when a target is missed"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    import onnxruntime
-    import torch
-    from PIL import Image
 
-    from lstm_export.checkpoint import resolve_checkpoint
-    from lstm_export.data.preprocess import to_model_input
-    from lstm_export.devices import usable_cores
-    from lstm_export.infer.classify import classify_folder
-    from lstm_export.infer.images import decode_files, to_batch
-    from lstm_export.infer.pipeline import plan_run
-    from lstm_export.infer.registry import load_runner, runner_options
-    from lstm_export.infer.walk import walk_images
-    from lstm_export.infer.writers import open_rows
-
-    cores = usable_cores()
-    load = os.getloadavg()[0]
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    folder = args.folder or mnist_folder(scratch, args.count, args.data_dir)
+def onnx_models(args: argparse.Namespace, checkpoint: Path, scratch: Path) -> dict[str, Path]:
+    """``{"fp32": model.onnx[, "int8": model.int8.onnx]}``, exported where not given."""
     onnx_path = args.onnx
     if onnx_path is None:
         from lstm_export.export.to_onnx import export_onnx
@@ -111,7 +95,73 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
             Path(onnx_path), scratch / "model.int8.onnx", data_dir=require_mnist(args.data_dir)
         )
         models["int8"] = Path(int8.path)
+    return models
 
+
+def measure_model(
+    tag: str, model_path: Path, x: np.ndarray, folder: Path, scratch: Path, repeat: int
+) -> tuple[dict[str, Any], list[tuple[str, float]]]:
+    """Inference alone at its best (every thread count x batch size tried, the fastest kept),
+    and end to end with the automatic plan: the figures and the table's rows."""
+    from lstm_export.devices import usable_cores
+    from lstm_export.infer.classify import classify_folder
+    from lstm_export.infer.pipeline import plan_run
+    from lstm_export.infer.registry import load_runner, runner_options
+    from lstm_export.infer.writers import open_rows
+
+    n, results, best = len(x), {}, (0.0, 0, 0)
+
+    def infer_all(runner: Any, batch: int) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(0, n, batch):
+                runner.infer(x[i : i + batch])
+
+        return run
+
+    for threads in sorted({1, usable_cores()}):
+        with load_runner(model_path, device="cpu", threads=threads, spinning=False) as runner:
+            for batch in BATCHES:
+                runner.infer(x[:batch])
+                rate = best_rate(n, infer_all(runner, batch), repeat)
+                results[f"inference_{tag}_t{threads}_b{batch}"] = rate
+                best = max(best, (rate, threads, batch))
+    results[f"inference_only_{tag}"] = best[0]
+    rows = [(f"inference only, ORT {tag} (best: {best[1]} threads, batch {best[2]})", best[0])]
+    plan = plan_run()
+    with load_runner(model_path, device="cpu", **runner_options(plan)) as runner:
+        runner.infer(x[: plan.batch_size])
+        accuracy: list[float] = []
+
+        def end_to_end() -> None:
+            with open_rows(scratch / f"rows-{tag}.csv", labelled=True) as writer:
+                result = classify_folder(runner, folder, on_batch=writer.write)
+            accuracy[:] = [result.summary.accuracy or 0.0]
+
+        results[f"end_to_end_{tag}"] = best_rate(n, end_to_end, repeat)
+        results[f"accuracy_{tag}"] = accuracy[0]
+    rows.append((f"end to end, ORT {tag} ({plan.describe()})", results[f"end_to_end_{tag}"]))
+    return results, rows
+
+
+def measure(scratch: Path, args: argparse.Namespace) -> int:
+    """Run every measurement (scratch files under ``scratch``); 0 when both targets are met."""
+    import onnxruntime
+    import torch
+    from PIL import Image
+
+    from lstm_export.checkpoint import resolve_checkpoint
+    from lstm_export.data.preprocess import to_model_input
+    from lstm_export.devices import usable_cores
+    from lstm_export.infer.images import decode_files, to_batch
+    from lstm_export.infer.pipeline import plan_run
+    from lstm_export.infer.registry import load_runner
+    from lstm_export.infer.walk import walk_images
+
+    cores = usable_cores()
+    load = os.getloadavg()[0]
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    folder = args.folder or mnist_folder(scratch, args.count, args.data_dir)
+    models = onnx_models(args, checkpoint, scratch)
     paths = walk_images(folder).paths
     n = len(paths)
     for p in paths:  # warm file cache: every measurement reads the same cached files
@@ -136,46 +186,13 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
 
     results["decode_only"] = best_rate(n, decode_only, args.repeat)
     x = to_batch(digits_holder[0])
-
-    def infer_all(runner: Any, batch: int) -> Callable[[], None]:
-        def run() -> None:
-            for i in range(0, n, batch):
-                runner.infer(x[i : i + batch])
-
-        return run
-
-    plan = plan_run()
     rows: list[tuple[str, float]] = [
         ("decode only (1 worker: read, decode, polarity, 28x28 uint8)", results["decode_only"])
     ]
     for tag, model_path in models.items():
-        # Inference alone, at its best: every thread count x batch size tried, the fastest kept.
-        best = (0.0, 0, 0)
-        for threads in sorted({1, cores}):
-            with load_runner(model_path, device="cpu", threads=threads, spinning=False) as runner:
-                for batch in BATCHES:
-                    runner.infer(x[:batch])
-                    rate = best_rate(n, infer_all(runner, batch), args.repeat)
-                    results[f"inference_{tag}_t{threads}_b{batch}"] = rate
-                    best = max(best, (rate, threads, batch))
-        results[f"inference_only_{tag}"] = best[0]
-        rows.append(
-            (f"inference only, ORT {tag} (best: {best[1]} threads, batch {best[2]})", best[0])
-        )
-        with load_runner(model_path, device="cpu", **runner_options(plan)) as runner:
-            runner.infer(x[: plan.batch_size])
-            accuracy: list[float] = []
-
-            def end_to_end(
-                runner: Any = runner, tag: str = tag, accuracy: list[float] = accuracy
-            ) -> None:
-                with open_rows(scratch / f"rows-{tag}.csv", labelled=True) as writer:
-                    result = classify_folder(runner, folder, on_batch=writer.write)
-                accuracy[:] = [result.summary.accuracy or 0.0]
-
-            results[f"end_to_end_{tag}"] = best_rate(n, end_to_end, args.repeat)
-            results[f"accuracy_{tag}"] = accuracy[0]
-        rows.append((f"end to end, ORT {tag} ({plan.describe()})", results[f"end_to_end_{tag}"]))
+        figures, model_rows = measure_model(tag, model_path, x, folder, scratch, args.repeat)
+        results |= figures
+        rows += model_rows
 
     # Naive: PIL open, the eager model on one image at a time (torch's default threads).
     m = min(args.naive, n)
@@ -187,9 +204,13 @@ def measure(scratch: Path, argv: list[str] | None = None) -> int:
                 eager.infer(to_model_input(img[None])).argmax(1)
 
         results["naive"] = best_rate(m, naive, args.repeat)
-    results["plan"] = plan.describe()
+    results["plan"] = plan_run().describe()
     rows.append((f"naive loop (PIL + eager, one image at a time, {m} images)", results["naive"]))
+    return report(results, rows, args)
 
+
+def report(results: dict[str, Any], rows: list[tuple[str, float]], args: argparse.Namespace) -> int:
+    """Print the table and the targets (and write the figures); 0 when both targets are met."""
     slower = min(results["decode_only"], results["inference_only_fp32"])
     results["ratio_vs_slower"] = results["end_to_end_fp32"] / slower
     results["ratio_vs_naive"] = results["end_to_end_fp32"] / results["naive"]

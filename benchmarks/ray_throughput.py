@@ -85,10 +85,11 @@ def run_in_process(model: Path, folder: Path, out: Path) -> dict[str, Any]:
 
 def run_ray(model: Path, folder: Path, out: Path, actors: int) -> dict[str, Any]:
     from lstm_export.infer.ray_engine import RayRun
+    from lstm_export.infer.writers import open_rows
 
     t0 = time.perf_counter()
     with RayRun(model, folder, actors=actors, progress=False) as run:
-        with run.open_rows(out) as writer:
+        with open_rows(out, labelled=run.labelled) as writer:
             for rows in run.batches():
                 writer.write(rows)
         last_at = time.perf_counter()
@@ -122,6 +123,7 @@ def driver_costs(model: Path, folder: Path, scratch: Path) -> dict[str, Any]:
     from lstm_export.infer.ray_engine import RayRun
     from lstm_export.infer.rows import Scores
     from lstm_export.infer.walk import walk_images
+    from lstm_export.infer.writers import open_rows
 
     t0 = time.perf_counter()
     walk = walk_images(folder)
@@ -151,7 +153,7 @@ def driver_costs(model: Path, folder: Path, scratch: Path) -> dict[str, Any]:
     data = list(blocks()) * max(1, 100_000 // max(n, 1))  # the same blocks again: >= 100k rows
     rows_total = sum(len(scores.errors) for _, scores in data)
     t0 = time.perf_counter()
-    with run.open_rows(scratch / "gather.csv") as writer:
+    with open_rows(scratch / "gather.csv", labelled=run.labelled) as writer:
         for start, scores in data:
             writer.write(run._rows(start, scores))
     gather_s = time.perf_counter() - t0

@@ -1,7 +1,5 @@
-"""Infer stage: one Runner contract over eager PyTorch, TorchScript and ONNX Runtime.
-
-The public names load lazily (``from lstm_export.infer import classify_folder``), so importing
-the package, as the CLI does, costs nothing::
+"""Infer stage: one Runner contract over eager PyTorch, TorchScript, ONNX Runtime and OpenVINO;
+the public names load lazily, so importing the package costs nothing::
 
     from lstm_export.infer import classify_folder, load_runner, load_digits
 
@@ -13,56 +11,21 @@ the package, as the CLI does, costs nothing::
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lstm_export.devices import Device
-    from lstm_export.infer.base import Runner
-    from lstm_export.infer.classify import FolderResult, FolderRun, classify_folder
-    from lstm_export.infer.images import Invert, load_digit, load_digits
-    from lstm_export.infer.pipeline import plan_run
-    from lstm_export.infer.registry import RUNNERS, Backend, load_runner, make_runner
-    from lstm_export.infer.rows import Prediction, Summary
-
-_EXPORTS = {
-    "Device": "base",
-    "FolderRun": "classify",
-    "Runner": "base",
-    "FolderResult": "classify",
-    "Prediction": "rows",
-    "Summary": "rows",
-    "classify_folder": "classify",
-    "plan_run": "pipeline",
-    "Invert": "images",
-    "load_digit": "images",
-    "load_digits": "images",
-    "RUNNERS": "registry",
-    "Backend": "registry",
-    "load_runner": "registry",
-    "make_runner": "registry",
+_MODULES = {
+    "base": ("Device", "Runner"),
+    "classify": ("FolderResult", "FolderRun", "classify_folder"),
+    "images": ("Invert", "load_digit", "load_digits"),
+    "pipeline": ("plan_run",),
+    "registry": ("RUNNERS", "Backend", "load_runner", "make_runner"),
+    "rows": ("Prediction", "Summary"),
 }
-
-__all__ = [
-    "RUNNERS",
-    "Backend",
-    "Device",
-    "FolderResult",
-    "FolderRun",
-    "Invert",
-    "Prediction",
-    "Runner",
-    "Summary",
-    "classify_folder",
-    "load_digit",
-    "load_digits",
-    "load_runner",
-    "make_runner",
-    "plan_run",
-]
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(f"lstm_export.infer.{_EXPORTS[name]}")
-        return getattr(module, name)
+        return getattr(importlib.import_module(f"lstm_export.infer.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'lstm_export.infer' has no attribute {name!r}")

@@ -1,13 +1,8 @@
-"""Classify every image under a folder in this process: :class:`FolderRun` and the Python API.
-
-The folder is walked once (stable order); :func:`~lstm_export.infer.rows.scored_batches` decodes
-its files in parallel with batched inference (:mod:`~lstm_export.infer.pipeline`) and the rows,
-counts and confusion matrix are made by :mod:`~lstm_export.infer.rows`, as on Ray.
-"""
+"""Classify every image under a folder in this process: :class:`FolderRun` and the Python API
+(rows, counts and confusion matrix from :mod:`~lstm_export.infer.rows`, as on Ray)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +13,9 @@ from lstm_export.errors import ModelLoadError
 from lstm_export.infer.base import Runner
 from lstm_export.infer.images import Invert
 from lstm_export.infer.pipeline import plan_run
+from lstm_export.infer.registry import backend_for, make_runner, runner_options
 from lstm_export.infer.rows import Prediction, Run, Summary, scored_batches
 from lstm_export.infer.walk import walk_images
-
-__all__ = ["FolderResult", "FolderRun", "Prediction", "Summary", "classify_folder"]
 
 
 @dataclass(frozen=True)
@@ -33,17 +27,11 @@ class FolderResult:
 
 
 class FolderRun(Run):
-    """One run over one folder in this process (a :class:`~lstm_export.infer.rows.Run`): the
-    walk, the plan and the runner, decided before any work.
-
-    Build it (cheap: walks the folder, plans, builds the runner unloaded), :meth:`load` it (or
-    use ``with``), iterate :meth:`batches` for the rows as they are ready, then read
-    :attr:`summary`. ``model`` is a model file (backend from the suffix unless ``backend`` names
-    one) or a :class:`Runner`, used as it is and not closed: it keeps the threads it was built
-    with (build it with ``**runner_options(plan_run())``). ``batch_size``, ``workers``,
-    ``threads``, ``streams``: see :func:`plan_run`, which chooses whatever is None. ``folder``:
-    a folder, an image file or a glob pattern; ``follow_links`` follows links out of it.
-    """
+    """One run over one folder in this process (a :class:`~lstm_export.infer.rows.Run`).
+    ``model``: a model file (backend from the suffix unless ``backend`` names one) or a
+    :class:`Runner`, used as it is (its threads too) and not closed. ``batch_size``, ``workers``,
+    ``threads``, ``streams``: see :func:`plan_run` (None: chosen). ``folder``: a folder, an image
+    file or a glob pattern; ``follow_links`` follows links out of it."""
 
     def __init__(
         self,
@@ -62,16 +50,13 @@ class FolderRun(Run):
         fit: bool = False,
         probabilities: bool = False,
     ) -> None:
-        from lstm_export.infer.registry import backend_for, make_runner, runner_options
-
         self.invert, self.fit, self.probabilities = Invert(invert), fit, probabilities
         self._owns_runner = not isinstance(model, Runner)
         if isinstance(model, Runner) and threads is None:  # its threads were fixed when built
             threads = getattr(model.options, "threads", None) or usable_cores()
-        self._choice: dict[str, Any] = {
-            "workers": workers, "threads": threads, "batch_size": batch_size,
-            "streams": streams, "fit": fit,
-        }  # fmt: skip
+        self._choice: dict[str, Any] = dict(
+            workers=workers, threads=threads, batch_size=batch_size, streams=streams, fit=fit
+        )
         self.plan = plan_run(**self._choice)
         if isinstance(model, Runner):
             self.runner = model
@@ -81,9 +66,6 @@ class FolderRun(Run):
             if not self.runner.path.is_file():
                 raise ModelLoadError(f"model file {model} not found")
         self.walk = walk_images(folder, recursive=recursive, follow_links=follow_links)
-        self.class_names: list[str] = []
-        self.labels: list[int] | None = None
-        self.summary: Summary | None = None
 
     @property
     def model_line(self) -> str:
@@ -106,23 +88,16 @@ class FolderRun(Run):
         if self._owns_runner:
             self.runner.close()
 
-    def batches(self) -> Iterator[list[Prediction]]:
-        """Rows batch by batch, in the folder's stable order; every image file exactly once."""
-        summary = self.load().summary
-        assert summary is not None
-        started, start = time.perf_counter(), 0
-        try:
-            for scores in scored_batches(
-                self.walk.paths, self.plan, self.runner, len(self.class_names),
-                refused=self.walk.refused, invert=self.invert, fit=self.fit,
-                probabilities=self.probabilities,
-            ):  # fmt: skip
-                rows = self._rows(start, scores)
-                start += len(rows)
-                summary.seconds = time.perf_counter() - started
-                yield rows
-        finally:
-            summary.seconds = time.perf_counter() - started
+    def _batches(self) -> Iterator[list[Prediction]]:
+        start = 0
+        for scores in scored_batches(
+            self.walk.paths, self.plan, self.runner, len(self.class_names),
+            refused=self.walk.refused, invert=self.invert, fit=self.fit,
+            probabilities=self.probabilities,
+        ):  # fmt: skip
+            rows = self._rows(start, scores)
+            start += len(rows)
+            yield rows
 
 
 def classify_folder(
@@ -132,16 +107,10 @@ def classify_folder(
     on_batch: Callable[[list[Prediction]], None] | None = None,
     **settings: Any,
 ) -> FolderResult:
-    """Classify every image file under ``folder`` (or one image file); no CLI needed.
-
-    ``settings`` are those of :class:`FolderRun` (``backend``, ``device``, ``batch_size``,
-    ``workers``, ``threads``, ``streams``, ``recursive``, ``follow_links``, ``invert``, ``fit``,
-    ``probabilities``). Decode processes (``workers >= 2``) start with ``forkserver``, so
-    scripts using them need the usual ``if __name__ == "__main__":`` guard. ``on_batch`` is
-    called with each batch of rows as it is ready.
-
-    Returns every row in a stable order (sorted by relative path) and the summary; bad files
-    get an ``error`` row and never stop the run.
+    """Every row of ``folder`` (or one image file) in a stable order (sorted by relative path),
+    and the summary; a bad file gets an ``error`` row and never stops the run. ``settings``: those
+    of :class:`FolderRun`; decode processes (``workers >= 2``) start with ``forkserver``, so a
+    script needs the ``if __name__ == "__main__":`` guard. ``on_batch`` gets each batch of rows.
     """
     rows: list[Prediction] = []
     with FolderRun(model, folder, **settings) as run:

@@ -4,9 +4,12 @@ rows to CSV, JSON Lines or Parquet."""
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import pickle
+import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -15,14 +18,15 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import TextColumn
 
+from lstm_export import fileio
 from lstm_export.cli_options import OUTPUT, RAY, TUNING, ProgressFlag, ThreadsOption
-from lstm_export.console import console, err_console, make_progress, plain
+from lstm_export.console import console, count, err_console, make_progress, plain
 from lstm_export.devices import Device
 from lstm_export.errors import ConfigError, InferenceError, InputError, OutputError
+from lstm_export.infer import report
 from lstm_export.infer.images import Invert
 from lstm_export.infer.registry import Backend
-from lstm_export.infer.report import SHOWN_ERRORS
-from lstm_export.infer.writers import OutputFormat
+from lstm_export.infer.writers import OutputFormat, open_rows, resolve_format
 
 if TYPE_CHECKING:
     from lstm_export.infer.rows import Prediction, Run, Summary
@@ -36,13 +40,11 @@ class Engine(str, Enum):
 
 
 def _flag(name: str, help: str, panel: str | None = None, **extra: Any) -> Any:
-    """``typer.Option(name, help=help)`` in the ``--help`` panel ``panel`` (``short``: its
-    one-letter form)."""
+    """``typer.Option(name[, short], help=help)`` in the ``--help`` panel ``panel``."""
     names = [name, *([extra.pop("short")] if "short" in extra else [])]
     return typer.Option(*names, help=help, rich_help_panel=panel, **extra)
 
 
-# the options of ``infer`` alone (those shared with other commands are in cli_options)
 # fmt: off
 ModelArg = Annotated[Path, typer.Argument(
     help="Model: .pt checkpoint (eager), .ts TorchScript, .onnx ONNX, .xml OpenVINO IR, or a run "
@@ -128,11 +130,16 @@ def infer(
 
     The summary goes to stdout with -o, to stderr when the rows go to stdout. Exit code 1 when no image could be classified, or with --strict on any error.
     """
-    from lstm_export.fileio import check_outputs_against_inputs
-
     ray_only = {"--address": address, "--actors": actors, "--output-dir": output_dir}
     in_process_only = {"--workers": workers, "--streams": streams}
-    _check_flags(engine, ray_only, in_process_only, output, fmt, confusion_png)
+    wrong, other = (in_process_only, "in-process") if engine == Engine.ray else (ray_only, "ray")
+    if given := [flag for flag, value in wrong.items() if value is not None]:
+        raise ConfigError(f"{', '.join(given)} only work with --engine {other}")
+    if output is not None and output_dir is not None:
+        raise ConfigError(
+            "-o gathers every row here, --output-dir has the cluster write them: choose one"
+        )
+    _check_outputs(output, fmt, confusion_png)
     if model.is_dir():
         from lstm_export.checkpoint import resolve_checkpoint
 
@@ -156,7 +163,7 @@ def infer(
     outputs, stdout = [output, summary_json, confusion_png], sys.stdout  # the rows' stream
 
     def work() -> None:
-        check_outputs_against_inputs(outputs, [model, *run.walk.paths])
+        fileio.check_outputs_against_inputs(outputs, [model, *run.walk.paths])
         quiet = _quiet_ray() if engine == Engine.ray else contextlib.nullcontext()
         with quiet, contextlib.ExitStack() as stack:
             with err_console.status(f"loading {plain(model)}"):
@@ -169,27 +176,9 @@ def infer(
         _in_a_child(work) if engine == Engine.ray else work()
 
 
-def _check_flags(
-    engine: Engine,
-    ray_only: dict[str, Any],
-    in_process_only: dict[str, Any],
-    output: Path | None,
-    fmt: OutputFormat,
-    confusion_png: Path | None,
-) -> None:
-    """Usage errors found before any work: each flag used with the engine it belongs to, and
-    output names whose format is known."""
-    from lstm_export.infer.writers import resolve_format
-
-    wrong, other = (in_process_only, "in-process") if engine == Engine.ray else (ray_only, "ray")
-    given = [flag for flag, value in wrong.items() if value is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)} only work with --engine {other}")
-    if output is not None and ray_only["--output-dir"] is not None:
-        raise ConfigError(
-            "-o gathers every row here, --output-dir has the cluster write them: choose one"
-        )
-    try:  # a bad -o suffix fails before any work
+def _check_outputs(output: Path | None, fmt: OutputFormat, confusion_png: Path | None) -> None:
+    """Output names of an unknown format fail before any work."""
+    try:
         parquet = resolve_format(output, fmt) == OutputFormat.parquet
     except OutputError as exc:
         raise OutputError(f"{exc} (--format)") from exc
@@ -201,14 +190,10 @@ def _check_flags(
 
 @contextlib.contextmanager
 def _made_folders_removed_on_failure(paths: list[Path | None]) -> Iterator[None]:
-    """The folders that checking or writing ``paths`` creates are removed again (when empty)
-    if the run fails: a failed run leaves nothing behind."""
-    missing: list[Path] = []
-    for path in paths:
-        parent = None if path is None else Path(os.path.abspath(path)).parent
-        while parent is not None and not parent.exists() and parent not in missing:
-            missing.append(parent)
-            parent = parent.parent
+    """A failed run leaves nothing behind: the (empty) folders made for ``paths`` are removed."""
+    missing: set[Path] = set()
+    for path in filter(None, paths):
+        missing.update(p for p in Path(os.path.abspath(path)).parents if not p.exists())
     try:
         yield
     except BaseException:
@@ -219,19 +204,13 @@ def _made_folders_removed_on_failure(paths: list[Path | None]) -> Iterator[None]
 
 
 def _in_a_child(work: Callable[[], None]) -> None:
-    """``work()`` in a forked child, waited for. Ray ends a driver whose raylet died on the spot,
-    with no Python left to say so: the parent does, in one line. The child's own errors come
-    back to be reported as usual; Ctrl-C, SIGTERM and SIGHUP are passed on to it."""
-    import pickle
-    import signal
-
-    from lstm_export.fileio import Terminated, terminating
-
+    """``work()`` in a forked child, whose errors are raised here: Ray ends a driver whose raylet
+    died on the spot, so the parent says so in one line. Ctrl-C, SIGTERM, SIGHUP are passed on."""
     read, write = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:  # the child: report what ends the work through the pipe, then leave
+    if pid == 0:  # the child
         os.close(read)
         code = 1
         try:
@@ -247,10 +226,10 @@ def _in_a_child(work: Callable[[], None]) -> None:
             os._exit(code)
     os.close(write)
     try:
-        with terminating(), os.fdopen(read, "rb") as pipe:
+        with fileio.terminating(), os.fdopen(read, "rb") as pipe:
             sent = pipe.read()  # until the child ends
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM or SIGHUP (Terminated): pass it on
-        if isinstance(stop, Terminated) or os.getpgid(pid) != os.getpgrp():  # Ray moved it
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM or SIGHUP (Terminated)
+        if isinstance(stop, fileio.Terminated) or os.getpgid(pid) != os.getpgrp():  # Ray moved it
             os.kill(pid, getattr(stop, "signum", signal.SIGINT))
         os.waitpid(pid, 0)
         raise
@@ -273,30 +252,25 @@ def _in_a_child(work: Callable[[], None]) -> None:
 def _quiet_ray() -> Iterator[None]:
     """Ray's own output goes to the log's stream only with ``-v``: what it prints on stdout (a
     raylet's state dump) and what its C++ core writes straight to the stderr descriptor."""
-    import logging
-
     if logging.getLogger().isEnabledFor(logging.INFO):
         with contextlib.redirect_stdout(sys.stderr):
             yield
         return
-    saved, stderr = os.dup(2), sys.stderr
-    terminal: dict[str, Any] = {
-        "encoding": stderr.encoding,
-        "errors": "backslashreplace",
-        "buffering": 1,
-    }
+    saved, encoding = os.dup(2), sys.stderr.encoding
+    # Python's stderr (rich, logging, progress) stays the terminal
+    terminal = os.fdopen(
+        os.dup(saved), "w", encoding=encoding, errors="backslashreplace", buffering=1
+    )
     with (
         open(os.devnull, "w") as devnull,
-        os.fdopen(os.dup(saved), "w", **terminal) as python_stderr,
+        terminal,
+        contextlib.redirect_stderr(terminal),
+        contextlib.redirect_stdout(devnull),
     ):
         os.dup2(devnull.fileno(), 2)
-        sys.stderr = python_stderr  # Python's stderr (rich, logging, progress) stays the terminal
         try:
-            with contextlib.redirect_stdout(devnull):
-                yield
+            yield
         finally:
-            python_stderr.flush()
-            sys.stderr = stderr
             os.dup2(saved, 2)
             os.close(saved)
 
@@ -305,22 +279,22 @@ def _classify(
     run: Run, output: Path | None, fmt: OutputFormat, stdout: IO[str], show_bar: bool
 ) -> tuple[Summary, list[Prediction]]:
     """Write the rows as they come, with a progress bar; the summary and the first errors."""
-    from lstm_export.infer.report import print_start
-
-    print_start(run, err_console)
+    report.print_start(run, err_console)
     errors: list[Prediction] = []
     bar = make_progress(TextColumn("{task.fields[speed]:>8,.0f} img/s"))
     bar.disable = not show_bar
-    started = time.perf_counter()
-    with run.open_rows(output, fmt.value, stdout) as writer, bar:
+    names = run.class_names if run.probabilities else None
+    writes = run.output_dir is None  # else the run writes its rows itself
+    rows_out = open_rows(output, fmt, labelled=run.labelled, class_names=names, stream=stdout)
+    with rows_out if writes else contextlib.nullcontext() as writer, bar:
         task = bar.add_task("classifying", total=len(run.walk.paths), speed=0.0)
         for rows in run.batches():
-            writer.write(rows)
-            errors += [r for r in rows if r.error is not None][: SHOWN_ERRORS - len(errors)]
+            if writer is not None:
+                writer.write(rows)
+            errors += [r for r in rows if r.error is not None][: report.SHOWN_ERRORS - len(errors)]
+            assert run.summary is not None
             done = bar.tasks[task].completed + len(rows)
-            bar.update(
-                task, advance=len(rows), speed=done / max(time.perf_counter() - started, 1e-9)
-            )
+            bar.update(task, completed=done, speed=done / max(run.summary.seconds, 1e-9))
     assert run.summary is not None
     return run.summary, errors
 
@@ -336,38 +310,27 @@ def _finish(
     model: Path,
 ) -> None:
     """The summary, the files beside the rows, and the exit status."""
-    from lstm_export.console import count
-    from lstm_export.infer.report import print_summary
-
-    report = console if output is not None or output_dir is not None else err_console
+    out = console if output is not None or output_dir is not None else err_console
     say: dict[str, Any] = {"highlight": False, "soft_wrap": True}
-    print_summary(summary, errors, report, err_console)
-    if output is not None:
-        console.print(f"predictions: {plain(output)}", **say)
-    if output_dir is not None:
-        console.print(f"predictions: {plain(output_dir)}/part-*.parquet", **say)
+    report.print_summary(summary, errors, out, err_console)
+    rows = output if output_dir is None else f"{output_dir}/part-*.parquet"
+    if rows is not None:
+        console.print(f"predictions: {plain(rows)}", **say)
     if summary_json is not None:
-        import json
-
-        from lstm_export.fileio import write_text_atomic
-
-        write_text_atomic(
-            summary_json, json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n"
-        )
-        report.print(f"summary: {plain(summary_json)}", **say)
-    if confusion_png is not None:
-        from lstm_export.infer.report import PNG_CLASSES, save_confusion_png
-
-        c, why = summary.confusion, f"the folder is {summary.labels}"
-        if c is not None and len(c.class_names) > PNG_CLASSES:
+        text = json.dumps(summary.to_dict(), indent=2, allow_nan=False)
+        fileio.write_text_atomic(summary_json, text + "\n")
+        out.print(f"summary: {plain(summary_json)}", **say)
+    c = summary.confusion
+    if confusion_png is not None and (c is None or len(c.class_names) > report.PNG_CLASSES):
+        why = f"the folder is {summary.labels}"
+        if c is not None:
             why = f"{len(c.class_names):,} classes are too many to draw"
-        if c is None or len(c.class_names) > PNG_CLASSES:
-            err_console.print(f"[yellow]warning:[/] no confusion matrix drawn: {plain(why)}", **say)
-        else:
-            save_confusion_png(
-                c, confusion_png, title=f"{Path(summary.folder).name} · {model.name}"
-            )
-            report.print(f"confusion matrix: {plain(confusion_png)}", **say)
+        err_console.print(f"[yellow]warning:[/] no confusion matrix drawn: {plain(why)}", **say)
+    elif confusion_png is not None and c is not None:
+        report.save_confusion_png(
+            c, confusion_png, title=f"{Path(summary.folder).name} · {model.name}"
+        )
+        out.print(f"confusion matrix: {plain(confusion_png)}", **say)
     if summary.classified == 0:
         raise InputError(
             f"none of the {count(summary.images, 'image file')} could be classified (see the "

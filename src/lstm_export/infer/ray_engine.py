@@ -1,10 +1,6 @@
-"""``lstm-export infer --engine ray``: the same rows as the in-process engine, on Ray Data.
-
-The driver walks the folder, reads labels and class names as in-process, and hands Ray Data
-blocks of paths; a pool of actors (:class:`Classifier`), each with one runner loaded from the
-model's files, scores them with :func:`~lstm_export.infer.rows.scored_batches`. Ray Data keeps
-the blocks in order (``preserve_order``) and writes ``output_dir`` (``Dataset.write_parquet``).
-Ray is imported only when a run starts."""
+"""``lstm-export infer --engine ray``: the in-process engine's rows, on Ray Data. Blocks of paths
+go in the folder's order (``preserve_order``) to a pool of actors (:class:`Classifier`) running
+:func:`~lstm_export.infer.rows.scored_batches`; ``Dataset.write_parquet`` writes ``output_dir``."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -23,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from packaging.version import Version
 
 from lstm_export import errors
 from lstm_export.devices import Device, usable_cores
 from lstm_export.errors import ConfigError, DeviceError, InferenceError, LstmExportError
 from lstm_export.infer.images import Invert
 from lstm_export.infer.pipeline import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, Plan
-from lstm_export.infer.registry import runner_options
+from lstm_export.infer.registry import backend_for, load_runner, make_runner, runner_options
 from lstm_export.infer.rows import Prediction, Run, Scores, make_rows, scored_batches
 from lstm_export.infer.walk import walk_images
 from lstm_export.infer.writers import escape_text, rows_table, unescape_text
@@ -48,25 +46,17 @@ WRITE_TASK_CPUS = 0.1
 
 def actor_pool_args(actors: int, version: str, *, in_flight: int | None = None) -> dict[str, Any]:
     """The ``map_batches`` arguments for a fixed pool of ``actors``, for ray ``version``."""
-    from packaging.version import Version
-
     if Version(version) < Version(RAY_COMPUTE_API):
         return {"concurrency": actors}
     from ray.data import ActorPoolStrategy
 
-    extra: dict[str, Any] = (
-        {} if in_flight is None else {"max_tasks_in_flight_per_actor": in_flight}
-    )
-    return {"compute": ActorPoolStrategy(size=actors, **extra)}
+    return {"compute": ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight)}
 
 
 def import_ray() -> Any:
     """``import ray`` (ImportError or a ray older than :data:`RAY_FLOOR` -> ConfigError)."""
-    from packaging.version import Version
-
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray: loopback only
     try:
-        import ray
         import ray.data
     except ImportError as exc:
         raise ConfigError(f"the Ray engine needs pip install 'lstm-export[ray]': {exc}") from exc
@@ -105,11 +95,10 @@ def plan_actors(
     images: int,
     cluster: str = "",
 ) -> RayPlan:
-    """The pool for ``images`` on a cluster of ``cpus`` and ``gpus``. The actors never ask for
-    every CPU: half a CPU (one from 4 CPUs up) stays free, so a task Ray Data starts beside them
-    (writing) is never starved, which would hang a small machine. Default: one actor per CPU left
-    (per GPU with ``cuda``), each a decode thread and a 1-thread runner; fractional CPUs for more
-    actors. Blocks: about 4 per actor, one batch to 4096 images, at most 20,000 blocks."""
+    """The pool for ``images`` on ``cpus`` and ``gpus``. Half a CPU (one from 4 CPUs up) stays
+    free, so a task Ray Data starts beside the actors (writing) is never starved, which hangs a
+    small machine. Default: one actor per CPU left (per GPU with ``cuda``), a decode thread and a
+    1-thread runner each. Blocks: about 4 per actor, one batch to 4096 images, at most 20,000."""
     free = max(cpus - (0.5 if cpus < 4 else 1.0), 0.1)
     threads, cuda = threads or 1, device == "cuda"
     if actors is None:
@@ -126,8 +115,8 @@ def plan_actors(
 
 
 def model_files(model: Path) -> dict[str, bytes]:
-    """The model file and every file it reads beside it (an ONNX file's external data, OpenVINO
-    IR's ``.bin``), by name relative to its folder. ModelLoadError for a name that leaves it."""
+    """The model file and every file it reads beside it (an ONNX file's external data, which its
+    runner's load found in its folder; OpenVINO IR's ``.bin``), by name relative to its folder."""
     names = [model.name]
     if model.suffix.lower() == ".onnx":
         import onnx
@@ -138,11 +127,7 @@ def model_files(model: Path) -> dict[str, bytes]:
         names += sorted({e.value for t in tensors for e in t.external_data if e.key == "location"})
     elif model.suffix.lower() == ".xml":
         names.append(model.with_suffix(".bin").name)
-    folder = os.path.join(os.path.realpath(model.parent), "")
-    for name in names:
-        if not os.path.realpath(model.parent / name).startswith(folder):
-            raise errors.ModelLoadError(f"{model} needs {name!r}, which is outside its folder")
-    try:  # the driver's runner loaded them already
+    try:
         return {name: (model.parent / name).read_bytes() for name in names}
     except OSError as exc:
         raise errors.ModelLoadError(f"{model}: {exc.strerror or exc}: {exc.filename}") from exc
@@ -159,8 +144,8 @@ def _text(values: Any) -> list[str | None]:
 
 @dataclass(frozen=True)
 class Job:
-    """What every actor is told: the model file's ``name`` (among the files sent), how to run
-    it, the class names, and whether it returns the rows as a table (``rows``: for Parquet)."""
+    """What every actor is told: the model file's ``name`` among the files sent, how to run it,
+    and whether it returns the rows (``rows``: for Parquet)."""
 
     name: str
     backend: str
@@ -175,26 +160,20 @@ class Job:
 
 
 class Classifier:
-    """A Ray Data callable class: one loaded runner per actor, one block of paths per call.
-
-    A block: ``index`` (int64, position in the walk), ``path``, ``refused`` (why it is not read,
-    ``b""`` for none) and with ``job.rows`` ``name``, ``label``, when it returns the rows (Arrow,
-    the CSV's columns). Else per row: ``index``, ``prediction`` (int64, -1: error),
+    """A Ray Data callable class: one loaded runner per actor, one block per call: ``index``
+    (int64), ``path``, ``refused`` (``b""``: read it) [, ``name``, ``label``: ``job.rows``, the
+    rows returned as Arrow]; else per row ``index``, ``prediction`` (int64, -1: error),
     ``confidence``, ``error``, [``probabilities`` ``(N, C)``,] ``node``, ``actor_seconds``."""
 
     def __init__(self, files: dict[str, Any], job: Job) -> None:
         import ray
-
-        from lstm_export.infer.registry import make_runner
 
         with tempfile.TemporaryDirectory(prefix="lstm-export-model-") as folder:
             for name, ref in files.items():  # the runners read files: the model's, privately
                 Path(folder, name).write_bytes(ray.get(ref))
             options = runner_options(job.plan, job.backend)
             self.runner = make_runner(Path(folder, job.name), job.backend, job.device, **options)
-            self.runner.load()
-        if job.device == "cuda" and self.runner.device != "cuda":  # pragma: no cover
-            raise DeviceError(f"CUDA was asked for, but {self.runner.description} runs on the CPU")
+            self.runner.load()  # a DeviceError where CUDA is asked for and not usable
         self.node = int(ray.get_runtime_context().get_node_id()[:15], 16)
         self.job = job
 
@@ -221,14 +200,10 @@ class Classifier:
 
 
 class RayRun(Run):
-    """One run over one folder on Ray Data, with the in-process engine's rows; use it with
-    ``with`` (a :class:`~lstm_export.infer.rows.Run`), which also stops a Ray it started.
-
-    ``address`` (or ``$RAY_ADDRESS``): join that cluster, and leave it running; else a local Ray
-    (``local_cpus`` or ``$LSTM_EXPORT_RAY_CPUS`` CPUs) runs for the run. ``actors``: see
-    :func:`plan_actors`; ``device``: ``cuda`` asks Ray for GPUs, else the actors use CPUs.
-    ``output_dir``: the cluster writes the rows there (Parquet). Ray logs at ERROR unless ``-v``.
-    """
+    """One run over one folder on Ray Data (a :class:`~lstm_export.infer.rows.Run`). ``address``
+    (or ``$RAY_ADDRESS``): join that cluster and leave it running; else a local Ray
+    (``$LSTM_EXPORT_RAY_CPUS`` CPUs) for the run, stopped on leaving ``with``. ``actors``: see
+    :func:`plan_actors`. ``output_dir``: the cluster writes the rows there (Parquet)."""
 
     def __init__(
         self,
@@ -248,10 +223,7 @@ class RayRun(Run):
         actors: int | None = None,
         output_dir: Path | str | None = None,
         progress: bool = True,
-        local_cpus: float | None = None,
     ) -> None:
-        from lstm_export.infer.registry import backend_for, make_runner
-
         self.model_path = Path(model)
         if not self.model_path.is_file():
             raise errors.ModelLoadError(f"model file {model} not found")
@@ -260,23 +232,20 @@ class RayRun(Run):
         self.device = "cuda" if Device(device) == Device.cuda else "cpu"
         self.invert, self.fit, self.probabilities = Invert(invert), fit, probabilities
         self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.local_cpus, self.progress = local_cpus or _env_cpus(), progress
+        self.local_cpus, self.progress = _env_cpus() or usable_cores(), progress
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._choice = {"actors": actors, "threads": threads, "batch_size": batch_size}
         if any(value is not None and value < 1 for value in self._choice.values()):
             raise ConfigError(f"actors, threads and batch size must be >= 1: {self._choice}")
-        # the driver loads the model once, on its CPU, for its class names and metadata
         options = runner_options(Plan(1, 1), self.backend)
         self._driver_runner = make_runner(self.model_path, self.backend, Device.cpu, **options)
         self.walk = walk_images(folder, recursive=recursive, follow_links=follow_links)
-        self.plan = self._plan(self.local_cpus or usable_cores(), 0.0, "ray (not started yet)")
-        self.class_names, self.labels, self.summary = [], None, None
+        self.plan = self._plan(self.local_cpus, 0.0, "ray (not started yet)")
         self._ray: Any = None
         self._shutdown = False  # whether close() disconnects (started here or joined here)
 
     def _plan(self, cpus: float, gpus: float, cluster: str) -> RayPlan:
-        images = len(self.walk.paths)
-        return plan_actors(cpus=cpus, gpus=gpus, device=self.device, images=images,
+        return plan_actors(cpus=cpus, gpus=gpus, device=self.device, images=len(self.walk.paths),
                            cluster=cluster, **self._choice)  # fmt: skip
 
     @property
@@ -325,8 +294,7 @@ class RayRun(Run):
         quiet = {"logging_level": level, "log_to_driver": level == logging.INFO}
         self._shutdown = True
         if self.address is None:
-            cpus = self.local_cpus or usable_cores()
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
+            ray.init(address="local", num_cpus=self.local_cpus, include_dashboard=False, **quiet)
             return "local (started for this run, stopped after it)"
         _probe(self.address)
         try:
@@ -338,8 +306,6 @@ class RayRun(Run):
 
     def _cuda_here(self) -> None:
         """The DeviceError of the in-process engine when CUDA is not usable on this machine."""
-        from lstm_export.infer.registry import load_runner
-
         load_runner(self.model_path, self.backend, Device.cuda, threads=1).close()
 
     def close(self) -> None:
@@ -388,22 +354,16 @@ class RayRun(Run):
             batch_format="numpy", num_cpus=plan.cpus_per_actor, **gpus, **pool,
         )  # fmt: skip  # one whole block per call
 
-    def batches(self) -> Iterator[list[Prediction]]:
-        """Rows block by block, in the folder's stable order; every image file exactly once,
-        with what the cluster did in the summary. With ``output_dir`` only the error rows (the
-        rows are in its Parquet files). Progress is Ray Data's own."""
-        summary = self.load().summary
-        assert summary is not None
-        started, done = time.perf_counter(), 0
-        try:
-            for count, rows in self._written() if self.output_dir else self._gathered(started):
-                done += count
-                summary.seconds = time.perf_counter() - started
-                yield rows
-            if done != summary.images:
-                raise InferenceError(f"Ray returned {done:,} rows for {summary.images:,} images")
-        finally:
-            summary.seconds = time.perf_counter() - started
+    def _batches(self) -> Iterator[list[Prediction]]:
+        """The rows block by block, what the cluster did in the summary; with ``output_dir``
+        only the error rows (the rows are in its Parquet files)."""
+        assert self.summary is not None
+        done, started = 0, time.perf_counter()
+        for count, rows in self._written() if self.output_dir else self._gathered(started):
+            done += count
+            yield rows
+        if done != self.summary.images:
+            raise InferenceError(f"Ray returned {done:,} rows for {self.summary.images:,} images")
 
     def _gathered(self, started: float) -> Iterator[tuple[int, list[Prediction]]]:
         """The rows of each block the actors return, in order."""
@@ -430,8 +390,7 @@ class RayRun(Run):
                          "images_per_actor_second": round(done / busy, 1)}  # fmt: skip
 
     def _written(self) -> Iterator[tuple[int, list[Prediction]]]:
-        """``output_dir``: Ray Data writes the rows there; their predictions and errors are read
-        back, in the folder's order, for the counts (vectorised) and the error rows."""
+        """Ray Data writes the rows in ``output_dir``; read back in order for counts and errors."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -453,12 +412,11 @@ class RayRun(Run):
             found = pc.index_in(table["prediction"], value_set=names).fill_null(-1)
             predicted, stop = found.to_numpy().astype(np.int64), done + table.num_rows
             self.summary.count(None if labels is None else np.array(labels[done:stop]), predicted)
-            bad = np.flatnonzero(predicted < 0).tolist()
-            why = table["error"].take(pa.array(bad, pa.int64())).to_pylist()
+            why = table["error"].to_pylist()
             yield table.num_rows, [
-                Prediction(self.walk.names[done + k], None, None, unescape_text(e),
+                Prediction(self.walk.names[done + k], None, None, unescape_text(why[k]),
                            None if labels is None else self.class_names[labels[done + k]])
-                for k, e in zip(bad, why, strict=True)
+                for k in np.flatnonzero(predicted < 0).tolist()
             ]  # fmt: skip
             done = stop
 
@@ -466,8 +424,6 @@ class RayRun(Run):
 def _probe(address: str, timeout_s: float = 10.0) -> None:
     """ConfigError at once when a ``host:port`` cluster address does not answer (ray itself
     would retry for minutes). ``auto``, ``ray://`` and other forms are left to ray."""
-    import socket
-
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or "/" in host:
         return
@@ -489,9 +445,8 @@ _NAMED = re.compile(r"^(?:lstm_export\.errors\.)?([A-Z]\w*Error): (.+)$")
 
 
 def _library_error(exc: Exception) -> LstmExportError:
-    """The library error a Ray failure carries, as itself and one line (a DeviceError raised in
-    an actor stays a DeviceError), else an InferenceError quoting Ray's first line. Ray wraps it
-    (an actor that failed to start keeps only its text): the last line naming one is taken."""
+    """The library error a Ray failure carries (the last line naming one: Ray wraps it, keeping
+    only its text), as itself in one line; else an InferenceError quoting Ray's first line."""
     for line in reversed(str(exc).splitlines()):
         match = _NAMED.match(line.strip())
         cls = getattr(errors, match.group(1), None) if match else None

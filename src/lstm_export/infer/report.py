@@ -1,28 +1,20 @@
-"""How ``infer`` shows a run: the opening lines, the summary, errors, accuracy and the confusion
-matrix (a table up to 20 classes, else its most confused pairs), and the matrix as a PNG.
-
-Everything that comes from outside (paths, folder and class names, error text) goes through
-:func:`lstm_export.console.plain` before rich prints it.
-"""
+"""How ``infer`` shows a run: opening lines, summary, errors, accuracy, the confusion matrix (a
+table up to 20 classes, else the most confused pairs) and its PNG; outside text escaped (plain)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from lstm_export.console import count, plain, print_whole
 from lstm_export.errors import OutputError
 from lstm_export.fileio import atomic_path
-from lstm_export.infer.rows import Confusion, Prediction, Summary
+from lstm_export.infer.rows import Confusion, Prediction, Run, Summary
 from lstm_export.infer.writers import printable_text
-
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.table import Table
-
-    from lstm_export.infer.rows import Run
 
 #: error rows listed on the terminal (all of them are in the output)
 SHOWN_ERRORS = 10
@@ -79,8 +71,6 @@ def print_summary(summary: Summary, errors: list[Prediction], out: Console, err:
 
 def confusion_table(confusion: Confusion) -> Table:
     """A rich table of the matrix with per-class recall; the diagonal in bold green."""
-    from rich.table import Table
-
     names = [plain(n) for n in confusion.class_names]
     table = Table(
         title="confusion matrix (rows: true class, columns: predicted)",
@@ -95,12 +85,8 @@ def confusion_table(confusion: Confusion) -> Table:
     table.add_column("recall", justify="right")
     matrix, recall = confusion.matrix.tolist(), confusion.per_class_recall()
     for i, name in enumerate(names):
-        cells = []
-        for j, value in enumerate(matrix[i]):
-            text = str(value) if value else "[dim]·[/]"
-            cells.append(
-                f"[bold green]{text}[/]" if i == j else (f"[red]{text}[/]" if value else text)
-            )
+        cells = [f"[red]{value}[/]" if value else "[dim]·[/]" for value in matrix[i]]
+        cells[i] = f"[bold green]{matrix[i][i] or '[dim]·[/]'}[/]"
         cells.append("-" if np.isnan(recall[i]) else f"{recall[i] * 100:.1f} %")
         table.add_row(name, *cells)
     return table
@@ -108,8 +94,6 @@ def confusion_table(confusion: Confusion) -> Table:
 
 def print_many_classes(confusion: Confusion, out: Console, top: int = 10) -> None:
     """Too many classes for a table: per-class recall at a glance, and the most confused pairs."""
-    from rich.table import Table
-
     recall = confusion.per_class_recall()
     seen = np.flatnonzero(~np.isnan(recall))
     worst = seen[np.argsort(recall[seen], kind="stable")[:3]].tolist()
@@ -135,10 +119,7 @@ def print_many_classes(confusion: Confusion, out: Console, top: int = 10) -> Non
 def save_confusion_png(confusion: Confusion, path: Path, *, title: str = "") -> Path:
     """Write the matrix as a PNG heat map (atomically); returns ``path``. OutputError beyond
     :data:`PNG_CLASSES` classes."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path, n = Path(path), len(confusion.class_names)
     if path.suffix.lower() != ".png":
@@ -148,27 +129,23 @@ def save_confusion_png(confusion: Confusion, path: Path, *, title: str = "") -> 
     m = confusion.matrix
     names = [name.replace("$", r"\$") for name in confusion.class_names]  # no mathtext
     size = min(24.0, max(4.0, 0.55 * n + 1.5))
-    fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=120)
-    try:
-        shown = np.log1p(m)  # the diagonal would otherwise wash out every mistake
-        ax.imshow(shown, cmap="Blues")
-        if n <= 50:
-            ax.set_xticks(range(n), names)
-            ax.set_yticks(range(n), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        acc = confusion.accuracy
-        heading = title or "confusion matrix"
-        if acc is not None:
-            heading += f" — accuracy {acc * 100:.2f} % ({confusion.correct}/{confusion.total})"
-        ax.set_title(heading, fontsize=9)
-        limit = shown.max() / 2 if shown.max() > 0 else 1
-        for i, j in zip(*np.nonzero(m), strict=True) if n <= 30 else ():
-            color = "white" if shown[i, j] > limit else "black"
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color=color)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(size + 1.0, size), dpi=120)
+    ax = fig.subplots()
+    shown = np.log1p(m)  # the diagonal would otherwise wash out every mistake
+    ax.imshow(shown, cmap="Blues")
+    if n <= 50:
+        ax.set_xticks(range(n), names)
+        ax.set_yticks(range(n), names)
+    ax.set(xlabel="predicted", ylabel="true")
+    heading, acc = title or "confusion matrix", confusion.accuracy
+    if acc is not None:
+        heading += f" — accuracy {acc * 100:.2f} % ({confusion.correct}/{confusion.total})"
+    ax.set_title(heading, fontsize=9)
+    limit = shown.max() / 2 if shown.max() > 0 else 1
+    for i, j in zip(*np.nonzero(m), strict=True) if n <= 30 else ():
+        color = "white" if shown[i, j] > limit else "black"
+        ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

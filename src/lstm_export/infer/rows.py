@@ -1,29 +1,27 @@
-"""What both engines make of a folder: scores per file, rows, counts and the confusion matrix.
-
-The in-process engine (:mod:`~lstm_export.infer.classify`) and each Ray actor
-(:mod:`~lstm_export.infer.ray_engine`) run :func:`scored_batches` over their files; rows and
-counts are made from its :class:`Scores` by :class:`Run` (what the CLI drives, and the part of a
-run both engines share), so the two cannot disagree.
-"""
+"""What both engines make of a folder, so they cannot disagree: scores per file
+(:func:`scored_batches`, in-process and in each Ray actor), rows, counts, the confusion matrix."""
 
 from __future__ import annotations
 
+import heapq
+import json
 import logging
+import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from lstm_export.data.preprocess import describe
 from lstm_export.errors import InferenceError, ModelLoadError
 from lstm_export.infer.images import Invert, to_batch
 from lstm_export.infer.pipeline import Plan, pipelined
 from lstm_export.infer.walk import Walk
 from lstm_export.infer.writers import Prediction
-
-__all__ = ["Confusion", "Prediction", "Run", "Scores", "Summary", "make_rows", "scored_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -34,59 +32,37 @@ JSON_MATRIX_CLASSES = 1000
 
 
 class Confusion:
-    """Counts of (true, predicted) class pairs, kept sparse (the mistakes as sorted codes
-    ``true * C + predicted``), so 10^5 classes cost what the images do; :attr:`matrix`
-    ``(C, C)`` (rows true, columns predicted) is built on demand."""
+    """Counts of (true, predicted) class pairs, the mistakes kept sparse (by code ``true * C +
+    predicted``), so 10^5 classes cost what the images do; :attr:`matrix` ``(C, C)`` (rows true,
+    columns predicted) is built on demand."""
 
     def __init__(self, class_names: Sequence[str]) -> None:
         self.class_names = list(class_names)
         self.true_counts = np.zeros(len(self.class_names), np.int64)
         self.correct_counts = np.zeros(len(self.class_names), np.int64)
-        self._codes, self._counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        self._pending: list[np.ndarray] = []  # mistakes of the batches not merged yet
+        self.mistakes: Counter[int] = Counter()
 
-    def add(
-        self, labels: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray
-    ) -> None:
+    def add(self, labels: ArrayLike, predicted: ArrayLike) -> None:
         """Count pairs of class indices, ``labels`` and ``predicted`` both ``(N,)``."""
-        truth, guess, n = (
-            np.asarray(labels, np.int64),
-            np.asarray(predicted, np.int64),
-            len(self.true_counts),
-        )
-        right = truth == guess
+        truth, guess = np.asarray(labels, np.int64), np.asarray(predicted, np.int64)
+        n, right = len(self.true_counts), truth == guess
         self.true_counts += np.bincount(truth, minlength=n)
         self.correct_counts += np.bincount(truth[right], minlength=n)
-        self._pending.append(truth[~right] * n + guess[~right])
-        if len(self._pending) >= 4096:
-            self.mistakes()
-
-    def mistakes(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(code, count)`` of every confused pair, sorted by code (``true * C + predicted``)."""
-        if self._pending:
-            pending = np.concatenate(self._pending)
-            codes, where = np.unique(np.concatenate([self._codes, pending]), return_inverse=True)
-            weights = np.concatenate([self._counts, np.ones(len(pending), np.int64)])
-            self._codes, self._counts = (
-                codes,
-                np.bincount(where, weights, len(codes)).astype(np.int64),
-            )
-            self._pending = []
-        return self._codes, self._counts
+        self.mistakes.update((truth[~right] * n + guess[~right]).tolist())
 
     def top_mistakes(self, k: int) -> list[tuple[str, str, int]]:
         """The ``k`` most frequent ``(true name, predicted name, count)``, most first."""
-        codes, counts = self.mistakes()
-        order, n = np.lexsort((codes, -counts))[:k], len(self.class_names)
-        pairs = zip(codes[order].tolist(), counts[order].tolist(), strict=True)
-        return [(self.class_names[c // n], self.class_names[c % n], m) for c, m in pairs]
+        top = heapq.nsmallest(k, self.mistakes.items(), key=lambda pair: (-pair[1], pair[0]))
+        n = len(self.class_names)
+        return [(self.class_names[c // n], self.class_names[c % n], m) for c, m in top]
 
     @property
     def matrix(self) -> np.ndarray:
         """int64 ``(C, C)``: C * C cells, so for a few thousand classes at most."""
-        n, (codes, counts) = len(self.class_names), self.mistakes()
+        n = len(self.class_names)
         dense = np.zeros(n * n, np.int64)
-        dense[codes], dense[:: n + 1] = counts, self.correct_counts
+        dense[list(self.mistakes)] = list(self.mistakes.values())
+        dense[:: n + 1] = self.correct_counts
         return dense.reshape(n, n)
 
     @property
@@ -110,8 +86,7 @@ class Confusion:
 
 @dataclass
 class Summary:
-    """Counts, timing and (on labelled folders) accuracy of one run; ``ray``: what the cluster
-    did (Ray engine only)."""
+    """Counts, timing and (labelled folders) accuracy of a run; ``ray``: what the cluster did."""
 
     folder: str
     model: str
@@ -119,16 +94,13 @@ class Summary:
     device: str
     class_names: list[str]
     plan: Any  # a Plan, or the Ray engine's RayPlan (both have describe())
-    #: files with an image extension (one row each)
-    images: int = 0
+    images: int = 0  # files with an image extension, one row each
     classified: int = 0
     errors: int = 0
-    #: files without an image extension
-    skipped: int = 0
+    skipped: int = 0  # files without an image extension
     hidden: int = 0
     unreadable_folders: list[str] = field(default_factory=list)
-    #: why the folder is (not) taken as labelled
-    labels: str = ""
+    labels: str = ""  # why the folder is (not) taken as labelled
     confusion: Confusion | None = None
     seconds: float = 0.0
     ray: dict[str, Any] | None = None
@@ -154,11 +126,9 @@ class Summary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (the confusion matrix as nested lists up to 1,000 classes; the 20
-        most confused pairs)."""
+        """JSON-ready (the confusion matrix up to 1,000 classes, the 20 most confused pairs)."""
         keys = "folder model backend device images classified errors skipped hidden"
-        out = {key: getattr(self, key) for key in keys.split()}
-        c = self.confusion
+        out, c = {key: getattr(self, key) for key in keys.split()}, self.confusion
         out |= {
             "unreadable_folders": self.unreadable_folders,
             "labelled": self.labelled,
@@ -176,12 +146,9 @@ class Summary:
         return out if self.ray is None else {**out, "ray": self.ray}
 
 
-# -- the model and the folder ----------------------------------------------------------------------
 def class_names_of(runner: Any) -> list[str]:
-    """The (loaded) runner's class names, one per column of its logits (``0..C-1`` when its
-    metadata names none). Runs it once on a blank digit to count them. ModelLoadError when the
-    metadata names another number of classes: which name goes with which score would be a guess.
-    """
+    """The (loaded) runner's class names, one per column of its logits (``0..C-1`` when unnamed),
+    counted on a blank digit; ModelLoadError when its metadata names another number of them."""
     count = int(runner.infer(np.zeros((1, 28, 28), np.float32)).shape[1])
     names = list(runner.class_names) or [str(i) for i in range(count)]
     if len(names) != count:
@@ -195,10 +162,6 @@ def class_names_of(runner: Any) -> list[str]:
 
 def check_preprocessing(metadata: Mapping[str, str]) -> list[str]:
     """Warnings when a model records preprocessing other than what infer does (light on dark, /255)."""
-    import json
-
-    from lstm_export.data.preprocess import describe
-
     try:
         recorded, ours = json.loads(metadata.get("preprocessing") or "null"), describe()
     except ValueError:
@@ -211,11 +174,8 @@ def check_preprocessing(metadata: Mapping[str, str]) -> list[str]:
 
 
 def imagefolder_labels(walk: Walk, class_names: Sequence[str]) -> tuple[list[int] | None, str]:
-    """Class index of each file from its first-level folder, or None; and a line saying why.
-
-    The folder is labelled the ImageFolder way when every image lies inside a first-level
-    subfolder named exactly after one of the model's classes (``0``..``9``).
-    """
+    """Class index of each file from its first-level folder (ImageFolder: every image inside a
+    folder named after one of the model's classes), or None; and a line saying why."""
     if not walk.paths:
         return None, "no images"
     if walk.root.is_file():
@@ -233,7 +193,6 @@ def imagefolder_labels(walk: Walk, class_names: Sequence[str]) -> tuple[list[int
     return labels, f"labelled: ImageFolder layout, {found} of {len(class_names)} class folders"
 
 
-# -- scores ----------------------------------------------------------------------------------------
 @dataclass
 class Scores:
     """What the model made of consecutive files: ``predicted`` int64 ``(N,)`` class index (-1 on
@@ -262,20 +221,10 @@ class Scores:
         )
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """float32 logits ``(N, C)`` -> float64 probabilities ``(N, C)``."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def score(logits: np.ndarray | None, errors: list[str | None], classes: int, keep: bool) -> Scores:
-    """Logits ``(ok, C)`` of the files whose error is None -> the :class:`Scores` of all files.
-
-    A file whose logits are not all finite gets the error :data:`NON_FINITE`, never a class.
-    InferenceError when the logits are not ``(ok, classes)``.
-    """
+    """Logits ``(ok, C)`` of the files whose error is None -> the :class:`Scores` of all files
+    (softmax in float64); non-finite logits are the error :data:`NON_FINITE`, never a class.
+    InferenceError when the logits are not ``(ok, classes)``."""
     out = Scores.failed(list(errors), classes, keep)
     ok = np.flatnonzero([e is None for e in errors])
     shape = None if logits is None else logits.shape
@@ -286,7 +235,9 @@ def score(logits: np.ndarray | None, errors: list[str | None], classes: int, kee
     if not len(ok) or logits is None:
         return out
     finite = np.isfinite(logits).all(axis=1)
-    probs, good = softmax(logits[finite]), ok[finite]
+    z = logits[finite].astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    probs, good = e / e.sum(axis=1, keepdims=True), ok[finite]
     out.predicted[good], out.confidence[good] = probs.argmax(axis=1), probs.max(axis=1)
     if out.probabilities is not None:
         out.probabilities[good] = probs
@@ -300,8 +251,8 @@ def scored_batches(
     plan: Plan,
     runner: Any,
     classes: int,
+    refused: Mapping[int, str],
     *,
-    refused: Mapping[int, str] | None = None,
     invert: Invert | str = Invert.auto,
     fit: bool = False,
     probabilities: bool = False,
@@ -309,7 +260,6 @@ def scored_batches(
     """Decode ``paths`` and run ``runner`` (a loaded Runner) on them, batch by batch as
     :func:`~lstm_export.infer.pipeline.pipelined` plans it, in order; the files in ``refused``
     (position -> error) are never read. Each :class:`Scores` covers the next positions."""
-    refused = refused or {}
     todo = [i for i in range(len(paths)) if i not in refused]
 
     def infer(digits: np.ndarray, errors: list[str | None]) -> Scores:  # inference threads
@@ -317,16 +267,15 @@ def scored_batches(
         x = to_batch(digits if len(ok) == len(errors) else digits[ok]) if ok else None
         return score(None if x is None else runner.infer(x), errors, classes, probabilities)
 
-    def spread(scores: Scores | None, start: int, stop: int) -> Scores:
+    def spread(scores: Scores, start: int, stop: int) -> Scores:
         """``scores`` of the files read among positions ``start..stop``, and the refused."""
         out = Scores.failed([refused.get(i) for i in range(start, stop)], classes, probabilities)
-        if scores is not None:
-            read = np.flatnonzero([i not in refused for i in range(start, stop)])
-            out.predicted[read], out.confidence[read] = scores.predicted, scores.confidence
-            if out.probabilities is not None:
-                out.probabilities[read] = scores.probabilities
-            for i, error in zip(read.tolist(), scores.errors, strict=True):
-                out.errors[i] = error
+        read = np.flatnonzero([i not in refused for i in range(start, stop)])
+        out.predicted[read], out.confidence[read] = scores.predicted, scores.confidence
+        if out.probabilities is not None:
+            out.probabilities[read] = scores.probabilities
+        for i, error in zip(read.tolist(), scores.errors, strict=True):
+            out.errors[i] = error
         return out
 
     done, read = 0, 0
@@ -337,8 +286,8 @@ def scored_batches(
             stop = todo[read - 1] + 1
             yield spread(scores, done, stop) if refused else scores
             done = stop
-        if done < len(paths):
-            yield spread(None, done, len(paths))
+        if tail := [refused.get(i) for i in range(done, len(paths))]:  # after the last file read
+            yield Scores.failed(tail, classes, probabilities)
     finally:
         results.close()  # stops the decode and inference threads when the consumer stops
 
@@ -361,22 +310,18 @@ def make_rows(
     ]  # fmt: skip
 
 
-# -- a run -----------------------------------------------------------------------------------------
-class RowSink(Protocol):
-    def write(self, rows: Sequence[Prediction]) -> None: ...
-
-
 class Run(Protocol):
     """One run over one folder, in this process or on Ray, as the CLI drives it: walked and
-    planned when built, :meth:`load` (or ``with``) before :meth:`batches`; :attr:`summary` once
-    loaded. Both engines subclass it for what they share: class names, labels, summary, rows."""
+    planned when built, :meth:`load` (or ``with``) before :meth:`batches`. Both engines subclass
+    it for what they share: class names, labels, summary, rows."""
 
     walk: Walk
     probabilities: bool
-    class_names: list[str]
-    labels: list[int] | None
-    summary: Summary | None
     plan: Any  # a Plan, or RayPlan (describe())
+    #: once loaded: the model's class names, each file's class (labelled folders), the summary
+    class_names: list[str]
+    labels: list[int] | None = None
+    summary: Summary | None = None
     #: where the rows are written by the run itself (the Ray cluster's Parquet files), if so
     output_dir: Path | None = None
 
@@ -384,7 +329,19 @@ class Run(Protocol):
     def model_line(self) -> str: ...  # what runs the model, where
     def load(self) -> Run: ...
     def close(self) -> None: ...
-    def batches(self) -> Iterator[list[Prediction]]: ...
+    def _batches(self) -> Iterator[list[Prediction]]: ...  # the rows, once loaded
+
+    def batches(self) -> Iterator[list[Prediction]]:
+        """Rows batch by batch, in the folder's stable order; every image file exactly once."""
+        summary = self.load().summary
+        assert summary is not None
+        started = time.perf_counter()
+        try:
+            for rows in self._batches():
+                summary.seconds = time.perf_counter() - started
+                yield rows
+        finally:
+            summary.seconds = time.perf_counter() - started
 
     def __enter__(self) -> Run:
         try:
@@ -399,20 +356,6 @@ class Run(Protocol):
     @property
     def labelled(self) -> bool:
         return self.labels is not None
-
-    def open_rows(
-        self, path: Path | None, fmt: str = "auto", stream: IO[str] | None = None
-    ) -> AbstractContextManager[RowSink]:
-        """:func:`~lstm_export.infer.writers.open_rows` for this run's columns (a writer that
-        writes nothing when the run writes its rows itself)."""
-        from contextlib import nullcontext
-
-        from lstm_export.infer.writers import NoRows, open_rows
-
-        if self.output_dir is not None:
-            return nullcontext(NoRows())
-        names = self.class_names if self.probabilities else None
-        return open_rows(path, fmt, labelled=self.labelled, class_names=names, stream=stream)
 
     def _begin(self, runner: Any, **about: Any) -> Summary:
         """Class names and labels from the loaded ``runner``; the summary (``about``: model,

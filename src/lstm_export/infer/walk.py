@@ -1,11 +1,7 @@
 """Find the image files under a folder (or a glob pattern's matches): stable order, hidden entries
-left out, symbolic link loops safe, and never a step outside the folder.
-
-Every entry with an image extension is listed, whatever it is: a FIFO, device or socket named
-``x.png`` gets its row, whose error :func:`lstm_export.infer.images.read_bytes` gives without ever
-opening it for a blocking read. A symbolic link whose target lies outside the folder is not
-followed (unless asked): a file becomes a row with that error (its file is never read), a folder
-is reported as not read. FOLDER itself must be a folder or a regular image file.
+left out, link loops safe, never a step outside the folder. Every entry with an image extension
+is listed, whatever it is (a FIFO named ``x.png`` gets an error row). A link out of the folder is
+followed only if asked: a file becomes an error row (never read), a folder is reported not read.
 """
 
 from __future__ import annotations
@@ -14,10 +10,10 @@ import glob
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lstm_export.console import count
 from lstm_export.errors import InputError
 from lstm_export.fileio import file_kind
 from lstm_export.infer.images import is_image_name
@@ -29,45 +25,37 @@ _GLOB_CHARS = frozenset("*?[")
 
 @dataclass
 class Walk:
-    """What a folder holds: the image files to classify, and what was left out."""
+    """What a folder holds: the image ``paths`` in a stable order (sorted by their relative
+    path's parts) and their ``names`` relative to ``root`` (``/``-separated); ``refused``:
+    position -> why that file is not read (a link out of the folder); files without an image
+    extension ``skipped``; ``hidden`` entries (``.name``) left out; folders ``unreadable`` (or
+    not entered), as ``"relative/path: reason"``."""
 
     root: Path
     recursive: bool = True
-    #: image files as path strings, in a stable order (sorted by their relative path's parts)
     paths: list[str] = field(default_factory=list)
-    #: the same files relative to ``root``, ``/``-separated (the file name for a single file)
     names: list[str] = field(default_factory=list)
-    #: index in :attr:`paths` -> why that file is not read (a link out of the folder)
     refused: dict[int, str] = field(default_factory=dict)
-    #: files without an image extension (not classified)
     skipped: int = 0
-    #: hidden files and folders (name starting with ``.``) left out
     hidden: int = 0
-    #: folders that could not be listed (or were not entered), as ``"relative/path: reason"``
     unreadable: list[str] = field(default_factory=list)
 
-    def require_images(self) -> Walk:
+    def require_images(self) -> None:
         """InputError when the folder holds no image file (a run over it would do nothing)."""
         if not self.paths:
             where = "" if self.recursive else "; subfolders not searched"
             raise InputError(
-                f"no image files in {self.root} ({self.skipped:,} other "
-                f"file{'s' if self.skipped != 1 else ''} skipped, {self.hidden:,} hidden left "
-                f"out{where})"
+                f"no image files in {self.root} ({count(self.skipped, 'other file')} skipped, "
+                f"{self.hidden:,} hidden left out{where})"
             )
-        return self
 
 
 def walk_images(folder: Path | str, *, recursive: bool = True, follow_links: bool = False) -> Walk:
-    """List the image files under ``folder`` (or ``folder`` itself when it is one image file).
-
-    Each real folder is entered once (so link loops end); broken links with an image extension
-    are kept (their row reports the broken link). A link leading outside ``folder`` is only
-    followed with ``follow_links``. A glob pattern (``'digits/[0-4]'``; taken when no file has
-    that exact name) walks every match in sorted order and merges them, each row's path relative
-    to the part before the first wildcard; a file reached through two matches is listed once.
-    InputError when ``folder`` does not exist or is neither a folder nor a regular file.
-    """
+    """List the image files under ``folder`` (or ``folder`` itself when it is one image file);
+    each real folder entered once, a broken link kept (its row says so). A glob pattern
+    (``'digits/[0-4]'``, when no file has that name) walks every match and merges them, names
+    relative to the part before the first wildcard, a file reached twice listed once.
+    InputError when ``folder`` does not exist or is neither a folder nor a regular file."""
     text = os.fspath(folder)
     if not (_GLOB_CHARS & set(text)) or os.path.lexists(text):
         return _walk(Path(text), recursive, follow_links)
@@ -114,18 +102,9 @@ def _walk(root: Path, recursive: bool, follow_links: bool) -> Walk:
         result.names.append(root.name)
         return result
     inside = os.path.join(os.path.realpath(root), "")  # with the trailing separator
-
-    def leaves(entry: os.DirEntry[str]) -> str | None:
-        """The target of a link out of the folder (None: not a link, or it stays inside)."""
-        if follow_links or not entry.is_symlink():
-            return None
-        target = os.path.realpath(entry.path)
-        return None if os.path.join(target, "").startswith(inside) else target
-
-    # Depth first, each folder's entries sorted by name: the same order as sorting every
-    # relative path by its parts, without building and sorting them all at the end.
+    # depth first, each folder's entries sorted: the order of every relative path's parts
     seen: set[tuple[int, int]] = set()
-    stack: list[tuple[Iterator[os.DirEntry[str]], str]] = []
+    stack: list[tuple[os.DirEntry[str], str]] = []  # popped in name order
 
     def enter(directory: str, prefix: str) -> None:
         try:
@@ -135,19 +114,13 @@ def _walk(root: Path, recursive: bool, follow_links: bool) -> Walk:
                 return
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                stack.extend((e, prefix) for e in sorted(it, key=lambda e: e.name, reverse=True))
         except OSError as exc:
             result.unreadable.append(f"{prefix.rstrip('/') or '.'}: {exc.strerror or exc}")
-            return
-        stack.append((iter(entries), prefix))
 
     enter(str(root), "")
     while stack:
-        entries, prefix = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
-            stack.pop()
-            continue
+        entry, prefix = stack.pop()
         if entry.name.startswith("."):
             result.hidden += 1
             continue
@@ -155,7 +128,10 @@ def _walk(root: Path, recursive: bool, follow_links: bool) -> Walk:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError:
             is_dir = False
-        target = leaves(entry)
+        target = None
+        if not follow_links and entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            target = None if os.path.join(target, "").startswith(inside) else target
         if is_dir and recursive and target is not None:
             note = f"symbolic link to {target}, outside the folder: not followed"
             result.unreadable.append(f"{prefix}{entry.name}: {note}")

@@ -1,24 +1,11 @@
 r"""Prediction rows to CSV, JSON Lines or Parquet, into a temporary file renamed on success.
 
-Every row survives any bytes in any file name, in both formats, and reads back to the exact name.
-How text cells (``path``, ``label``, ``prediction``, ``error``) are written:
-
-- **Text is UTF-8**, always: the outputs are valid UTF-8 whatever the names hold.
-- **Bytes that are not UTF-8** (Linux file names are bytes: ``caf\xe9.png`` in Latin-1) are
-  written as ``\xHH`` (two lower-case hex digits), and a backslash in a name as ``\\``, so that
-  the escape is unambiguous. Python sees such a byte as a ``surrogateescape`` character
-  (``"caf\udce9.png"``, what :func:`os.listdir` returns); :func:`unescape_text` turns the cell back
-  into that string and ``os.fsencode`` into the exact bytes. A name that is valid UTF-8 and has no
-  backslash (nearly all) is written as it is. Any other lone surrogate is written ``\uXXXX``.
-- **Control characters** stay as they are: CSV quotes every cell holding a line break (``\r``
-  included, which the csv module leaves unquoted with ``\n`` line ends), and JSON escapes them.
-- **Spreadsheet formulas** (CSV only): a cell starting with ``=``, ``+``, ``-``, ``@``, a tab, a
-  carriage return or a line feed would be run as a formula by Excel or LibreOffice, so it gets a
-  leading ``'``; so does a cell that really starts with ``'``, which keeps this reversible: drop one
-  leading ``'`` when present (:func:`decode_cell` does both steps). JSONL is not prefixed.
-
-So ``os.fsencode(decode_cell(cell, "csv"))`` (or ``"jsonl"`` for a JSON string value) gives back
-the file name's bytes. Numbers (``confidence``, ``p_*``) are written as plain numbers.
+Text cells (``path``, ``label``, ``prediction``, ``error``) are UTF-8 whatever a file name holds:
+a byte that is not UTF-8 (a ``surrogateescape`` character, as :func:`os.listdir` gives it) is
+written ``\xHH``, another lone surrogate ``\uXXXX``, a backslash ``\\`` (:func:`escape_text`).
+In CSV a cell starting with ``=``, ``+``, ``-``, ``@``, a tab, CR, LF or ``'`` gets a leading ``'``
+(a spreadsheet would run it as a formula). ``os.fsencode(decode_cell(cell, fmt))`` gives back a
+file name's bytes.
 """
 
 from __future__ import annotations
@@ -27,13 +14,12 @@ import contextlib
 import csv
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any
-
-import numpy as np
 
 from lstm_export.errors import OutputError
 from lstm_export.fileio import atomic_open
@@ -41,19 +27,16 @@ from lstm_export.fileio import atomic_open
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """One image file's row. ``error`` is None when the image was classified."""
+    """One image file's row: ``path`` relative to the folder (``/``-separated), the class name
+    ``prediction`` and its softmax ``confidence`` (None on error), ``error`` (None when
+    classified), ``label``: the true class of an ImageFolder layout (its first-level folder), and
+    the softmax ``probabilities`` ``(C,)`` when asked for."""
 
-    #: relative to the folder, ``/``-separated
     path: str
-    #: class name predicted (``"0"``..``"9"``), None on error
     prediction: str | None
-    #: softmax probability of the prediction, None on error
     confidence: float | None
-    #: why the file could not be classified, None when it was
     error: str | None = None
-    #: true class from an ImageFolder layout (first-level folder name), None when unlabelled
     label: str | None = None
-    #: softmax probabilities ``(C,)`` when asked for
     probabilities: tuple[float, ...] | None = None
 
     @property
@@ -70,108 +53,71 @@ class OutputFormat(str, Enum):
     parquet = "parquet"
 
 
-_SUFFIXES = {
-    ".csv": OutputFormat.csv,
-    ".jsonl": OutputFormat.jsonl,
-    ".ndjson": OutputFormat.jsonl,
-    ".parquet": OutputFormat.parquet,
-}
+_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+#: a CSV cell starting with one of these gets a leading ``'``
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+_TEXT_COLUMNS = ("path", "label", "prediction", "error")
 
 
 def resolve_format(path: Path | None, fmt: OutputFormat | str = OutputFormat.auto) -> OutputFormat:
     """The concrete format for ``path`` (None: stdout); OutputError for an unknown suffix."""
-    fmt = OutputFormat(fmt)
-    if fmt != OutputFormat.auto:
-        return fmt
-    if path is None:
-        return OutputFormat.csv
-    try:
-        return _SUFFIXES[Path(path).suffix.lower()]
-    except KeyError:
+    if OutputFormat(fmt) != OutputFormat.auto:
+        return OutputFormat(fmt)
+    suffix = "" if path is None else Path(path).suffix.lower()
+    if path is not None and suffix not in _SUFFIXES:
         raise OutputError(
             f"cannot tell the format of {path}: use a .csv, .jsonl or .parquet name, or name the format"
-        ) from None
+        )
+    return OutputFormat(_SUFFIXES.get(suffix, "csv"))
 
 
-#: a CSV cell starting with one of these is neutralised with a leading ``'`` (see the docstring)
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
-_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+def _surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def escape_text(text: str) -> str:
-    """Text as written in a cell: backslashes doubled, non-UTF-8 bytes as ``\\xHH``.
+    """Text as written in a cell (see the module docstring); ``text`` as :func:`os.fsdecode`
+    gives it. The inverse is :func:`unescape_text`."""
+    return _SURROGATE.sub(_surrogate, text.replace("\\", "\\\\"))
 
-    ``text`` is a Python string as :func:`os.fsdecode` gives it (a byte that is not UTF-8 is a
-    ``surrogateescape`` character ``U+DC80..U+DCFF``). The inverse is :func:`unescape_text`.
-    """
-    if "\\" not in text:
-        try:
-            text.encode("utf-8")
-            return text  # the common case: nothing to escape
-        except UnicodeEncodeError:
-            pass
-    out: list[str] = []
-    for ch in text:
-        code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+
+def _unescape(match: re.Match[str]) -> str:
+    what = match.group(1)
+    if what == "\\":
+        return "\\"
+    code = int(what[1:], 16)
+    return chr(0xDC00 + code) if what[0] == "x" and code >= 0x80 else chr(code)
 
 
 def unescape_text(text: str) -> str:
     """The inverse of :func:`escape_text` (``\\xHH`` back to the ``surrogateescape`` character)."""
-    if "\\" not in text:
-        return text
-
-    def one(match: re.Match[str]) -> str:
-        what = match.group(1)
-        if what == "\\":
-            return "\\"
-        if what[0] == "x":
-            byte = int(what[1:], 16)
-            return chr(0xDC00 + byte) if byte >= 0x80 else chr(byte)
-        return chr(int(what[1:], 16))
-
-    return _ESCAPE.sub(one, text)
-
-
-#: bidirectional overrides and isolates: they reorder what a terminal shows after them
-_BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+    return _ESCAPE.sub(_unescape, text)
 
 
 def printable_text(text: str) -> str:
-    """``text`` for a terminal: :func:`escape_text`, and control characters escaped too.
+    """``text`` for a terminal: :func:`escape_text`, and every character that is not printable
+    (ANSI escape sequences, CR, bidirectional overrides) as ``\\xHH`` or ``\\uXXXX`` too, which
+    :func:`unescape_text` still undoes."""
+    return "".join(
+        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x80 else f"\\u{ord(ch):04x}"
+        for ch in escape_text(text)
+    )
 
-    A file name can hold ANSI escape sequences (``\\x1b]0;...``) that would retitle, recolour or
-    rewrite the user's terminal when printed, a carriage return that hides what precedes it, or
-    bidirectional overrides that reorder it. Those are written ``\\xHH`` (below 0x80) or
-    ``\\uXXXX``; :func:`unescape_text` still gives the original back.
-    """
-    text = escape_text(text)
-    if text.isprintable() and not _BIDI.intersection(text):
-        return text
-    out: list[str] = []
-    for ch in text:
-        code = ord(ch)
-        if ch in _BIDI or (not ch.isprintable() and ch != " "):
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+
+def _csv_cell(value: Any) -> str:
+    """A cell of :func:`cells` in CSV: formulas neutralised, numbers with 6 decimals."""
+    if isinstance(value, str):
+        return "'" + value if value.startswith(FORMULA_START) else value
+    return "" if value is None else f"{value:.6f}"
 
 
 def encode_cell(text: str, fmt: OutputFormat | str) -> str:
     """A text value as written in ``fmt``: escaped, and in CSV neutralised against formulas."""
     text = escape_text(text)
-    if OutputFormat(fmt) == OutputFormat.csv and text.startswith(FORMULA_START):
-        return "'" + text
-    return text
+    return _csv_cell(text) if OutputFormat(fmt) == OutputFormat.csv else text
 
 
 def decode_cell(cell: str, fmt: OutputFormat | str) -> str:
@@ -182,148 +128,97 @@ def decode_cell(cell: str, fmt: OutputFormat | str) -> str:
 
 
 def columns(*, labelled: bool, class_names: Sequence[str] | None = None) -> list[str]:
-    """Column names: ``path, [label,] prediction, confidence, error[, p_<class>...]``.
-
-    OutputError when two class names are the same: their columns would merge.
-    """
-    cols = ["path", *(["label"] if labelled else []), "prediction", "confidence", "error"]
-    names = list(class_names or ())
-    if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})[:3]
+    """Column names: ``path, [label,] prediction, confidence, error[, p_<class>...]`` (escaped);
+    OutputError when two class names are the same (their columns would merge)."""
+    twice = [name for name, n in Counter(class_names or ()).items() if n > 1]
+    if twice:
         raise OutputError(
-            f"class names repeat ({', '.join(map(repr, twice))}): columns would merge"
+            f"class names repeat ({', '.join(map(repr, twice[:3]))}): columns would merge"
         )
-    return cols + [f"p_{name}" for name in names]
+    cols = ["path", *(["label"] if labelled else []), "prediction", "confidence", "error"]
+    return cols + [f"p_{escape_text(name)}" for name in class_names or ()]
 
 
-class RowWriter:
-    """Writes :class:`Prediction` rows in one format to an open text stream.
-
-    Text cells are written as the module docstring says (:func:`encode_cell`).
-    """
-
-    def __init__(
-        self,
-        stream: IO[str],
-        fmt: OutputFormat,
-        *,
-        labelled: bool,
-        class_names: Sequence[str] | None = None,
-    ) -> None:
-        self.stream = stream
-        self.fmt = fmt
-        self.labelled = labelled
-        self.class_names = list(class_names) if class_names else None
-        header = columns(labelled=labelled, class_names=self.class_names)
-        self.count = 0
-        self._csv: Any = None
-        self._csv_quoted: Any = None
-        if fmt == OutputFormat.csv:
-            self._csv = csv.writer(stream, lineterminator="\n")
-            # With "\n" line ends the csv module leaves a lone "\r" unquoted, and readers then
-            # split the row there: rows with a "\r" anywhere are written fully quoted.
-            self._csv_quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
-            self._write_csv([encode_cell(c, OutputFormat.csv) for c in header])
-
-    def write(self, rows: Iterable[Prediction]) -> None:
-        """Append rows (in the order given). JSON is strict: no NaN or infinity."""
-        for row in rows:
-            if self._csv is not None:
-                self._write_csv(self._csv_cells(row))
-            else:
-                record = self._record(row)
-                self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-            self.count += 1
-
-    def _write_csv(self, cells: list[str]) -> None:
-        quoted = any("\r" in cell for cell in cells)
-        (self._csv_quoted if quoted else self._csv).writerow(cells)
-
-    def _csv_cells(self, row: Prediction) -> list[str]:
-        def text(value: str | None) -> str:
-            return "" if value is None else encode_cell(value, OutputFormat.csv)
-
-        cells = [text(row.path), *([text(row.label)] if self.labelled else [])]
-        confidence = "" if row.confidence is None else f"{row.confidence:.6f}"
-        cells += [text(row.prediction), confidence, text(row.error)]
-        if self.class_names:
-            probs = row.probabilities
-            cells += [f"{p:.6f}" for p in probs] if probs else [""] * len(self.class_names)
-        return cells
-
-    def _record(self, row: Prediction) -> dict[str, Any]:
-        def text(value: str | None) -> str | None:
-            return None if value is None else escape_text(value)
-
-        record: dict[str, Any] = {"path": text(row.path)}
-        if self.labelled:
-            record["label"] = text(row.label)
-        record["prediction"] = text(row.prediction)
-        record["confidence"] = None if row.confidence is None else round(row.confidence, 6)
-        record["error"] = text(row.error)
-        if self.class_names:
-            probs = row.probabilities
-            keys = (escape_text(n) for n in self.class_names)
-            values = (round(p, 6) for p in probs) if probs else None
-            record["probabilities"] = dict(zip(keys, values, strict=True)) if values else None
-        return record
+def cells(row: Prediction, labelled: bool, classes: int) -> list[Any]:
+    """``row`` in the order of :func:`columns`: text escaped, numbers as floats, None if empty."""
+    values = [row.path, *([row.label] if labelled else []), row.prediction, row.confidence]
+    out = [escape_text(v) if isinstance(v, str) else v for v in [*values, row.error]]
+    if classes:
+        out += row.probabilities or [None] * classes
+    return out
 
 
 def rows_table(
     rows: Sequence[Prediction], *, labelled: bool, class_names: Sequence[str] | None = None
 ) -> Any:
-    """The rows as a ``pyarrow.Table`` with the CSV's columns (probabilities float64 ``(N, C)``,
-    null on error rows). Text is escaped as in JSON Lines (:func:`escape_text`): Parquet strings
-    are UTF-8."""
+    """The rows as a ``pyarrow.Table`` of :func:`columns` (text as in JSON Lines, numbers
+    float64, probabilities ``(N, C)`` null on error rows)."""
     import pyarrow as pa
 
-    def text(values: Iterable[str | None]) -> Any:
-        return pa.array([None if v is None else escape_text(v) for v in values], pa.string())
-
     names = columns(labelled=labelled, class_names=class_names)
-    cells = [text(r.path for r in rows), *([text(r.label for r in rows)] if labelled else [])]
-    cells += [
-        text(r.prediction for r in rows),
-        pa.array([r.confidence for r in rows], pa.float64()),
-    ]
-    cells.append(text(r.error for r in rows))
-    if class_names:
-        missing = np.array([r.probabilities is None for r in rows], bool)
-        blank = (np.nan,) * len(class_names)
-        probs = np.array([r.probabilities or blank for r in rows], np.float64)
-        probs = probs.reshape(len(rows), len(class_names))
-        cells += [pa.array(probs[:, c], pa.float64(), mask=missing) for c in range(probs.shape[1])]
-    return pa.table(cells, names=[escape_text(n) for n in names])
+    table = [cells(r, labelled, len(class_names or ())) for r in rows]
+    values = list(zip(*table, strict=True)) or [()] * len(names)
+    kinds = [pa.string() if name in _TEXT_COLUMNS else pa.float64() for name in names]
+    return pa.table([pa.array(v, k) for v, k in zip(values, kinds, strict=True)], names=names)
 
 
-class ParquetRows:
-    """Rows into one Parquet file (a row group per :meth:`write`), the columns of the CSV."""
+class RowWriter:
+    """Writes :class:`Prediction` rows in one format: CSV or JSON Lines (strict: no NaN) on a
+    text stream, Parquet (a row group per :meth:`write`) on a binary one."""
 
-    def __init__(self, sink: IO[bytes], *, labelled: bool, class_names: Sequence[str] | None):
-        self.sink, self.labelled, self.class_names = sink, labelled, class_names
-        self.count = 0
-        self._writer: Any = None
+    def __init__(
+        self, stream: IO[Any], fmt: OutputFormat, labelled: bool, class_names: Sequence[str]
+    ) -> None:
+        self.stream, self.fmt, self.labelled = stream, fmt, labelled
+        self.class_names = list(class_names)
+        self.names = columns(labelled=labelled, class_names=self.class_names)
+        self._parquet: Any = None
+        # with "\n" line ends the csv module leaves a lone "\r" unquoted: such rows are all quoted
+        self._csv = csv.writer(stream, lineterminator="\n")
+        self._quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        if fmt == OutputFormat.csv:
+            self._write_csv(self.names)
 
     def write(self, rows: Sequence[Prediction]) -> None:
+        """Append ``rows`` in the order given."""
+        if self.fmt == OutputFormat.parquet:
+            return self._write_parquet(rows)
+        for row in rows:
+            values = cells(row, self.labelled, len(self.class_names))
+            if self.fmt == OutputFormat.csv:
+                self._write_csv(values)
+            else:
+                line = json.dumps(self._record(values), ensure_ascii=False, allow_nan=False)
+                self.stream.write(line + "\n")
+
+    def close(self) -> None:
+        """End a Parquet file (with the columns even without rows)."""
+        if self.fmt == OutputFormat.parquet:
+            self._write_parquet([])
+            self._parquet.close()
+
+    def _write_csv(self, values: list[Any]) -> None:
+        text = [_csv_cell(v) for v in values]
+        (self._quoted if any("\r" in cell for cell in text) else self._csv).writerow(text)
+
+    def _record(self, values: list[Any]) -> dict[str, Any]:
+        k = len(self.names) - len(self.class_names)
+        numbers = [round(v, 6) if isinstance(v, float) else v for v in values]
+        record = dict(zip(self.names[:k], numbers[:k], strict=True))
+        if self.class_names:
+            keys = [escape_text(n) for n in self.class_names]
+            probs = None if values[k] is None else dict(zip(keys, numbers[k:], strict=True))
+            record["probabilities"] = probs
+        return record
+
+    def _write_parquet(self, rows: Sequence[Prediction]) -> None:
         import pyarrow.parquet as pq
 
         table = rows_table(rows, labelled=self.labelled, class_names=self.class_names)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.sink, table.schema)
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self.stream, table.schema)
         if rows:
-            self._writer.write_table(table)
-        self.count += len(rows)
-
-    def close(self) -> None:
-        self.write([])  # no rows: still a valid file with the columns
-        self._writer.close()
-
-
-class NoRows:
-    """The rows are written elsewhere (by the Ray workers): nothing to write here."""
-
-    def write(self, rows: Sequence[Prediction]) -> None:
-        pass
+            self._parquet.write_table(table)
 
 
 @contextlib.contextmanager
@@ -334,34 +229,26 @@ def open_rows(
     labelled: bool,
     class_names: Sequence[str] | None = None,
     stream: IO[str] | None = None,
-) -> Iterator[RowWriter | ParquetRows]:
-    """A writer of rows on ``path`` (atomic: renamed into place only on success).
-
-    Whatever ends the run early (an exception, Ctrl-C, SIGTERM, SIGHUP, and where Linux's
-    ``O_TMPFILE`` works even SIGKILL) leaves ``path`` as it was and no temporary file: see
-    :func:`lstm_export.fileio.atomic_open`. With ``path=None`` the rows go to ``stream`` (the CLI
-    passes stdout). ``class_names`` adds one probability column per class. Parquet needs
-    ``pyarrow`` (installed with the ``ray`` extra).
-    """
+) -> Iterator[RowWriter]:
+    """A writer of rows on ``path``, renamed into place only on success, so whatever ends the run
+    early leaves ``path`` as it was (:func:`lstm_export.fileio.atomic_open`); with ``path=None``
+    on ``stream`` (the CLI passes stdout). ``class_names`` adds one probability column per class.
+    Parquet needs ``pyarrow`` (the ``ray`` extra)."""
     concrete = resolve_format(path, fmt)
-    if concrete == OutputFormat.parquet:
-        if path is None:
-            raise OutputError("Parquet rows need an output file, not the terminal")
-        try:
-            import pyarrow.parquet  # noqa: F401
-        except ImportError as exc:
-            raise OutputError(
-                f"Parquet needs pyarrow: pip install 'lstm-export[ray]' ({exc})"
-            ) from exc
-        with atomic_open(Path(path), "wb") as out:
-            parquet = ParquetRows(out, labelled=labelled, class_names=class_names)
-            yield parquet
-            parquet.close()
-    elif path is None:
-        if stream is None:
-            raise OutputError("no output: give a path or a stream")
-        yield RowWriter(stream, concrete, labelled=labelled, class_names=class_names)
+    parquet = concrete == OutputFormat.parquet
+    if path is None:
+        if parquet or stream is None:
+            raise OutputError("Parquet rows need an output file" if parquet else "no output")
+        yield RowWriter(stream, concrete, labelled, class_names or ())
         stream.flush()
-    else:
-        with atomic_open(Path(path), "w", encoding="utf-8", newline="") as out:
-            yield RowWriter(out, concrete, labelled=labelled, class_names=class_names)
+        return
+    try:
+        if parquet:
+            import pyarrow.parquet  # noqa: F401
+    except ImportError as exc:
+        raise OutputError(f"Parquet needs pyarrow: pip install 'lstm-export[ray]' ({exc})") from exc
+    text = {} if parquet else {"encoding": "utf-8", "newline": ""}
+    with atomic_open(Path(path), "wb" if parquet else "w", **text) as out:
+        writer = RowWriter(out, concrete, labelled, class_names or ())
+        yield writer
+        writer.close()

@@ -222,7 +222,8 @@ def test_plan_never_gives_every_cpu_to_the_actors() -> None:
     for cpus in (1.0, 2.0, 3.0, 4.0, 16.0, 64.0):
         for actors in (None, 1, 2, 3, 8, 100):
             plan = plan_actors(cpus=cpus, gpus=0.0, device="cpu", actors=actors, images=10_000)
-            assert plan.actors >= 1 and (actors is None or plan.actors == actors)
+            most = max(1, int(2 * (cpus - (0.5 if cpus < 4 else 1.0))))  # one per half CPU
+            assert plan.actors >= 1 and (actors is None or plan.actors == min(actors, most))
             assert plan.actors * plan.cpus_per_actor <= cpus - 0.5 + 1e-6, (cpus, actors)
             assert plan.threads == 1 and plan.batch_size == 64
             assert plan.block_rows % plan.batch_size == 0
@@ -230,8 +231,20 @@ def test_plan_never_gives_every_cpu_to_the_actors() -> None:
     plan = plan_actors(cpus=2.0, gpus=0.0, device="cpu", actors=2, batch_size=16, images=300)
     assert (plan.actors, plan.cpus_per_actor) == (2, 0.75)
     # CUDA: one actor per GPU by default
-    plan = plan_actors(cpus=16.0, gpus=4.0, device="cuda", images=1)
+    plan = plan_actors(cpus=16.0, gpus=4.0, device="cuda", images=10_000)
     assert (plan.actors, plan.cpus_per_actor, plan.gpus_per_actor) == (4, 1.0, 1.0)
+
+
+def test_actors_are_capped_at_the_cpus_and_the_batches(caplog: pytest.LogCaptureFixture) -> None:
+    """20 actors for 200 images on 2 CPUs (each a process holding the model) were 5.4 GB: the
+    pool is capped at one actor per half of a free CPU and per batch, with a warning."""
+    from lstm_export.infer.ray_engine import plan_actors
+
+    with caplog.at_level("WARNING"):
+        plan = plan_actors(cpus=2.0, gpus=0.0, device="cpu", actors=20, images=200)
+    assert plan.actors == 3 and "20 actors asked for, 3 used" in caplog.text
+    assert plan_actors(cpus=64.0, gpus=0.0, device="cpu", actors=20, images=100).actors == 2
+    assert plan_actors(cpus=16.0, gpus=2.0, device="cuda", actors=8, images=10_000).actors == 2
 
 
 def test_actor_pool_arguments_follow_the_ray_version() -> None:

@@ -363,3 +363,35 @@ def _model(checkpoint: Path) -> torch.nn.Module:
     from lstm_export.checkpoint import load_model
 
     return load_model(checkpoint)[0]
+
+
+def test_infer_refuses_a_hostile_torchscript_file_unless_trusted(
+    tmp_path: Path, victim: Path
+) -> None:
+    """From the shell: `infer` on a `.ts` that writes a file is one error line and the file is
+    untouched; `--trust-model` runs it (in process and, through the same options, on Ray)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from lstm_export.cli import app
+
+    model = _script(WritesAFile(str(victim)), tmp_path / "hostile.ts")
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "a.png")
+    refused = CliRunner().invoke(app, ["infer", str(model), str(folder)])
+    assert refused.exit_code == 1 and "aten::from_file" in refused.output, refused.output
+    assert victim.read_bytes() == VICTIM
+    trusted = CliRunner().invoke(app, ["infer", str(model), str(folder), "--trust-model"])
+    assert trusted.exit_code == 0, trusted.output
+    assert victim.read_bytes().startswith(b"AAAA")
+
+
+def test_runner_options_pass_trust_only_to_backends_that_check_files() -> None:
+    from lstm_export.infer.pipeline import Plan
+    from lstm_export.infer.registry import runner_options
+
+    assert runner_options(Plan(1, 1), "torchscript", trusted=True)["trusted"] is True
+    assert runner_options(Plan(1, 1), "onnxruntime", trusted=True)["trusted"] is True
+    assert "trusted" not in runner_options(Plan(1, 1), "eager", trusted=True)
+    assert "trusted" not in runner_options(Plan(1, 1), "torchscript")

@@ -35,6 +35,14 @@ ThreadsOption = Annotated[
         rich_help_panel=TUNING,
     ),
 ]
+TrustFlag = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model",
+        help="Lift the checks that keep a model file from running code (TorchScript code, other "
+        "ONNX operator domains): only for a file from a source you trust.",
+    ),
+]
 ProgressFlag = Annotated[
     bool,
     typer.Option(

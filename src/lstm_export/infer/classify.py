@@ -49,6 +49,7 @@ class FolderRun(Run):
         invert: Invert | str = Invert.auto,
         fit: bool = False,
         probabilities: bool = False,
+        trusted: bool = False,
     ) -> None:
         self.invert, self.fit, self.probabilities = Invert(invert), fit, probabilities
         self._owns_runner = not isinstance(model, Runner)
@@ -62,7 +63,8 @@ class FolderRun(Run):
             self.runner = model
         else:
             name = backend_for(model) if backend == "auto" else backend
-            self.runner = make_runner(Path(model), name, device, **runner_options(self.plan, name))
+            options = runner_options(self.plan, name, trusted=trusted)
+            self.runner = make_runner(Path(model), name, device, **options)
             if not self.runner.path.is_file():
                 raise ModelLoadError(f"model file {model} not found")
         self.walk = walk_images(folder, recursive=recursive, follow_links=follow_links)

@@ -19,7 +19,7 @@ import typer
 from rich.progress import TextColumn
 
 from lstm_export import fileio
-from lstm_export.cli_options import OUTPUT, RAY, TUNING, ProgressFlag, ThreadsOption
+from lstm_export.cli_options import OUTPUT, RAY, TUNING, ProgressFlag, ThreadsOption, TrustFlag
 from lstm_export.console import console, count, err_console, make_progress, plain
 from lstm_export.devices import Device
 from lstm_export.errors import ConfigError, InferenceError, InputError, OutputError
@@ -121,6 +121,7 @@ def infer(
     address: AddressOpt = None,
     actors: ActorsOpt = None,
     output_dir: OutputDirOpt = None,
+    trust_model: TrustFlag = False,
 ) -> None:
     r"""Classify every image under FOLDER with MODEL.
 
@@ -147,7 +148,7 @@ def infer(
     settings: dict[str, Any] = {
         "backend": backend.value, "device": device, "batch_size": batch_size, "threads": threads,
         "recursive": recursive, "follow_links": follow_links, "invert": invert, "fit": fit,
-        "probabilities": probabilities,
+        "probabilities": probabilities, "trusted": trust_model,
     }  # fmt: skip
     run: Run
     if engine == Engine.ray:

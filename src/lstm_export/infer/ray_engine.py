@@ -32,6 +32,8 @@ from lstm_export.infer.rows import Prediction, Run, Scores, make_rows, scored_ba
 from lstm_export.infer.walk import walk_images
 from lstm_export.infer.writers import escape_text, rows_table, unescape_text
 
+log = logging.getLogger(__name__)
+
 #: the oldest ray the ``ray`` extra allows; the first that deprecates ``map_batches(concurrency=)``
 RAY_FLOOR, RAY_COMPUTE_API = "2.40", "2.51"
 #: CPUs of a local Ray started for one run (default: the cores this process may use)
@@ -98,12 +100,17 @@ def plan_actors(
     """The pool for ``images`` on ``cpus`` and ``gpus``. Half a CPU (one from 4 CPUs up) stays
     free, so a task Ray Data starts beside the actors (writing) is never starved, which hangs a
     small machine. Default: one actor per CPU left (per GPU with ``cuda``), a decode thread and a
-    1-thread runner each. Blocks: about 4 per actor, one batch to 4096 images, at most 20,000."""
+    1-thread runner each; never more than one per half CPU (per GPU) or per batch. Blocks: about 4 per actor, one batch to 4096 images, at most 20,000."""
     free = max(cpus - (0.5 if cpus < 4 else 1.0), 0.1)
     threads, cuda = threads or 1, device == "cuda"
-    if actors is None:
-        actors = max(1, int(gpus)) if cuda else max(1, int(free))
     batch_size = batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
+    # at most one actor per GPU (per half of a free CPU), and per batch of images
+    most = min(max(1, int(gpus if cuda else 2 * free)), -(-images // batch_size))
+    if actors is not None and actors > most:
+        log.warning("%d actors asked for, %d used: one per %s and per batch of images at most",
+                    actors, most, "GPU" if cuda else "half of a free CPU")  # fmt: skip
+    default = max(1, int(gpus)) if cuda else max(1, int(free))
+    actors = min(actors or default, most)
     target = min(MAX_BLOCK_ROWS, max(batch_size, images // (4 * actors)))
     target = max(target, math.ceil(images / MAX_BLOCKS))
     return RayPlan(
@@ -157,6 +164,7 @@ class Job:
     class_names: list[str]
     rows: bool
     labelled: bool
+    trusted: bool = False
 
 
 class Classifier:
@@ -171,7 +179,7 @@ class Classifier:
         with tempfile.TemporaryDirectory(prefix="lstm-export-model-") as folder:
             for name, ref in files.items():  # the runners read files: the model's, privately
                 Path(folder, name).write_bytes(ray.get(ref))
-            options = runner_options(job.plan, job.backend)
+            options = runner_options(job.plan, job.backend, trusted=job.trusted)
             self.runner = make_runner(Path(folder, job.name), job.backend, job.device, **options)
             self.runner.load()  # a DeviceError where CUDA is asked for and not usable
         self.node = int(ray.get_runtime_context().get_node_id()[:15], 16)
@@ -223,6 +231,7 @@ class RayRun(Run):
         actors: int | None = None,
         output_dir: Path | str | None = None,
         progress: bool = True,
+        trusted: bool = False,
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
@@ -237,7 +246,8 @@ class RayRun(Run):
         self._choice = {"actors": actors, "threads": threads, "batch_size": batch_size}
         if any(value is not None and value < 1 for value in self._choice.values()):
             raise ConfigError(f"actors, threads and batch size must be >= 1: {self._choice}")
-        options = runner_options(Plan(1, 1), self.backend)
+        self.trusted = trusted
+        options = runner_options(Plan(1, 1), self.backend, trusted=trusted)
         self._driver_runner = make_runner(self.model_path, self.backend, Device.cpu, **options)
         self.walk = walk_images(folder, recursive=recursive, follow_links=follow_links)
         self.plan = self._plan(self.local_cpus, 0.0, "ray (not started yet)")
@@ -346,7 +356,7 @@ class RayRun(Run):
         files = {name: ray.put(data) for name, data in model_files(self.model_path).items()}
         job = Job(self.model_path.name, self.backend, self.device, Plan(1, plan.threads,
                   plan.batch_size), self.invert.value, self.fit, self.probabilities,
-                  self.class_names, rows, self.labels is not None)  # fmt: skip
+                  self.class_names, rows, self.labels is not None, self.trusted)  # fmt: skip
         gpus = {"num_gpus": plan.gpus_per_actor} if plan.gpus_per_actor else {}
         pool = actor_pool_args(plan.actors, ray.__version__, in_flight=TASKS_IN_FLIGHT_PER_ACTOR)
         return ray.data.from_arrow(blocks).map_batches(

@@ -3,6 +3,7 @@ that runs a model builds its runner with :func:`make_runner`."""
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,13 @@ def load_runner(
     return make_runner(path, backend, device, **options).load()
 
 
-def runner_options(plan: Any, backend: str = "onnxruntime") -> dict[str, Any]:
+def runner_options(
+    plan: Any, backend: str = "onnxruntime", *, trusted: bool = False
+) -> dict[str, Any]:
     """Options of the ``backend`` runner for a run planned as ``plan`` (a
-    :class:`~lstm_export.infer.pipeline.Plan`): :meth:`Runner.planned_options`."""
-    return RUNNERS[backend].planned_options(plan.threads)
+    :class:`~lstm_export.infer.pipeline.Plan`): :meth:`Runner.planned_options`, and ``trusted``
+    where the backend checks what a file may do (a checkpoint is only ever read as weights)."""
+    options = RUNNERS[backend].planned_options(plan.threads)
+    if trusted and "trusted" in {f.name for f in dataclasses.fields(RUNNERS[backend].Options)}:
+        options["trusted"] = True
+    return options

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lstm_export.cli_options import RAY, TUNING, ThreadsOption, cap_threads, positive_finite
+from lstm_export.cli_options import (
+    RAY,
+    TUNING,
+    ThreadsOption,
+    TrustFlag,
+    cap_threads,
+    positive_finite,
+)
 from lstm_export.console import err_console, plain
 from lstm_export.devices import Device
 from lstm_export.infer.cli import Engine
@@ -54,9 +61,6 @@ MaxSequences = Annotated[int | None, _option(
     show_default="1000" + _FROM_REPO)]
 MaxBody = Annotated[float, _option(
     "--max-body-mb", "Largest request body, in MiB.", callback=positive_finite)]
-TrustModel = Annotated[bool, _option(
-    "--trust-model", "Lift the checks that keep a model file from running code (TorchScript "
-    "code, other ONNX operator domains): only for a file from a source you trust.", None)]
 EngineOption = Annotated[Engine, _option(
     "--engine", "ray: as a Ray Serve deployment (pip install 'lstm-export\\[ray]').", RAY)]
 Replicas = Annotated[int, _option(
@@ -87,7 +91,7 @@ def serve(
     max_sequences: MaxSequences = None,
     max_body_mb: MaxBody = 32.0,
     threads: ThreadsOption = None,
-    trust_model: TrustModel = False,
+    trust_model: TrustFlag = False,
     engine: EngineOption = Engine.in_process,
     replicas: Replicas = 1,
     address: Address = None,

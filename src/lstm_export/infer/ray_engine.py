@@ -296,7 +296,8 @@ class RayRun(Run):
     def _connect(self) -> str:
         """Start or join Ray, its own log lines routed to the log; which cluster it is."""
         ray = self._ray = import_ray()
-        level = logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.ERROR
+        # without -v not even Ray's errors: a failure is the one line the command prints
+        level = logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.CRITICAL
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(level)
         if ray.is_initialized():

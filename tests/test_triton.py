@@ -439,3 +439,15 @@ def test_serve_load_smoke(
     assert result["perf_analyzer"] == "not given (--perf-analyzer)"
     assert "batching_speedup" in result["targets"]
     assert out.is_file() and "| serve (batching) |" in (tmp_path / "load.md").read_text()
+
+
+def test_labels_are_read_as_every_runner_reads_them() -> None:
+    """Class names in the metadata as a JSON list or comma-separated, none twice, one per class."""
+    from lstm_export.serve.triton_config import _labels
+
+    assert _labels({"class_names": '["zero", "one, or two"]'}, 2, "m") == ("zero", "one, or two")
+    assert _labels({"class_names": "a, b"}, 2, "m") == ("a", "b")
+    with pytest.raises(ModelLoadError, match="more than once"):
+        _labels({"class_names": "a,a"}, 2, "m")
+    with pytest.raises(ModelLoadError, match="names 3 classes"):
+        _labels({"class_names": "a,b,c"}, 2, "m")

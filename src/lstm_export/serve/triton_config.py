@@ -224,7 +224,14 @@ def _onnx_state(who: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> tu
 
 
 def _labels(meta: dict[str, str], classes: int, who: str) -> tuple[str, ...]:
-    names = tuple(meta["class_names"].split(",")) if meta.get("class_names") else ()
+    """The class names in ``meta``, parsed as every runner parses them (comma-separated or a JSON
+    list, none twice), checked against the model's ``classes`` and for a label file's lines."""
+    from lstm_export.infer.base import class_names
+
+    try:
+        names = tuple(class_names(meta.get("class_names", "")))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{who}: {exc}") from None
     if names and len(names) != classes:
         raise ModelLoadError(
             f"{who}: metadata names {len(names)} classes but the model returns {classes}"

@@ -213,9 +213,11 @@ def test_text_from_outside_is_printed_as_text(model: Path, tmp_path: Path) -> No
 # -- Ray: a killed raylet --------------------------------------------------------------------------
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_killed_raylet_is_one_error_line(model: Path, tmp_path: Path) -> None:
-    """The raylet of the local Ray killed mid-run: one error line, exit 1, nothing on stdout
-    (Ray printed the raylet's state dump there), no Ray process left."""
+@pytest.mark.parametrize("stop", ["raylet killed", "SIGTERM"])
+def test_a_ray_run_stopped_midway_is_one_error_line(stop: str, model: Path, tmp_path: Path) -> None:
+    """The raylet of the local Ray killed mid-run (exit 1), or SIGTERM to the command (passed on
+    to the Ray run; exit 143): one error line, nothing on stdout (Ray printed the raylet's state
+    dump there), no output file, no Ray process left."""
     import signal
     import tempfile
     import time
@@ -249,17 +251,25 @@ def test_a_killed_raylet_is_one_error_line(model: Path, tmp_path: Path) -> None:
         time.sleep(2)
         raylets = [pid for pid, cmd in marked().items() if b"raylet/raylet" in cmd]
         assert raylets and child.poll() is None
-        os.kill(raylets[0], signal.SIGKILL)
+        if stop == "SIGTERM":
+            os.kill(child.pid, signal.SIGTERM)
+        else:
+            os.kill(raylets[0], signal.SIGKILL)
         stdout, stderr = child.communicate(timeout=240)
     finally:
         child.kill()
-    assert child.returncode == 1, stderr
-    assert stdout == b"", stdout[-2000:]
     lines = stderr.decode().strip().splitlines()
-    # Ray either ends the driver (the parent reports it) or raises that the actor died
-    assert lines[-1].startswith(
-        ("error: the Ray run ended abruptly", "error: the Ray job failed: The actor died")
-    ), lines
+    assert stdout == b"", stdout[-2000:]
+    assert not (tmp_path / "r.csv").exists()
+    if stop == "SIGTERM":
+        assert child.returncode == 128 + signal.SIGTERM, stderr
+        assert lines[-1] == "error: terminated by SIGTERM", lines
+    else:
+        assert child.returncode == 1, stderr
+        # Ray either ends the driver (the parent reports it) or raises that the actor died
+        assert lines[-1].startswith(
+            ("error: the Ray run ended abruptly", "error: the Ray job failed: The actor died")
+        ), lines
     assert sum(line.startswith("error:") for line in lines) == 1
     assert "Traceback" not in stderr.decode()
     deadline = time.monotonic() + 30

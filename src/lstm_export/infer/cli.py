@@ -11,7 +11,6 @@ import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from enum import Enum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -19,7 +18,15 @@ import typer
 from rich.progress import TextColumn
 
 from lstm_export import fileio
-from lstm_export.cli_options import OUTPUT, RAY, TUNING, ProgressFlag, ThreadsOption, TrustFlag
+from lstm_export.cli_options import (
+    OUTPUT,
+    RAY,
+    TUNING,
+    Engine,
+    ProgressFlag,
+    ThreadsOption,
+    TrustFlag,
+)
 from lstm_export.console import console, count, err_console, make_progress, plain
 from lstm_export.devices import Device
 from lstm_export.errors import ConfigError, InferenceError, InputError, OutputError
@@ -30,13 +37,6 @@ from lstm_export.infer.writers import OutputFormat, open_rows, resolve_format
 
 if TYPE_CHECKING:
     from lstm_export.infer.rows import Prediction, Run, Summary
-
-
-class Engine(str, Enum):
-    """Where ``infer`` runs: in this process, or on a Ray cluster through Ray Data."""
-
-    in_process = "in-process"
-    ray = "ray"
 
 
 def _flag(name: str, help: str, panel: str | None = None, **extra: Any) -> Any:
@@ -230,8 +230,9 @@ def _in_a_child(work: Callable[[], None]) -> None:
         with fileio.terminating(), os.fdopen(read, "rb") as pipe:
             sent = pipe.read()  # until the child ends
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM or SIGHUP (Terminated)
-        if isinstance(stop, fileio.Terminated) or os.getpgid(pid) != os.getpgrp():  # Ray moved it
-            os.kill(pid, getattr(stop, "signum", signal.SIGINT))
+        terminated = fileio.terminated_by() if isinstance(stop, fileio.Terminated) else None
+        if terminated or os.getpgid(pid) != os.getpgrp():  # Ray moved it out of our group
+            os.kill(pid, terminated or signal.SIGINT)
         os.waitpid(pid, 0)
         raise
     status = os.waitpid(pid, 0)[1]

@@ -4,6 +4,7 @@ the flags a first-time reader can skip in ``--help``."""
 from __future__ import annotations
 
 import math
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,14 @@ import typer
 TUNING = "Tuning"
 RAY = "Ray (--engine ray)"
 OUTPUT = "Output"
+
+
+class Engine(str, Enum):
+    """Where ``infer`` and ``serve`` run: in this process, or on Ray (Ray Data, Ray Serve)."""
+
+    in_process = "in-process"
+    ray = "ray"
+
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT)

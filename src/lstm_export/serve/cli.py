@@ -10,6 +10,7 @@ import typer
 from lstm_export.cli_options import (
     RAY,
     TUNING,
+    Engine,
     ThreadsOption,
     TrustFlag,
     cap_threads,
@@ -17,7 +18,6 @@ from lstm_export.cli_options import (
 )
 from lstm_export.console import err_console, plain
 from lstm_export.devices import Device
-from lstm_export.infer.cli import Engine
 from lstm_export.infer.registry import Backend
 
 if TYPE_CHECKING:

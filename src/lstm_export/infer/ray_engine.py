@@ -23,6 +23,7 @@ import numpy as np
 from packaging.version import Version
 
 from lstm_export import errors
+from lstm_export.console import count
 from lstm_export.devices import Device, usable_cores
 from lstm_export.errors import ConfigError, DeviceError, InferenceError, LstmExportError
 from lstm_export.infer.images import Invert
@@ -81,7 +82,7 @@ class RayPlan(Plan):
 
     def describe(self) -> str:
         gpus = f", {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
-        return (f"{self.cluster}; {self.actors} actor{'s' * (self.actors != 1)} x (decode 1 "
+        return (f"{self.cluster}; {count(self.actors, 'actor')} x (decode 1 "
                 f"thread, inference {self.threads} thread(s); {self.cpus_per_actor:g} CPU{gpus}),"
                 f" blocks of {self.block_rows}, batch {self.batch_size}")  # fmt: skip
 
@@ -261,7 +262,7 @@ class RayRun(Run):
     @property
     def model_line(self) -> str:
         n, auto = self.plan.actors, ", auto: CPU" if self.auto else ""
-        return f"{self.backend} on {self.device} ({n} Ray actor{'s' * (n != 1)}{auto})"
+        return f"{self.backend} on {self.device} ({count(n, 'Ray actor')}{auto})"
 
     def load(self) -> RayRun:
         """Load the model here (its class names), start or join Ray, plan the pool. Idempotent."""
@@ -370,8 +371,8 @@ class RayRun(Run):
         only the error rows (the rows are in its Parquet files)."""
         assert self.summary is not None
         done, started = 0, time.perf_counter()
-        for count, rows in self._written() if self.output_dir else self._gathered(started):
-            done += count
+        for n_rows, rows in self._written() if self.output_dir else self._gathered(started):
+            done += n_rows
             yield rows
         if done != self.summary.images:
             raise InferenceError(f"Ray returned {done:,} rows for {self.summary.images:,} images")

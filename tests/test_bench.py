@@ -245,13 +245,12 @@ def test_the_check_runs_before_anything_is_measured(
 
     measured: list[str] = []
 
-    def failing_check(job: CheckJob, report: object = None) -> None:
-        raise DeviceError("backend 'onnxruntime' cannot run: CUDA provider did not load")
+    def in_child(work: object, job: Any, *_: object) -> None:
+        if work is run_module.check:
+            raise DeviceError("backend 'onnxruntime' cannot run: CUDA provider did not load")
+        measured.append(job.variant.name)
 
-    monkeypatch.setattr(run_module, "check_in_child", failing_check)
-    monkeypatch.setattr(
-        run_module, "measure_in_child", lambda job, *a: measured.append(job.variant.name)
-    )
+    monkeypatch.setattr(run_module, "in_child", in_child)
     settings = run_module.BenchSettings(backends=["onnxruntime"], data_dir=mnist_dir)
     plan = run_module.plan_bench(make_checkpoint(hidden_size=8), settings)
     with pytest.raises(DeviceError, match="onnxruntime"):

@@ -90,7 +90,7 @@ def _fake_graph_runner(tmp_path: Path) -> tuple[OnnxRuntimeRunner, _FakeSession]
     session = _FakeSession()
     runner.session, runner._ort, runner.device = session, _FakeOrt, "cuda"
     runner.input_name, runner.output_name = "pixels", "logits"
-    runner._graphs, runner._serial, runner._loaded = {}, None, True
+    runner._graphs, runner._serial, runner._loaded, runner._bound = {}, None, True, True
     runner._state_inputs, runner._slices, runner._pool = [], [], None
     return runner, session
 

@@ -26,7 +26,6 @@ from lstm_export.infer.images import (
     load_digit,
     load_digits,
     max_file_bytes,
-    preprocess_image,
     read_bytes,
 )
 
@@ -89,7 +88,7 @@ def test_invert_yes_and_no_override_the_guess(digits: tuple[np.ndarray, np.ndarr
     assert np.array_equal(load_digit(png_bytes(255 - img), invert="no"), 255 - img)
     assert np.array_equal(load_digit(png_bytes(img), invert="no"), img)
     with pytest.raises(ValueError):
-        preprocess_image(img, invert="sometimes")
+        load_digit(png_bytes(img), invert="sometimes")
 
 
 def test_polarity_follows_the_border_not_the_ink_amount() -> None:

@@ -118,7 +118,7 @@ def _assert_same_rows(rows: dict[str, dict[str, Any]], expected: Any, *, digits:
         assert (row["error"] or None) == ref.error, path
         assert (row["prediction"] or None) == ref.prediction, path
         assert (row.get("label") or None) == ref.label, path
-        if ref.ok:
+        if ref.error is None:
             assert float(row["confidence"]) == pytest.approx(ref.confidence, abs=10**-digits)
         for name, p in zip(expected.summary.class_names, ref.probabilities or (), strict=False):
             assert float(row[f"p_{name}"]) == pytest.approx(p, abs=10**-digits)

@@ -49,7 +49,7 @@ def test_reads_the_exported_onnx_file_as_is(
     "options",
     [
         {"hint": "throughput", "threads": 2},  # two streams: each request runs a slice
-        {"hint": "throughput", "streams": 2, "static_shapes": False},
+        {"hint": "throughput", "threads": 2, "static_shapes": False},
         {"hint": "latency", "static_shapes": False},
     ],
 )
@@ -67,7 +67,7 @@ def test_tuning_options_keep_the_answers(
 
 
 def test_throughput_hint_runs_one_slice_per_stream(onnx_file: Path) -> None:
-    with load_runner(onnx_file, "openvino", device="cpu", hint="throughput", streams=2) as runner:
+    with load_runner(onnx_file, "openvino", device="cpu", hint="throughput", threads=2) as runner:
         assert runner.streams_used == 2  # type: ignore[attr-defined]
         assert runner._requests >= 2  # type: ignore[attr-defined]
         x = np.random.default_rng(0).random((7, 28, 28), dtype=np.float32)
@@ -115,7 +115,6 @@ def test_ir_keeps_the_metadata(onnx_file: Path, tmp_path: Path, reference: np.nd
         ({"precision": "fp8"}, "unknown precision"),
         ({"hint": "fastest"}, "unknown hint"),
         ({"threads": 0}, "threads"),
-        ({"streams": -1}, "streams"),
     ],
 )
 def test_bad_options_are_config_errors(options: dict[str, object], needle: str) -> None:

@@ -47,7 +47,7 @@ def test_two_replicas_answer_as_the_in_process_server(tmp_path: Path) -> None:
     finally:
         code = server.stop(timeout_s=120)
     assert code == 0, server.text()
-    assert "2 replica(s)" in server.text()
+    assert "2 replicas" in server.text()
     with load_runner(model, device="cpu") as runner:
         expected = runner.infer(x)
     np.testing.assert_allclose(np.concatenate(answers), expected, rtol=1e-5, atol=1e-6)

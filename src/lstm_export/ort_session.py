@@ -1,8 +1,5 @@
-"""Opening ONNX Runtime sessions on a requested device: one place for every caller.
-
-The providers a session really got decide, never ``get_available_providers()``; what ONNX Runtime
-prints while probing CUDA is logged, so that standard output stays machine-readable.
-"""
+"""Opening ONNX Runtime sessions on a requested device, one place for every caller: what ONNX
+Runtime prints while probing CUDA is logged, so that standard output stays machine-readable."""
 
 from __future__ import annotations
 
@@ -106,7 +103,7 @@ def error_text(exc: BaseException) -> str:
 
 
 def open_session(
-    model: Path | bytes,
+    path: Path | str,
     device: Device | str,
     options: Any = None,
     *,
@@ -115,12 +112,11 @@ def open_session(
     """An ``onnxruntime.InferenceSession`` on ``device`` (``options``: its SessionOptions).
 
     ``cuda`` raises DeviceError naming why CUDA is unusable; ``auto`` falls back to the CPU (the
-    caller reads ``session.get_providers()`` to tell)."""
+    providers the session really got tell, never ``get_available_providers()``)."""
     import onnxruntime as ort
 
     device = Device(device)
-    if options is None:
-        options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     options.log_severity_level = 3  # cuda_diagnosis() replaces ORT's provider warnings
     if device == Device.cuda and not (ort_has_cuda_build() and nvidia_driver_present()):
         raise DeviceError(f"CUDA was asked for, but {cuda_diagnosis()}")
@@ -130,15 +126,13 @@ def open_session(
         preload_cuda_libraries(ort)
         providers = [(CUDA_EP, dict(cuda_options or {})), CPU_EP]
         ort.set_default_logger_severity(4)  # a provider that fails to load logs errors
-    what = model if isinstance(model, bytes) else str(model)
     try:
         session = quietly(
             "onnxruntime.InferenceSession",
-            lambda: ort.InferenceSession(what, options, providers=providers),
+            lambda: ort.InferenceSession(str(path), options, providers=providers),
         )
     except Exception as exc:  # InvalidProtobuf, NoSuchFile, Fail...
-        name = "the model" if isinstance(model, bytes) else str(model)
-        raise ModelLoadError(f"{name} cannot be loaded by ONNX Runtime: {error_text(exc)}") from exc
+        raise ModelLoadError(f"{path} cannot be loaded by ONNX Runtime: {error_text(exc)}") from exc
     finally:
         if gpu:
             ort.set_default_logger_severity(3)

@@ -1,6 +1,5 @@
-"""Checks made on a model file from elsewhere before it runs; docs/trust.md says what each format
-can do and why each check. The runners' ``trusted`` option lifts them, except the external data
-check.
+"""Checks made on a model file from elsewhere before it runs (docs/trust.md says what each format
+can do and why each check); the runners' ``trusted`` option lifts all but the external data check.
 """
 
 from __future__ import annotations

@@ -85,9 +85,7 @@ def bench(
 ) -> None:
     """Measure parity (full test set) and latency of every backend against eager PyTorch."""
     from lstm_export.artifacts import Artifact
-    from lstm_export.bench.report import markdown as to_markdown
-    from lstm_export.bench.report import plot as write_plot
-    from lstm_export.bench.report import print_tables, write_json
+    from lstm_export.bench import report
     from lstm_export.bench.run import BenchSettings, plan_bench, run_bench
     from lstm_export.fileio import check_outputs_against_inputs, ensure_writable_dir, terminating
 
@@ -114,17 +112,17 @@ def bench(
     )
     plan.data_dir = require_mnist(settings.data_dir)
     with terminating(), progress_bar() as on_progress:  # SIGTERM: the measuring child goes too
-        result = run_bench(plan, on_progress=on_progress, on_line=_say).to_dict()
+        result = run_bench(plan, on_progress=on_progress, on_line=_say)
     if output is not None:
-        write_json(result, output)
+        report.write_json(result, output)
     if plot is not None:
-        write_plot(result, plot)
+        report.plot(result, plot)
     if as_json:
         print_json(result)
     elif markdown:
-        console.print(plain(to_markdown(result)), highlight=False, soft_wrap=True)
+        console.print(plain(report.markdown(result)), highlight=False, soft_wrap=True)
     else:
-        print_tables(result)
+        report.print_tables(result)
     for label, path in (("results", output), ("plot", plot)):
         if path is not None:
             err_console.print(f"{label}: {plain(path)}", highlight=False)

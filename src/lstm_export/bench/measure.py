@@ -87,19 +87,13 @@ def measure(job: MeasureJob, report: Any = None, measured: Any = None) -> Measur
             warm_up(runner, batch_of(images, batch), calls=job.warmup, seconds=WARMUP_SECONDS)
         for batch in job.batch_sizes:
             say(f"batch {batch}")
+            x = batch_of(images, batch)
             timings = time_runner(
-                runner, batch_of(images, batch), warmup=job.warmup, iterations=job.iterations,
-                seconds=job.seconds,
-            )  # fmt: skip
+                runner, x, warmup=job.warmup, iterations=job.iterations, seconds=job.seconds
+            )
             result.compute[batch], result.copies[batch] = timings.compute, timings.copies
             if measured is not None:
                 measured(batch, latency_stats(timings.compute, batch).to_dict())
-    return result
-
-
-def measure_in_child(job: MeasureJob, report: Any = None, measured: Any = None) -> Measurement:
-    """Run :func:`measure` in a fresh spawned process and return its result."""
-    result: Measurement = _in_child(measure, job, job.variant.name, report, measured)
     return result
 
 
@@ -113,14 +107,9 @@ class CheckJob:
     threads: int
 
 
-def check_in_child(job: CheckJob, report: Any = None) -> None:
-    """Load each runner of ``job`` and run one image through it, in one spawned process; the first
-    that fails raises its typed error (or BenchError) as one line naming the backend."""
-    _in_child(check, job, "check", report, None)
-
-
 def check(job: CheckJob, report: Any = None, measured: Any = None) -> None:
-    """:func:`check_in_child`'s work, in this process (``measured`` is not called)."""
+    """Load each runner of ``job`` and run one image through it; the first that fails raises its
+    typed error (or BenchError) as one line naming the backend (``measured`` is not called)."""
     from lstm_export.infer.registry import make_runner
 
     say = report or (lambda _text: None)
@@ -137,13 +126,13 @@ def check(job: CheckJob, report: Any = None, measured: Any = None) -> None:
             raise BenchError(f"backend {variant.name!r} cannot run: {first_line(exc)}") from exc
 
 
-def _in_child(work: Any, job: Any, name: str, report: Any, measured: Any) -> Any:
-    """Run ``work(job, ...)`` in a spawned process; relay its messages; return its result."""
+def in_child(work: Any, job: Any, name: str, report: Any = None, measured: Any = None) -> Any:
+    """Run ``work(job, report, measured)`` (:func:`measure` or :func:`check`) in a spawned process
+    named ``name`` in its errors; relay its messages; return its result."""
     ctx = mp.get_context("spawn")
     channel = ctx.Queue()
     child = ctx.Process(target=_child_main, args=(work, job, name, channel), daemon=True)
     child.start()
-    finished = False
     try:
         while True:
             try:
@@ -159,14 +148,12 @@ def _in_child(work: Any, job: Any, name: str, report: Any, measured: Any) -> Any
             elif kind == "measured" and measured is not None:
                 measured(*payload)
             elif kind == "result":
-                finished = True
+                child.join(timeout=10)
                 return payload
             elif kind == "error":
                 cls_name, message = payload
                 raise getattr(errors, cls_name, BenchError)(message)
     finally:
-        if finished:
-            child.join(timeout=10)
         if child.is_alive():  # stopped waiting (an error, Ctrl-C, SIGTERM): the child goes too
             child.kill()
             child.join(timeout=10)
@@ -194,11 +181,8 @@ def _child_main(work: Any, job: Any, name: str, channel: Any) -> None:
 
 
 def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
-    """The first ``batch`` images (tiled if the test set is smaller), C-contiguous."""
-    if batch <= len(images):
-        return np.ascontiguousarray(images[:batch])
-    reps = -(-batch // len(images))
-    return np.ascontiguousarray(np.concatenate([images] * reps)[:batch])
+    """The first ``batch`` images (repeated if the test set is smaller), a C-contiguous copy."""
+    return np.resize(images, (batch, *images.shape[1:]))
 
 
 def _describe(job: MeasureJob, runner: Runner) -> dict[str, Any]:

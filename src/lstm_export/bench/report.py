@@ -64,16 +64,13 @@ _PARITY: list[_Column] = [
 ]
 #: columns of words (the others hold numbers, right-aligned)
 _LEFT = {"backend", "prec", "note", "fastest", "ours", "peer", "ahead"}
+_AHEAD = {True: "yes", False: "**no**"}
 _BEST: list[_Column] = [
     ("batch", "batch", lambda b: str(b["batch_size"])),
     ("fastest", "fastest (latency vs eager)", lambda b: _named(b, "best")),
     ("ours", "best of our exports", lambda b: _named(b, "best_export")),
     ("peer", "best peer", lambda b: _named(b, "best_peer")),
-    (
-        "ahead",
-        "ours at least as fast",
-        lambda b: {True: "yes", False: "**no**"}.get(b["export_ahead"], "-"),
-    ),
+    ("ahead", "ours at least as fast", lambda b: _AHEAD.get(b["export_ahead"], "-")),
 ]
 
 
@@ -137,10 +134,8 @@ def print_tables(result: dict[str, Any]) -> None:
         titles, (_LATENCY, _PARITY), (result["latency"], result["parity"]), strict=True
     ):
         table = Table(title=plain(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
-        for column in columns:
-            table.add_column(
-                column[0], justify="left" if column[0] in _LEFT else "right", no_wrap=True
-            )
+        for heading, *_ in columns:
+            table.add_column(heading, justify="left" if heading in _LEFT else "right", no_wrap=True)
         for row in rows:
             style = "red" if row.get("flagged") else None
             table.add_row(*(plain(c[2](row)) for c in columns), style=style)
@@ -153,6 +148,8 @@ def print_tables(result: dict[str, Any]) -> None:
 _MARKERS = "osD^vP*Xh<>p"
 #: a red ring around a noisy figure
 _RING = {"s": 150, "facecolors": "none", "edgecolors": "red", "linewidths": 1.2, "zorder": 3}
+#: (figure, y label) of the two panels
+_PANELS = (("p50_ms", "median latency (ms)"), ("throughput", "images/s (median)"))
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -165,13 +162,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     rows = result["latency"]
     roles = {p["backend"]: p.get("role", "export") for p in result["parity"]}
-    backends = list(dict.fromkeys(r["backend"] for r in rows))
-    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(12, 6.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.2))
     cmap = plt.get_cmap("tab10")
     marked = False
-    for i, name in enumerate(backends):
+    for i, name in enumerate(dict.fromkeys(r["backend"] for r in rows)):
         mine = sorted((r for r in rows if r["backend"] == name), key=lambda r: r["batch_size"])
-        sizes = [r["batch_size"] for r in mine]
         role = roles.get(name, "export")
         style: dict[str, Any] = {
             "marker": _MARKERS[i % len(_MARKERS)],
@@ -183,22 +178,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
         }
         if role == "reference":
             style.update(color="black", linewidth=2.6, label=f"{name} (reference)")
-        ax_lat.plot(sizes, [r["p50_ms"] for r in mine], **style)
-        ax_tp.plot(sizes, [r["throughput"] for r in mine], **style)
         shaky = [r for r in mine if _notes(r)]
         label = "noisy calls or rounds disagree" if shaky and not marked else None
-        for ax, key in ((ax_lat, "p50_ms"), (ax_tp, "throughput")):
-            xs, ys = [r["batch_size"] for r in shaky], [r[key] for r in shaky]
-            ax.scatter(xs, ys, **_RING, label=label)
+        for ax, (key, _) in zip(axes, _PANELS, strict=True):
+            ax.plot([r["batch_size"] for r in mine], [r[key] for r in mine], **style)
+            ax.scatter(
+                [r["batch_size"] for r in shaky], [r[key] for r in shaky], **_RING, label=label
+            )
         marked = marked or bool(shaky)
-    ax_lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="median latency (ms)")
-    ax_tp.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (median)")
-    sizes_all = sorted({r["batch_size"] for r in rows})
-    for ax in (ax_lat, ax_tp):
-        ax.set_xticks(sizes_all, [str(b) for b in sizes_all])
+    sizes = sorted({r["batch_size"] for r in rows})
+    for ax, (_, ylabel) in zip(axes, _PANELS, strict=True):
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=ylabel)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
         ax.minorticks_off()
         ax.grid(True, which="major", alpha=0.3)
-    handles, labels = ax_lat.get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()
     columns = min(4, max(1, len(labels)))
     fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False, handlelength=3)
     threads = count(result["settings"]["threads"], "thread")

@@ -15,13 +15,7 @@ import numpy as np
 
 from lstm_export.bench.artifacts import ensure_artifacts
 from lstm_export.bench.machine import machine_info, usable_cores
-from lstm_export.bench.measure import (
-    CheckJob,
-    MeasureJob,
-    Measurement,
-    check_in_child,
-    measure_in_child,
-)
+from lstm_export.bench.measure import CheckJob, MeasureJob, Measurement, check, in_child, measure
 from lstm_export.bench.stats import is_stable, latency_stats, round_spread
 from lstm_export.bench.variants import (
     REDUCED_PRECISIONS,
@@ -41,8 +35,6 @@ DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 
 #: progress(description, done, total)
 ProgressCallback = Callable[[str, int, int], None]
-#: line(text): one backend and batch size's figures, as soon as they are measured
-LineCallback = Callable[[str], None]
 
 
 @dataclass
@@ -84,29 +76,6 @@ class BenchSettings:
 
 
 @dataclass
-class BenchResult:
-    """What one run measured; :meth:`to_dict` is the documented JSON schema."""
-
-    machine: dict[str, Any]
-    settings: dict[str, Any]
-    model: dict[str, Any]
-    backends: list[dict[str, Any]] = field(default_factory=list)
-    latency: list[dict[str, Any]] = field(default_factory=list)
-    parity: list[dict[str, Any]] = field(default_factory=list)
-    #: variants of the default set left out on this machine, with the reason
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    #: per batch size: the fastest backend overall, of our exports and of the peers
-    best: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **asdict(self),
-        }
-
-
-@dataclass
 class BenchPlan:
     """A checked benchmark request: everything resolved before anything is measured."""
 
@@ -123,6 +92,8 @@ class BenchPlan:
 
 #: timings[(variant, batch)][round] = (compute seconds, copy seconds) of each call
 _Timings = dict[tuple[str, int], dict[int, tuple[np.ndarray, np.ndarray]]]
+#: p50[(variant, batch)][round] = median compute ms of that round
+_RoundP50 = dict[tuple[str, int], dict[int, float]]
 
 
 def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
@@ -156,10 +127,11 @@ def run_bench(
     plan: BenchPlan,
     *,
     on_progress: ProgressCallback | None = None,
-    on_line: LineCallback | None = None,
-) -> BenchResult:
-    """Benchmark every planned backend against eager PyTorch: prepare, measure, report.
-    ``on_progress`` follows the rounds; ``on_line`` gets each backend and batch size's line."""
+    on_line: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark every planned backend against eager PyTorch: prepare, measure, report (the JSON
+    object of docs/bench-schema.md). ``on_progress`` follows the rounds; ``on_line`` gets each
+    backend and batch size's line."""
     progress = on_progress or (lambda *_: None)
     say = on_line or (lambda _text: None)
     paths = _prepare(plan, progress)
@@ -184,20 +156,14 @@ def _prepare(plan: BenchPlan, progress: ProgressCallback) -> dict[Any, Path]:
         on_export=lambda artifact: progress(f"exporting {artifact.value}", 0, 0),
     )
     progress("checking that every backend loads", 0, 0)
-    check_in_child(
-        CheckJob(
-            variants=tuple(plan.variants),
-            paths=tuple(paths[v.artifact] for v in plan.variants),
-            device=plan.settings.device.value,
-            threads=plan.threads,
-        ),
-        lambda text: progress(text, 0, 0),
-    )
+    files = tuple(paths[v.artifact] for v in plan.variants)
+    job = CheckJob(tuple(plan.variants), files, plan.settings.device.value, plan.threads)
+    in_child(check, job, "check", lambda text: progress(text, 0, 0))
     return paths
 
 
 def _measure(
-    plan: BenchPlan, paths: dict[Any, Path], progress: ProgressCallback, say: LineCallback
+    plan: BenchPlan, paths: dict[Any, Path], progress: ProgressCallback, say: Callable[[str], None]
 ) -> tuple[_Timings, dict[str, Measurement]]:
     """Measure the backends in turn, round after round; after ``rounds`` rounds only the figures
     that are not stable yet (and eager at their batch sizes), up to ``round_cap`` rounds. Returns
@@ -235,7 +201,7 @@ def _measure(
                 ref = _p50(timings).get((REFERENCE, batch), {}).get(r)
                 say(_progress_line(r, name, batch, stats, ref))
 
-            measurement = measure_in_child(job, report, measured)
+            measurement = in_child(measure, job, variant.name, report, measured)
             first.setdefault(variant.name, measurement)
             for batch in job.batch_sizes:
                 calls = (measurement.compute[batch], measurement.copies[batch])
@@ -247,52 +213,32 @@ def _measure(
     return timings, first
 
 
-def _p50(timings: _Timings) -> dict[tuple[str, int], dict[int, float]]:
-    """p50[(variant, batch)][round] = median compute ms of that round."""
+def _p50(timings: _Timings) -> _RoundP50:
     return {
         key: {r: float(np.median(calls[0]) * 1e3) for r, calls in rounds.items()}
         for key, rounds in timings.items()
     }
 
 
-def _report(plan: BenchPlan, timings: _Timings, first: dict[str, Measurement]) -> BenchResult:
+def _report(plan: BenchPlan, timings: _Timings, first: dict[str, Measurement]) -> dict[str, Any]:
     """The result: parity against eager's logits, and the median round of every figure."""
     from lstm_export.data.mnist import load_split
     from lstm_export.fileio import file_digest
 
     settings, device = plan.settings, plan.settings.device.value
     labels = load_split(plan.data_dir, "test").labels
-    result = BenchResult(
-        machine=machine_info(device),
-        settings={
-            **{k: v for k, v in asdict(settings).items() if k not in ("data_dir", "device")},
-            "device": device,
-            "threads": plan.threads,
-            "max_rounds": settings.round_cap,
-            "batch_sizes": list(settings.batch_sizes),
-            "isolation": "one process per backend",
-            "statistic": "median (p50) of calls; the median round; throughput = batch / p50",
-        },
-        model={
-            "checkpoint": str(plan.checkpoint),
-            "sha256": file_digest(plan.checkpoint),
-            "test_accuracy": plan.ckpt.get("metrics", {}).get("test_accuracy"),
-            "model_config": plan.ckpt["model_config"],
-        },
-        skipped=[{"backend": k, "reason": v} for k, v in plan.skipped.items()],
-    )
+    machine = machine_info(device)
     reference = first[REFERENCE].logits  # eager runs first: every backend is held to it
-    for variant in plan.variants:
-        mine = first[variant.name]
-        result.backends.append(mine.description)
-        labels_n = labels[: len(mine.logits)]
-        result.parity.append(_parity_row(variant, device, mine.logits, reference, labels_n))
+    parity = [
+        _parity_row(v, device, first[v.name].logits, reference, labels) for v in plan.variants
+    ]
+    latency = []
     order = {v.name: i for i, v in enumerate(plan.variants)}
     p50 = _p50(timings)
     for name, batch in sorted(timings, key=lambda key: (order[key[0]], key[1])):
         compute, copies = median_round(list(timings[(name, batch)].values()))
         medians, figures = p50[(name, batch)], _figures(p50, name, batch)
-        result.latency.append(
+        latency.append(
             {
                 "backend": name,
                 "device": device,
@@ -306,10 +252,35 @@ def _report(plan: BenchPlan, timings: _Timings, first: dict[str, Measurement]) -
                 "stable": is_stable(figures, min_rounds=2) if len(figures) >= 2 else None,
             }
         )
-    result.machine["load_average_end"] = machine_info(device).get("load_average")
-    add_ratios(result.latency)
-    result.best = best_per_batch(result.latency, result.parity, plan.variants)
-    return result
+    machine["load_average_end"] = machine_info(device).get("load_average")
+    add_ratios(latency)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "settings": {
+            **{k: v for k, v in asdict(settings).items() if k not in ("data_dir", "device")},
+            "device": device,
+            "threads": plan.threads,
+            "max_rounds": settings.round_cap,
+            "batch_sizes": list(settings.batch_sizes),
+            "isolation": "one process per backend",
+            "statistic": "median (p50) of calls; the median round; throughput = batch / p50",
+        },
+        "model": {
+            "checkpoint": str(plan.checkpoint),
+            "sha256": file_digest(plan.checkpoint),
+            "test_accuracy": plan.ckpt.get("metrics", {}).get("test_accuracy"),
+            "model_config": plan.ckpt["model_config"],
+        },
+        "backends": [first[v.name].description for v in plan.variants],
+        "latency": latency,
+        "parity": parity,
+        # variants of the default set left out on this machine, with the reason
+        "skipped": [{"backend": k, "reason": v} for k, v in plan.skipped.items()],
+        # per batch size: the fastest backend overall, of our exports and of the peers
+        "best": best_per_batch(latency, parity, plan.variants),
+    }
 
 
 def _progress_line(
@@ -326,9 +297,7 @@ def _progress_line(
     return line + (" (noisy)" if stats["disturbed"] else "")
 
 
-def _figures(
-    round_p50: dict[tuple[str, int], dict[int, float]], name: str, batch: int
-) -> list[float]:
+def _figures(round_p50: _RoundP50, name: str, batch: int) -> list[float]:
     """What tells whether a figure is stable: eager's own p50s; another backend's per-round p50 /
     eager's p50 of the same round (drift cancels; rounds where both were measured)."""
     mine, ref = round_p50.get((name, batch), {}), round_p50.get((REFERENCE, batch), {})
@@ -338,9 +307,7 @@ def _figures(
 
 
 def _unstable(
-    round_p50: dict[tuple[str, int], dict[int, float]],
-    batch_sizes: tuple[int, ...],
-    names: list[str],
+    round_p50: _RoundP50, batch_sizes: tuple[int, ...], names: list[str]
 ) -> dict[str, tuple[int, ...]]:
     """What to measure again: each figure whose rounds disagree, with eager at its batch size."""
     again: dict[str, set[int]] = {}
@@ -352,9 +319,7 @@ def _unstable(
     return {name: tuple(sorted(b)) for name, b in again.items()}
 
 
-def median_round(
-    per_round: list[tuple[np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray]:
+def median_round(per_round: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """The round whose median compute time is the median of all rounds (robust to a noisy one)."""
     order = sorted(range(len(per_round)), key=lambda i: float(np.median(per_round[i][0])))
     return per_round[order[(len(order) - 1) // 2]]
@@ -396,16 +361,12 @@ def best_per_batch(
 
 
 def _parity_row(
-    variant: Variant,
-    device: str,
-    logits: np.ndarray,
-    reference: np.ndarray,
-    labels: np.ndarray,
+    variant: Variant, device: str, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray
 ) -> dict[str, Any]:
     """Parity with eager; fp32 is held to agreement, reduced precision to its accuracy drop."""
     from lstm_export import parity
 
-    stats = parity.compare(logits, reference, labels)
+    stats = parity.compare(logits, reference, labels[: len(logits)])
     reduced = variant.precision in REDUCED_PRECISIONS
     found = parity.problems(
         stats,

@@ -57,10 +57,6 @@ class Variant:
     #: why the variant cannot run here (a missing package, no native bf16), or None
     unavailable: Callable[[], str | None] | None = field(default=None, compare=False)
 
-    def problem(self) -> str | None:
-        """One line saying why this variant cannot be measured here, or None."""
-        return self.unavailable() if self.unavailable is not None else None
-
 
 _CPU = frozenset({BenchDevice.cpu})
 _CUDA = frozenset({BenchDevice.cuda})
@@ -121,7 +117,7 @@ def select_variants(names: list[str] | None, device: BenchDevice) -> Selection:
         wrong = [v.name for v in chosen if device not in v.devices]
         if wrong:
             raise BenchError(f"backend {wrong[0]!r} does not run on {device.value}")
-    problems = {v.name: v.problem() for v in chosen}
+    problems = {v.name: v.unavailable() for v in chosen if v.unavailable is not None}
     skipped = {name: problem for name, problem in problems.items() if problem is not None}
     if names is not None and skipped:
         name, problem = next(iter(skipped.items()))

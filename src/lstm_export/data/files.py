@@ -65,24 +65,16 @@ class FileCheck:
 
     @property
     def md5_ok(self) -> bool:
-        """Whether the file's md5 is the official one."""
         return self.md5 == self.expected_md5
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        compressed = self.path.suffix == ".gz"
-        return {
-            **asdict(self),
-            "path": str(self.path),
-            "compressed": compressed,
-            "md5_ok": self.md5_ok,
-        }
+        found = {"path": str(self.path), "compressed": self.path.suffix == ".gz"}
+        return {**asdict(self), **found, "md5_ok": self.md5_ok}
 
 
 def check_dir(directory: Path) -> list[FileCheck]:
     """Size and md5 of each of the four files; DataError if one is missing or unreadable."""
-    checks = []
-    for name, path in find_files(Path(directory)).items():
-        digest = idx_md5(path)
-        checks.append(FileCheck(name, path, path.stat().st_size, digest, MD5[name]))
-    return checks
+    return [
+        FileCheck(name, path, path.stat().st_size, idx_md5(path), MD5[name])
+        for name, path in find_files(Path(directory)).items()
+    ]

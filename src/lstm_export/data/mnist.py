@@ -7,13 +7,13 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from lstm_export.data.files import find_files, has_any, verify_dir
-from lstm_export.data.idx import parse_idx, read_idx_bytes
+from lstm_export.data.idx import read_idx
 from lstm_export.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -21,41 +21,28 @@ log = logging.getLogger(__name__)
 ENV_VAR = "LSTM_EXPORT_DATA_DIR"
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 
-#: on_fetch(cache): called just before MNIST is downloaded into ``cache``
-FetchCallback = Callable[[Path], None]
-
 
 class CorruptCacheError(DataError):
     """The cache holds MNIST files, but not the four verified ones (fetching again fixes it)."""
 
 
-class Split(str, Enum):
-    """Which half of MNIST."""
-
-    train = "train"
-    test = "test"
-
-
+#: each split's (images, labels) files
 _FILES = {
-    Split.train: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    Split.test: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
 
-def cache_dir() -> Path:
-    """``${XDG_CACHE_HOME:-~/.cache}/lstm-export/mnist``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lstm-export" / "mnist"
-
-
 def locate(data_dir: Path | None = None) -> tuple[Path, str]:
-    """``(folder, source)``: the folder to read MNIST from (the cache may still need fetching)."""
+    """``(folder, source)``: the folder to read MNIST from (the cache,
+    ``${XDG_CACHE_HOME:-~/.cache}/lstm-export/mnist``, may still need fetching)."""
     if data_dir is not None:
         return Path(data_dir).expanduser(), "--data-dir"
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser(), f"${ENV_VAR}"
-    return cache_dir(), "cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lstm-export" / "mnist", "cache"
 
 
 def ensure_mnist(
@@ -63,7 +50,7 @@ def ensure_mnist(
     *,
     fetch: bool = False,
     force: bool = False,
-    on_fetch: FetchCallback | None = None,
+    on_fetch: Callable[[Path], None] | None = None,
 ) -> Path:
     """A folder holding the four verified MNIST files. An explicit folder is only verified; the
     cache is fetched into when empty and ``fetch``, or always with ``force`` (``on_fetch(cache)``
@@ -100,16 +87,15 @@ class MnistSplit:
     labels: np.ndarray
 
 
-def load_split(directory: Path, split: Split | str) -> MnistSplit:
-    """Load one split from a verified folder (see :func:`ensure_mnist`)."""
+def load_split(directory: Path, split: Literal["train", "test"]) -> MnistSplit:
+    """One split, ``"train"`` or ``"test"``, from a verified folder (see :func:`ensure_mnist`)."""
     directory = Path(directory)
-    paths = find_files(directory, _FILES[Split(split)]).values()
-    images, labels = (parse_idx(read_idx_bytes(path), name=str(path)) for path in paths)
+    images, labels = map(read_idx, find_files(directory, _FILES[split]).values())
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
         raise DataError(f"{directory}: unexpected shapes {images.shape} and {labels.shape}")
     return MnistSplit(images=images.astype(np.uint8), labels=labels.astype(np.int64))
 
 
-def load_mnist(split: Split | str, data_dir: Path | None = None) -> MnistSplit:
+def load_mnist(split: Literal["train", "test"], data_dir: Path | None = None) -> MnistSplit:
     """Find, verify and load one split (never downloads)."""
     return load_split(ensure_mnist(data_dir), split)

@@ -10,14 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lstm_export.errors import ExportError
-from lstm_export.export.metadata import (
-    BATCH_DIM,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    STATE_INPUTS,
-    STATE_OUTPUTS,
-    state_shapes,
-)
+from lstm_export.export.metadata import TensorInfo, interface
 from lstm_export.trust import onnx_nodes_and_tensors
 
 if TYPE_CHECKING:
@@ -28,18 +21,6 @@ if TYPE_CHECKING:
 #: ops that mean a recurrence was exported as control flow instead of a native LSTM
 _CONTROL_FLOW_OPS = ("Loop", "Scan", "If")
 _LSTM_OPS = ("LSTM", "DynamicQuantizeLSTM")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A graph input or output: name, dtype (numpy name) and dims (int or symbolic name)."""
-
-    name: str
-    dtype: str
-    dims: list[int | str]
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.dtype} [{', '.join(str(d) for d in self.dims)}]"
 
 
 @dataclass(frozen=True)
@@ -127,7 +108,7 @@ def inferred_dims(model: Any) -> dict[str, list[int | str]]:
     }
 
 
-def audit_onnx(model: onnx.ModelProto, file_size: int | None = None) -> OnnxAudit:
+def audit_onnx(model: onnx.ModelProto) -> OnnxAudit:
     """Describe ``model`` (nothing is checked here: see :func:`check_native_lstm`, :func:`check_io`)."""
     import numpy as np
     import onnx
@@ -138,10 +119,9 @@ def audit_onnx(model: onnx.ModelProto, file_size: int | None = None) -> OnnxAudi
     constants = {i.name for i in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     lstm_nodes = []
-    shapes = inferred_dims(model) if any(n.op_type in _LSTM_OPS for n in nodes) else {}
-    for node in nodes:
-        if node.op_type not in _LSTM_OPS:
-            continue
+    lstms = [n for n in nodes if n.op_type in _LSTM_OPS]
+    shapes = inferred_dims(model) if lstms else {}
+    for node in lstms:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         direction = attrs.get("direction", b"forward")
         weights = [name for name in list(node.input)[1:4] if name]
@@ -170,7 +150,6 @@ def audit_onnx(model: onnx.ModelProto, file_size: int | None = None) -> OnnxAudi
         lstm_nodes=lstm_nodes,
         parameters=int(sum(int(np.prod(i.dims)) for i in graph.initializer)),
         metadata={p.key: p.value for p in model.metadata_props},
-        file_size=file_size,
     )
 
 
@@ -196,21 +175,6 @@ def check_native_lstm(audit: OnnxAudit, config: ModelConfig) -> None:
         raise ExportError(
             "the LSTM was not exported as native ONNX LSTM ops: " + "; ".join(problems)
         )
-
-
-def interface(
-    config: ModelConfig, time: int | str, *, with_state: bool, input_name: str = INPUT_NAME
-) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """The inputs and outputs of a model of ``config``: float32 ``input_name [batch, time, F]``
-    -> ``logits [batch, classes]``; ``with_state`` adds ``h_0``, ``c_0`` in and ``h_n``, ``c_n``
-    out (``[D * num_layers, batch, H_out]`` / ``[..., H]``)."""
-    inputs = [TensorInfo(input_name, "float32", [BATCH_DIM, time, config.input_size])]
-    outputs = [TensorInfo(OUTPUT_NAME, "float32", [BATCH_DIM, config.num_classes])]
-    if with_state:
-        for names, found in ((STATE_INPUTS, inputs), (STATE_OUTPUTS, outputs)):
-            shapes = zip(names, state_shapes(config), strict=True)
-            found += [TensorInfo(n, "float32", d) for n, d in shapes]
-    return inputs, outputs
 
 
 def check_io(

@@ -29,10 +29,6 @@ def _out_option(default: str) -> Any:
     )
 
 
-def _flag(name: str, help: str) -> Any:
-    return typer.Option(name, help=help)
-
-
 ValidateFlag = Annotated[
     bool,
     typer.Option("--validate/--no-validate", help="Check the written file against eager PyTorch."),
@@ -67,21 +63,22 @@ def onnx(
     out: Annotated[Path | None, _out_option("model.onnx")] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default 20).")] = None,
     legacy: Annotated[
-        bool, _flag("--legacy", "The TorchScript-based exporter (dynamo=False).")
+        bool, typer.Option("--legacy", help="The TorchScript-based exporter (dynamo=False).")
     ] = False,
     validate: ValidateFlag = True,
     tolerance: ToleranceOption = 1e-4,
     int8: Annotated[
-        bool, _flag("--int8", "Also write <out>.int8.onnx (accuracy-guarded).")
+        bool, typer.Option("--int8", help="Also write <out>.int8.onnx (accuracy-guarded).")
     ] = False,
     int8_max_drop: Annotated[
         float, typer.Option("--int8-max-drop", min=0.0, help="Largest int8 accuracy loss (points).")
     ] = 0.3,
     fp16: Annotated[
-        bool, _flag("--fp16", "Also write <out>.fp16.onnx (fp16 weights; GPUs).")
+        bool, typer.Option("--fp16", help="Also write <out>.fp16.onnx (fp16 weights; GPUs).")
     ] = False,
     dynamic_seq: Annotated[
-        bool, _flag("--dynamic-seq", "Any number of rows (validated at 1, 7, 28 and 100).")
+        bool,
+        typer.Option("--dynamic-seq", help="Any number of rows (validated at 1, 7, 28 and 100)."),
     ] = False,
     with_state: WithStateFlag = False,
     data_dir: DataDirOption = None,
@@ -92,7 +89,11 @@ def onnx(
     `infer` feeds every file 28 rows (it resizes images to 28x28); --dynamic-seq files take
     other lengths through the Python API.
     """
+    from functools import partial
+
     from lstm_export.errors import LstmExportError
+    from lstm_export.export.fp16 import convert_fp16
+    from lstm_export.export.quantize import quantize_int8
     from lstm_export.export.to_onnx import export_onnx
 
     _prepare(checkpoint, out, tolerance)
@@ -106,26 +107,18 @@ def onnx(
     reports: dict[str, Any] = {"onnx": report}
     if not as_json:
         render.onnx(report)
+    steps: list[tuple[str, Any, Any]] = []  # files derived from the fp32 one: tag, how, render
+    if int8:
+        int8_guard = partial(quantize_int8, max_accuracy_drop=int8_max_drop / 100)
+        steps.append(("int8", int8_guard, render.int8))
+    if fp16:
+        steps.append(("fp16", partial(convert_fp16, validate=validate), render.fp16))
     try:
-        if int8:
-            from lstm_export.export.quantize import quantize_int8
-
+        for tag, derive, show in steps:
             with progress_bar(transient=True) as progress:
-                reports["int8"] = quantize_int8(
-                    report.path, data_dir=data_dir, max_accuracy_drop=int8_max_drop / 100,
-                    progress=progress,
-                )  # fmt: skip
+                reports[tag] = derive(report.path, data_dir=data_dir, progress=progress)
             if not as_json:
-                render.int8(reports["int8"])
-        if fp16:
-            from lstm_export.export.fp16 import convert_fp16
-
-            with progress_bar(transient=True) as progress:
-                reports["fp16"] = convert_fp16(
-                    report.path, validate=validate, data_dir=data_dir, progress=progress
-                )
-            if not as_json:
-                render.fp16(reports["fp16"])
+                show(reports[tag])
     except LstmExportError as exc:  # the fp32 file is valid and stays: the one line says so
         state = "written and validated" if report.validation else "written (not validated)"
         raise type(exc)(f"{exc} ({report.path} itself was {state})") from exc

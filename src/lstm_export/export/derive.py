@@ -40,28 +40,6 @@ class DerivedReport:
     evaluate_seconds: float
 
 
-def _transformed(
-    source: Path, tag: str, transform: Transform, progress: ProgressFn | None
-) -> tuple[Any, OnnxAudit, dict[str, str]]:
-    """The derived ModelProto, its audit and the fp32 file's metadata."""
-    import onnx
-
-    try:
-        original = onnx.load(str(source))
-    except Exception as exc:
-        raise ModelLoadError(f"{source} is not a readable ONNX file: {first_line(exc)}") from exc
-    src_audit = audit_onnx(original)
-    status(progress, f"converting to {tag}")
-    try:
-        with quiet_exporters():
-            model = transform(original, src_audit)
-    except (ExportError, ValidationError):
-        raise
-    except Exception as exc:
-        raise ExportError(f"{tag} conversion of {source} failed: {first_line(exc)}") from exc
-    return model, audit_onnx(model), dict(src_audit.metadata)
-
-
 def derive_onnx(
     onnx_path: Path,
     out: Path | None,
@@ -94,7 +72,20 @@ def derive_onnx(
     target = check_writable_file(Path(out) if out is not None else default)
     data = load_test_set(data_dir, purpose=f"the {tag} accuracy guard") if validate else None
     t0 = time.perf_counter()
-    model, audit, meta = _transformed(source, tag, transform, progress)
+    try:
+        original = onnx.load(str(source))
+    except Exception as exc:
+        raise ModelLoadError(f"{source} is not a readable ONNX file: {first_line(exc)}") from exc
+    src_audit = audit_onnx(original)
+    status(progress, f"converting to {tag}")
+    try:
+        with quiet_exporters():
+            model = transform(original, src_audit)
+    except (ExportError, ValidationError):
+        raise
+    except Exception as exc:
+        raise ExportError(f"{tag} conversion of {source} failed: {first_line(exc)}") from exc
+    audit, meta = audit_onnx(model), dict(src_audit.metadata)
     meta.update(
         precision=precision, source_onnx_sha256=file_digest(source), **(extra_metadata or {})
     )

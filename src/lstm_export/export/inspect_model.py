@@ -6,17 +6,15 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lstm_export.config import ModelConfig
 from lstm_export.errors import ModelLoadError, first_line
-from lstm_export.export.audit import LstmNode, TensorInfo, audit_onnx, interface
+from lstm_export.export.audit import LstmNode, audit_onnx
+from lstm_export.export.metadata import TIME_DIM, TensorInfo, interface
 from lstm_export.export.placement import Placement, node_placement
 from lstm_export.fileio import file_digest
 from lstm_export.trust import onnx_problem, refuse, torchscript_graph_problem
-
-if TYPE_CHECKING:
-    from lstm_export.config import ModelConfig
-
 
 #: what kind of file is inspected, by its suffix
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript"}
@@ -32,9 +30,9 @@ class ModelInfo:
     file_size: int
     sha256: str
     ops: dict[str, int]
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
-    metadata: dict[str, str]
+    inputs: list[TensorInfo] = field(default_factory=list)
+    outputs: list[TensorInfo] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
     opset: int | None = None
     opset_imports: dict[str, int] = field(default_factory=dict)
     lstm_nodes: list[LstmNode] = field(default_factory=list)
@@ -63,29 +61,26 @@ def inspect_model(path: Path, device: str = "cpu") -> ModelInfo:
 
 
 def _info(path: Path, fmt: str, sha256: str | None = None, **fields: Any) -> ModelInfo:
-    """A :class:`ModelInfo` of ``path``, its size and digest filled in; ``details["parameters"]``
-    says how the file's stored numbers relate to the model's parameters."""
+    """A :class:`ModelInfo` of ``path``, its size and digest filled in; from a readable
+    ``model_config``, the parameters PyTorch counts (``details["parameters"]`` relates them to
+    the numbers stored) and, but for ONNX, the interface (any number of rows, the state)."""
     info = ModelInfo(path, fmt, path.stat().st_size, sha256 or file_digest(path), **fields)
-    stored = info.parameters
-    config = _config(info.metadata)
-    info.parameters = config.parameter_count if config else stored
-    if stored is not None and info.parameters is not None and stored != info.parameters:
+    try:
+        config = ModelConfig.from_dict(json.loads(info.metadata["model_config"]))
+    except Exception:  # no or an unreadable model_config
+        return info
+    if fmt != "onnx":
+        info.inputs, info.outputs = interface(
+            config, TIME_DIM, with_state="state_inputs" in info.metadata, input_name="x"
+        )
+    stored, info.parameters = info.parameters, config.parameter_count
+    if stored is not None and stored != info.parameters:
         info.details["parameters"] = (
             f"{info.parameters:,} as PyTorch counts them (both LSTM biases); the file stores "
             f"{stored:,} numbers: {stored - info.parameters:+,} in shape constants and, in an "
             "int8 file, each weight's scale and zero point"
         )
     return info
-
-
-def _config(meta: dict[str, str]) -> ModelConfig | None:
-    """The architecture a file's ``model_config`` metadata describes (None: none readable)."""
-    from lstm_export.config import ModelConfig
-
-    try:
-        return ModelConfig.from_dict(json.loads(meta["model_config"]))
-    except Exception:  # no or an unreadable model_config
-        return None
 
 
 def _inspect_onnx(path: Path, device: str) -> ModelInfo:
@@ -99,18 +94,13 @@ def _inspect_onnx(path: Path, device: str) -> ModelInfo:
         raise ModelLoadError(f"{path} is not a readable ONNX file: {first_line(exc)}") from exc
     if not model.graph.node:
         raise ModelLoadError(f"{path} is not a readable ONNX file: the graph has no nodes")
-    audit = audit_onnx(model, file_size=path.stat().st_size)
+    audit = audit_onnx(model)
+    shared = ("inputs", "outputs", "metadata", "opset", "opset_imports", "lstm_nodes", "parameters")
     return _info(
         path,
         "onnx",
+        **{name: getattr(audit, name) for name in shared},
         ops=audit.op_counts,
-        inputs=audit.inputs,
-        outputs=audit.outputs,
-        metadata=audit.metadata,
-        opset=audit.opset,
-        opset_imports=audit.opset_imports,
-        lstm_nodes=audit.lstm_nodes,
-        parameters=audit.parameters,
         placement=node_placement(path, device),
         details={
             "ir_version": audit.ir_version,
@@ -120,31 +110,17 @@ def _inspect_onnx(path: Path, device: str) -> ModelInfo:
     )
 
 
-def _io_from_config(meta: dict[str, str]) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """A model's interface from its metadata: any number of rows, and the state inputs and
-    outputs of a ``--with-state`` file."""
-    from lstm_export.export.metadata import TIME_DIM
-
-    config = _config(meta)
-    if config is None:
-        return [], []
-    return interface(config, TIME_DIM, with_state="state_inputs" in meta, input_name="x")
-
-
 def _inspect_torchscript(path: Path) -> ModelInfo:
     from lstm_export.export.to_torchscript import graph_op_counts
     from lstm_export.infer.runners.torch_runner import load_torchscript
 
     module, meta = load_torchscript(path)  # refused if it would run code while it loads
-    inputs, outputs = _io_from_config(meta)
     graph = module.graph
     signature = [f"{i.debugName()}: {i.type()}" for i in list(graph.inputs())[1:]]
     return _info(
         path,
         "torchscript",
         ops=graph_op_counts(graph),
-        inputs=inputs,
-        outputs=outputs,
         metadata=meta,
         parameters=sum(p.numel() for p in module.parameters()) or None,
         details={
@@ -160,12 +136,12 @@ def _inspect_checkpoint(path: Path) -> ModelInfo:
     from lstm_export.export.source import load_source
 
     source = load_source(path)
-    ckpt, model, config = source.checkpoint, source.model, source.config
+    ckpt, model = source.checkpoint, source.model
     metrics = ckpt.get("metrics") or {}
     meta = {
         "class_names": ",".join(str(c) for c in ckpt["class_names"]),
         "preprocessing": json.dumps(ckpt["preprocessing"], sort_keys=True),
-        "model_config": json.dumps(config.to_dict(), sort_keys=True),
+        "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "versions": json.dumps(ckpt.get("versions", {}), sort_keys=True, default=str),
         "created": str(ckpt.get("created", "")),
     }
@@ -173,14 +149,11 @@ def _inspect_checkpoint(path: Path) -> ModelInfo:
         if key in metrics:
             meta[key] = str(metrics[key])
     modules = Counter(type(m).__name__ for m in model.modules() if not list(m.children()))
-    inputs, outputs = _io_from_config(meta)
     return _info(
         path,
         "checkpoint",
         source.sha256,
         ops=dict(modules.most_common()),
-        inputs=inputs,
-        outputs=outputs,
         metadata=meta,
         parameters=sum(p.numel() for p in model.parameters()),
         details={"format": str(ckpt.get("format")), "format_version": ckpt.get("format_version")},

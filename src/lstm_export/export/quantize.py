@@ -45,17 +45,13 @@ def _prune_opset_imports(model: Any) -> None:
     model.opset_import.extend(keep)
 
 
-def _count(audit: OnnxAudit, op_type: str) -> int:
-    return sum(1 for n in audit.lstm_nodes if n.op_type == op_type)
-
-
 def to_int8(original: Any, audit: OnnxAudit) -> Any:
     """Dynamic int8 copy of an fp32 ModelProto; ExportError unless every LSTM got quantized."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    n_lstm = _count(audit, "LSTM")
+    n_lstm = audit.op_counts.get("LSTM", 0)
     if n_lstm == 0:
         raise ExportError("the ONNX file holds no fp32 LSTM node to quantize")
     with tempfile.TemporaryDirectory(prefix="lstm-export-int8-") as work:
@@ -68,7 +64,7 @@ def to_int8(original: Any, audit: OnnxAudit) -> Any:
         model = onnx.load(str(quant))
     _prune_opset_imports(model)
     after = audit_onnx(model)
-    quantized, left = _count(after, "DynamicQuantizeLSTM"), _count(after, "LSTM")
+    quantized, left = after.op_counts.get("DynamicQuantizeLSTM", 0), after.op_counts.get("LSTM", 0)
     if quantized != n_lstm or left:
         raise ExportError(
             f"int8 quantization left {left} of {n_lstm} LSTM node(s) in fp32 "
@@ -107,7 +103,7 @@ def quantize_int8(
     )
     assert guard is not None and guard.accuracy is not None
     assert guard.reference_accuracy is not None
-    quantized = _count(report["audit"], "DynamicQuantizeLSTM")
+    quantized = report["audit"].op_counts.get("DynamicQuantizeLSTM", 0)
     return QuantizeReport(
         **report,
         lstm_nodes=quantized,

@@ -23,26 +23,16 @@ def status(progress: ProgressFn | None, description: str) -> None:
         progress(description, 0, 0)
 
 
-_NOISY_LOGGERS = (
-    "onnxscript",
-    "onnx_ir",
-    "torch.onnx",
-    "torch.export",
-    "torch._export",
-    "torch._dynamo",
-    "torch.fx",
-    "onnxruntime",
-)
+_NOISY_LOGGERS: tuple[str, ...] = ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.fx")
+_NOISY_LOGGERS += ("torch.export", "torch._export", "torch._dynamo")
 
 
 @contextlib.contextmanager
 def quiet_exporters() -> Iterator[None]:
     """Silence exporter warnings, stdout prints and third-party loggers inside the block."""
-    saved: dict[str, int] = {}
-    for name in _NOISY_LOGGERS:
-        logger = logging.getLogger(name)
-        saved[name] = logger.level
-        logger.setLevel(logging.ERROR)
+    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in saved:
+        logging.getLogger(name).setLevel(logging.ERROR)
     stdout = io.StringIO()
     try:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):

@@ -133,8 +133,7 @@ def fp16(r: Any) -> None:
 def torchscript(report: Any) -> None:
     """A :class:`~lstm_export.export.to_torchscript.TorchScriptExportReport`."""
     _wrote(
-        report.path,
-        f"{_size(report.file_size)}, {report.method}, {report.export_seconds:.1f} s",
+        report.path, f"{_size(report.file_size)}, {report.method}, {report.export_seconds:.1f} s"
     )
     _line(
         "load",
@@ -156,12 +155,9 @@ def inspect(info: Any) -> None:
     )
     if info.opset is not None:
         others = ", ".join(f"{d} {v}" for d, v in info.opset_imports.items() if d != "ai.onnx")
-        _line(
-            "opset",
-            f"{info.opset}"
-            + (f" (+ {others})" if others else "")
-            + f"; ir {info.details.get('ir_version')}, producer {info.details.get('producer')}",
-        )
+        also = f" (+ {others})" if others else ""
+        ir, producer = info.details.get("ir_version"), info.details.get("producer")
+        _line("opset", f"{info.opset}{also}; ir {ir}, producer {producer}")
     _tensors(info.inputs, info.outputs)
     if "forward" in info.details:
         _line("forward", info.details["forward"])
@@ -184,13 +180,11 @@ def inspect(info: Any) -> None:
             _out(plain(f"    {node.provider:<26} {node.op_type:<22} {node.node}"))
 
 
-def _dims(dims: Any) -> str:
-    return "-" if dims is None else "(" + ", ".join(str(d) for d in dims) + ")"
-
-
 def shapes(report: Any) -> None:
     """A :class:`~lstm_export.export.shapes.ShapesReport`: arguments, tensors, identities."""
     from rich.table import Table
+
+    from lstm_export.export.shapes import dims_text as dims
 
     sym = report.symbols
     _out(
@@ -202,15 +196,14 @@ def shapes(report: Any) -> None:
     for a in report.arguments:
         args.add_row(a.name, plain(a.value), plain(a.meaning))
     console.print(args)
-    names = ("N", "T", "H_in", "H_cell", "H_out", "L", "D", "C")
-    _out("  " + ", ".join(f"{k}={sym[k]}" for k in names))
+    _out("  " + ", ".join(f"{k}={n}" for k, n in sym.items()))
     tensors = Table(title="tensors", title_justify="left", box=None, pad_edge=False)
     for column in ("tensor", "formula", "expected", "measured", ""):
         tensors.add_column(column, overflow="fold")
     for t in report.tensors:
         mark = "" if t.measured is None else ("[green]ok[/]" if t.ok else "[red]DIFFERS[/]")
         note = f"  {plain(t.note)}" if t.note else ""
-        tensors.add_row(t.name, t.formula, _dims(t.expected), _dims(t.measured), mark + note)
+        tensors.add_row(t.name, t.formula, dims(t.expected), dims(t.measured), mark + note)
     console.print(tensors)
     if report.identities:
         _out("[bold]identities[/] (on the run's numbers)")

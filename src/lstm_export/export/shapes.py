@@ -98,7 +98,7 @@ class ShapesReport:
     @property
     def problems(self) -> list[str]:
         found = [
-            f"{t.name} measured {_shape(t.measured)}, but {t.formula} = {_shape(t.expected)}"
+            f"{t.name} measured {dims_text(t.measured)}, but {t.formula} = {dims_text(t.expected)}"
             for t in self.tensors
             if not t.ok
         ]
@@ -115,11 +115,10 @@ class ShapesReport:
         return not self.problems
 
 
-def _shape(dims: list[int] | None) -> str:
+def dims_text(dims: list[int] | None) -> str:
     return "-" if dims is None else "(" + ", ".join(str(d) for d in dims) + ")"
 
 
-# -- formulas ----------------------------------------------------------------------------------------
 def _symbols(config: ModelConfig, batch: int, seq_len: int) -> dict[str, int]:
     return {
         "N": batch,
@@ -161,14 +160,13 @@ def _random_state(config: ModelConfig, batch: int) -> tuple[np.ndarray, np.ndarr
     return h, c
 
 
-# -- checkpoints -------------------------------------------------------------------------------------
 def _measure_checkpoint(path: Path, batch: int, seq_len: int) -> ShapesReport:
     import torch
 
     from lstm_export.export.source import load_source
 
     source = load_source(path)
-    model, config = source.model.eval(), source.config
+    model, config = source.model.eval(), source.model.config
     symbols = _symbols(config, batch, seq_len)
     formulas = _formulas(config, symbols)
     x = torch.from_numpy(_pixels(batch, seq_len, config.input_size))
@@ -179,12 +177,8 @@ def _measure_checkpoint(path: Path, batch: int, seq_len: int) -> ShapesReport:
         seen["input"], (seen["h_0"], seen["c_0"]) = args[0], args[1]
         seen["output"], (seen["h_n"], seen["c_n"]) = output
 
-    handle = model.lstm.register_forward_hook(hook)
-    try:
-        with torch.inference_mode():
-            logits, _, _ = model.forward_with_state(x, h_0, c_0)
-    finally:
-        handle.remove()
+    with model.lstm.register_forward_hook(hook), torch.inference_mode():
+        logits, _, _ = model.forward_with_state(x, h_0, c_0)
     seen["logits"] = logits
     notes = dict.fromkeys(("h_0", "c_0"), "fed (seeded random, not zeros)")
     if not config.batch_first:
@@ -259,7 +253,6 @@ def _checkpoint_identities(model: Any, config: ModelConfig, seen: dict[str, Any]
     return [Identity(name, text, max_abs_diff(*pairs)) for name, text, pairs in checks if pairs]
 
 
-# -- exported files ----------------------------------------------------------------------------------
 def _file_config(meta: dict[str, str], path: Path) -> ModelConfig:
     try:
         return ModelConfig.from_dict(json.loads(meta["model_config"]))
@@ -274,8 +267,7 @@ def _file_config(meta: dict[str, str], path: Path) -> ModelConfig:
 def _measure_file(path: Path, batch: int, seq_len: int) -> ShapesReport:
     from lstm_export.infer.registry import make_runner
 
-    runner = make_runner(path, device="cpu")
-    with runner:
+    with make_runner(path, device="cpu") as runner:
         config = _file_config(runner.metadata, path)
         fixed = runner.name == "onnxruntime" and runner.metadata.get("seq_len", "28") != "any"
         if fixed and seq_len != DEFAULT_SEQ_LEN:
@@ -286,14 +278,14 @@ def _measure_file(path: Path, batch: int, seq_len: int) -> ShapesReport:
         x = _pixels(batch, seq_len, config.input_size)
         logits = runner.infer(x)
         measured: dict[str, list[int] | None] = {"logits": list(logits.shape)}
-        measured["input"] = [batch, seq_len, config.input_size]  # accepted by the file
+        measured["input"] = list(x.shape)  # accepted by the file
         identities = _state_identities(runner, config, x, logits, measured)
         streams, description = runner.streams, runner.description
     symbols = _symbols(config, batch, seq_len)
     tensors = []
     for name, (formula, dims) in _formulas(config, symbols).items():
         if name == "input":
-            formula, dims = "(N, T, H_in)", [batch, seq_len, config.input_size]
+            formula, dims = "(N, T, H_in)", list(x.shape)
             note = "fed and accepted" + (
                 "; the LSTM inside gets its transpose" if not config.batch_first else ""
             )
@@ -363,14 +355,11 @@ def measure_shapes(
         raise ConfigError(f"batch and seq_len must be >= 1, got {batch} and {seq_len}")
     path = Path(model)
     if path.suffix.lower() in (".onnx", ".ts", ".torchscript"):
-        if not path.is_file():
-            raise ModelLoadError(f"model file {path} not found")
-        return _measure_file(path, batch, seq_len)
+        return _measure_file(path, batch, seq_len)  # the runner says if it is not found
     return _measure_checkpoint(path, batch, seq_len)
 
 
-def check_shapes(report: ShapesReport) -> ShapesReport:
-    """``report`` itself, or ValidationError naming every shape and identity that failed."""
+def check_shapes(report: ShapesReport) -> None:
+    """ValidationError naming every shape and identity of ``report`` that failed."""
     if report.problems:
         raise ValidationError(f"shapes of {report.path}: " + "; ".join(report.problems))
-    return report

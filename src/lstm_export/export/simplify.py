@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 #: ops whose first input, all zeros, gives an all-zero output
 _ZERO_PRESERVING = ("Expand", "Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
-#: each value's dims: a size (int) or a symbol (str, "?" where shape inference cannot tell)
-Dims = dict[str, list[int | str]]
 
 
 def _const(value: Any) -> np.ndarray | None:
@@ -43,11 +41,9 @@ def _is_zero(value: Any, depth: int = 0) -> bool:
     if node is not None and node.op_type == "ConstantOfShape":
         fill = node.attributes.get("value")  # the default fill is a float zero
         return fill is None or not fill.as_tensor().numpy().any()
-    return (
-        node is not None
-        and node.op_type in _ZERO_PRESERVING
-        and _is_zero(node.inputs[0], depth + 1)
-    )
+    if node is None or node.op_type not in _ZERO_PRESERVING:
+        return False
+    return _is_zero(node.inputs[0], depth + 1)
 
 
 def _drop_zero_states(graph: Any) -> int:
@@ -64,8 +60,9 @@ def _drop_zero_states(graph: Any) -> int:
     return dropped
 
 
-def _flatten_rule(dims: Dims) -> Any:
-    """Rewrite 2: ``Reshape(data, computed)`` -> ``Reshape(data, [0, ..., 0, -1])``."""
+def _flatten_rule(dims: dict[str, list[int | str]]) -> Any:
+    """Rewrite 2: ``Reshape(data, computed)`` -> ``Reshape(data, [0, ..., 0, -1])``, where
+    ``dims`` (:func:`~lstm_export.export.audit.inferred_dims`) show it keeps the leading dims."""
     import onnx_ir as ir
     from onnxscript.rewriter import pattern
 

@@ -41,10 +41,6 @@ class Source:
     checkpoint: dict[str, Any]
     sha256: str
 
-    @property
-    def config(self) -> ModelConfig:
-        return self.model.config
-
 
 def load_source(checkpoint: Path) -> Source:
     """A run folder or ``.pt`` file -> :class:`Source` (raises CheckpointError if unusable)."""
@@ -64,6 +60,7 @@ class ExportPlan:
     target: Path
     tolerance: float
     with_state: bool
+    any_length: bool
     batches: list[Batch] | None
     streams: list[Batch] = field(default_factory=list)
 
@@ -91,16 +88,16 @@ def plan_export(
     status(progress, "loading checkpoint")
     source = load_source(checkpoint)
     if refuse is not None:
-        refuse(source.config)
+        refuse(source.model.config)
     if with_state:
-        check_streamable(source.config)
+        check_streamable(source.model.config)
     target = check_writable_file(Path(out) if out is not None else artifact.beside(source.path))
     if not validate:
-        return ExportPlan(source, target, tolerance, with_state, None)
+        return ExportPlan(source, target, tolerance, with_state, any_length, None)
     images = load_test_set(data_dir)[0]
     batches = length_batches(images) if any_length else make_batches(images)
     streams = make_batches(images, STREAM_BATCHES) if with_state else []
-    return ExportPlan(source, target, tolerance, with_state, batches, streams)
+    return ExportPlan(source, target, tolerance, with_state, any_length, batches, streams)
 
 
 @dataclass(kw_only=True)

@@ -149,15 +149,7 @@ def _export(model: LSTMClassifier, opset: int, legacy: bool, dynamic_seq: bool, 
         axes.update({n: {1: BATCH_DIM} for n in (*STATE_INPUTS, *STATE_OUTPUTS) if state})
         with tempfile.TemporaryDirectory(prefix="lstm-export-legacy-") as work:
             path = Path(work) / "model.onnx"
-            torch.onnx.export(
-                module,
-                args,
-                path,
-                dynamo=False,
-                dynamic_axes=axes,
-                do_constant_folding=True,
-                **names,
-            )
+            torch.onnx.export(module, args, path, dynamo=False, dynamic_axes=axes, **names)
             return onnx.load(str(path))
     batch = torch.export.Dim(BATCH_DIM)
     pixels = {0: batch, 1: torch.export.Dim(TIME_DIM)} if dynamic_seq else {0: batch}
@@ -180,14 +172,14 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnxscript.optimizer.optimize(model, input_size_limit=limit, output_size_limit=limit)
 
 
-def _or_as_is(step: str, change: Callable[[], onnx.ModelProto]) -> onnx.ModelProto | None:
-    """``change()``, or None with a warning when it fails: each of these steps only improves
-    a graph, and the export's validation proves whichever graph is written."""
+def _or_as_is(step: str, change: Callable[[Any], Any], graph: Any) -> Any:
+    """``change(graph)``, or ``graph`` as it is with a warning when that fails: each of these
+    steps only improves a graph, and the export's validation proves whichever graph is written."""
     try:
-        return change()
+        return change(graph)
     except Exception as exc:
         log.warning("%s skipped: %s", step, first_line(exc))
-        return None
+        return graph
 
 
 def _optimised(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int | None]:
@@ -196,32 +188,26 @@ def _optimised(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, int | Non
     are ``[batch, C]``). Returns ``(graph, folded, node count before simplifying or None)``."""
     import onnx
 
-    folded = _or_as_is("constant folding", lambda: fold_constants(proto))
-    graph = proto if folded is None else folded
-    before = len(graph.graph.node)
-    simpler = _or_as_is("graph simplification", lambda: simplify_lstm_graph(graph))
-    graph = graph if simpler is None else simpler
+    folded = _or_as_is("constant folding", fold_constants, proto)  # a new model when it works
+    simpler = _or_as_is("graph simplification", simplify_lstm_graph, folded)
     inferred = _or_as_is(
         "shape re-inference",
-        lambda: onnx.shape_inference.infer_shapes(
-            without_shapes(graph), strict_mode=True, data_prop=True
+        lambda g: onnx.shape_inference.infer_shapes(
+            without_shapes(g), strict_mode=True, data_prop=True
         ),
+        simpler,
     )
-    simplified_from = before if len(graph.graph.node) < before else None
-    return graph if inferred is None else inferred, folded is not None, simplified_from
+    before = len(folded.graph.node)
+    simplified_from = before if len(simpler.graph.node) < before else None
+    return inferred, folded is not proto, simplified_from
 
 
-@dataclass
-class _Graph:
-    proto: Any
-    audit: OnnxAudit
-    metadata: dict[str, str]
-    folded: bool
-    simplified_from: int | None
-
-
-def _build(plan: ExportPlan, opset: int, legacy: bool, dynamic_seq: bool) -> _Graph:
-    """Export, fold, simplify, describe and check the graph (ExportError when it is not ours)."""
+def _build(
+    plan: ExportPlan, opset: int, legacy: bool
+) -> tuple[Any, dict[str, str], dict[str, Any]]:
+    """Export, fold, simplify, describe and check the graph (ExportError when it is not ours):
+    ``(ModelProto, its metadata, the OnnxExportReport fields of the graph)``."""
+    dynamic_seq = plan.any_length
     try:
         with quiet_exporters():
             proto = _export(plan.source.model, opset, legacy, dynamic_seq, plan.with_state)
@@ -240,13 +226,7 @@ def _build(plan: ExportPlan, opset: int, legacy: bool, dynamic_seq: bool) -> _Gr
             f"it produced opset {got}{hint}"
         )
     kind = "legacy TorchScript-based" if legacy else "dynamo"
-    meta = source_metadata(
-        plan.source,
-        exporter=f"torch.onnx {kind} exporter",
-        fmt="onnx",
-        dynamic_seq=dynamic_seq,
-        with_state=plan.with_state,
-    )
+    meta = source_metadata(plan, exporter=f"torch.onnx {kind} exporter", fmt="onnx")
     set_onnx_metadata(proto, meta)
     state = "; h_0, c_0 in and h_n, c_n out (zeros: the stateless answer)"
     proto.doc_string = (
@@ -254,7 +234,7 @@ def _build(plan: ExportPlan, opset: int, legacy: bool, dynamic_seq: bool) -> _Gr
         f"[batch, {TIME_DIM if dynamic_seq else 28}, 28] in [0, 1] -> logits float32 "
         f"[batch, classes]{state if plan.with_state else ''}. Exported by lstm-export."
     )
-    config = plan.source.config
+    config = plan.source.model.config
     audit = audit_onnx(proto)
     check_native_lstm(audit, config)
     try:
@@ -268,7 +248,8 @@ def _build(plan: ExportPlan, opset: int, legacy: bool, dynamic_seq: bool) -> _Gr
                 "axis; torch 2.14's keeps it symbolic, and so does the legacy exporter)"
             ) from exc
         raise
-    return _Graph(proto, audit, meta, folded, simplified_from)
+    fields = {"audit": audit, "constants_folded": folded, "simplified_from": simplified_from}
+    return proto, meta, fields
 
 
 def export_onnx(
@@ -306,24 +287,18 @@ def export_onnx(
     )
     status(progress, f"exporting with the {_name(legacy)} exporter (opset {opset})")
     t0 = time.perf_counter()
-    graph = _build(plan, opset, legacy, dynamic_seq)
+    proto, meta, graph = _build(plan, opset, legacy)
     written = write_validated(
         plan,
-        lambda tmp: onnx.save_model(graph.proto, str(tmp)),
+        lambda tmp: onnx.save_model(proto, str(tmp)),
         backend="onnxruntime",
         candidate_name="ONNX Runtime (CPU)",
         structural=check_onnx_file,
-        metadata=graph.metadata,
+        metadata=meta,
         export_seconds=time.perf_counter() - t0,
         progress=progress,
     )
-    graph.audit.file_size = written["file_size"]
+    graph["audit"].file_size = written["file_size"]
     return OnnxExportReport(
-        **written,
-        exporter=_name(legacy),
-        opset=opset,
-        audit=graph.audit,
-        constants_folded=graph.folded,
-        simplified_from=graph.simplified_from,
-        dynamic_seq=dynamic_seq,
+        **written, **graph, exporter=_name(legacy), opset=opset, dynamic_seq=dynamic_seq
     )

@@ -129,9 +129,7 @@ def export_torchscript(
     except Exception as exc:
         raise ExportError(f"TorchScript export failed: {first_line(exc)}") from exc
     method = "torch.jit.script + freeze" + (" + optimize_for_inference" if optimized else "")
-    meta = source_metadata(
-        plan.source, exporter=method, fmt="torchscript", dynamic_seq=True, with_state=with_state
-    )
+    meta = source_metadata(plan, exporter=method, fmt="torchscript")
     written = write_validated(
         plan,
         lambda tmp: tmp.write_bytes(_saved(module, meta)),

@@ -109,7 +109,6 @@ class ValidationReport:
         return max((c.max_abs_diff for c in self.checks), default=0.0)
 
 
-# -- data ------------------------------------------------------------------------------------------
 def load_test_set(
     data_dir: Path | None = None, *, purpose: str = "validation"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -155,25 +154,21 @@ def _batches(images: np.ndarray, plan: Sequence[tuple[int, int]]) -> list[Batch]
     return batches
 
 
-# -- checks ----------------------------------------------------------------------------------------
 def check_onnx_file(path: Path) -> list[str]:
     """``onnx.checker`` (full check) and strict shape inference with data propagation."""
     import onnx
 
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # onnx.checker.ValidationError, InferenceError
-        raise ValidationError(
-            f"onnx.checker rejects the exported graph: {first_line(exc)}"
-        ) from exc
-    try:
-        onnx.shape_inference.infer_shapes(
+    checks = {
+        "onnx.checker rejects": lambda: onnx.checker.check_model(str(path), full_check=True),
+        "ONNX shape inference fails on": lambda: onnx.shape_inference.infer_shapes(
             onnx.load(str(path)), check_type=True, strict_mode=True, data_prop=True
-        )
-    except Exception as exc:
-        raise ValidationError(
-            f"ONNX shape inference fails on the exported graph: {first_line(exc)}"
-        ) from exc
+        ),
+    }
+    for what, check in checks.items():
+        try:
+            check()
+        except Exception as exc:  # onnx.checker.ValidationError, InferenceError
+            raise ValidationError(f"{what} the exported graph: {first_line(exc)}") from exc
     return ["onnx.checker (full)", "strict shape inference"]
 
 
@@ -286,9 +281,8 @@ def _check_stream(
 
 def describe_checks(batches: Sequence[Batch], streams: Sequence[Batch] | None = None) -> str:
     """``batch 1, 7, 512 at 1, 7, 28, 100 rows; in chunks 7+7+14`` for progress lines."""
-    sizes = list(dict.fromkeys(b.size for b in batches))
     lengths = list(dict.fromkeys(b.seq_len for b in batches))
-    text = "batch " + ", ".join(str(n) for n in sizes)
+    text = "batch " + ", ".join(str(n) for n in dict.fromkeys(b.size for b in batches))
     if lengths != [IMAGE_ROWS]:
         text += " at " + ", ".join(str(t) for t in lengths) + " rows"
     if streams:

@@ -3,8 +3,7 @@
 Float32 pixels ``(N, T, F=28)`` in [0, 1] -> float32 logits ``(N, C)``, in three phases the bench
 times apart: :meth:`Runner.prepare`, :meth:`Runner.run_prepared`, :meth:`Runner.fetch`. ``T`` is
 28 for a digit; a file exported with a fixed time axis takes no other. A model that takes its LSTM
-state can be fed a sequence in chunks (:meth:`Runner.step`, :meth:`Runner.stream`).
-"""
+state can be fed a sequence in chunks (:meth:`Runner.step`, :meth:`Runner.stream`)."""
 
 from __future__ import annotations
 
@@ -28,8 +27,6 @@ from lstm_export.errors import (
     first_line,
 )
 
-#: progress(description, done, total)
-Progress = Callable[[str, int, int], None]
 T = TypeVar("T")
 
 
@@ -66,6 +63,8 @@ class Runner(abc.ABC):
     suffixes: ClassVar[tuple[str, ...]]
     #: the frozen dataclass of this backend's options; an unknown option is a ConfigError
     Options: ClassVar[type]
+    #: whether the loaded model takes and returns its LSTM state (see :meth:`step`)
+    streams: bool = False
 
     def __init__(self, path: Path, device: Device | str = Device.cpu, **options: Any) -> None:
         self.path = Path(path)
@@ -75,6 +74,8 @@ class Runner(abc.ABC):
         self.device: str | None = None
         #: with ``device=auto``: which device was chosen and why, e.g. ``"auto: no NVIDIA driver"``
         self.device_note: str = ""
+        #: backend and device for messages, e.g. ``onnxruntime (CPUExecutionProvider)``
+        self.description = f"{self.name} (not loaded)"
         self.metadata: dict[str, str] = {}
         #: the names of the logits' columns, from the metadata (empty: not named)
         self.class_names: list[str] = []
@@ -164,31 +165,10 @@ class Runner(abc.ABC):
                 f"{self.description} failed on input of shape {shape}: {first_line(exc)}"
             ) from exc
 
-    def infer_all(
-        self,
-        images: np.ndarray,
-        *,
-        batch_size: int = 1000,
-        progress: Progress | None = None,
-        description: str = "predicting",
-    ) -> np.ndarray:
+    def infer_all(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
         """Logits ``(N, C)`` for all ``images`` ``(N, T, 28)``, ``batch_size`` at a time."""
-        n, parts, report = len(images), [], progress or (lambda *_: None)
-        for start in range(0, n, batch_size):
-            report(description, start, n)
-            parts.append(self.infer(images[start : start + batch_size]))
-        report(description, n, n)
-        return np.concatenate(parts)
-
-    @property
-    def description(self) -> str:
-        """Human-readable backend and device, e.g. ``onnxruntime (CPUExecutionProvider)``."""
-        return f"{self.name} ({self.device or 'not loaded'})"
-
-    @property
-    def streams(self) -> bool:
-        """Whether the loaded model takes and returns its LSTM state (see :meth:`step`)."""
-        return False
+        batches = range(0, len(images), batch_size)
+        return np.concatenate([self.infer(images[i : i + batch_size]) for i in batches])
 
     def step(self, x: np.ndarray, state: LstmState | None = None) -> tuple[np.ndarray, LstmState]:
         """Feed the rows ``x`` (N, T, 28) from ``state`` (None: zeros, the start of a sequence):
@@ -204,7 +184,13 @@ class Runner(abc.ABC):
                 "needs a file exported with state inputs and outputs"
             )
         if state is not None:
-            state = check_state(state, x.shape[0])
+            h, c, n = np.asarray(state.h), np.asarray(state.c), x.shape[0]
+            if h.ndim != 3 or c.ndim != 3 or h.shape[1] != n or c.shape[1] != n:
+                raise InputError(
+                    f"an LSTM state for {n} image(s) must be h (layers, {n}, H_out) and "
+                    f"c (layers, {n}, H), got h {h.shape} and c {c.shape}"
+                )
+            state = LstmState(*(np.ascontiguousarray(a, dtype=np.float32) for a in (h, c)))
         logits, h, c = (
             np.asarray(a, np.float32) for a in self._guarded(lambda: self._step(x, state), x)
         )
@@ -266,14 +252,3 @@ def check_input(x: np.ndarray) -> np.ndarray:
     if x.ndim != 3 or x.shape[2] != 28 or x.shape[0] < 1 or x.shape[1] < 1:
         raise InputError(f"expected input of shape (N, T, 28) with N, T >= 1, got {x.shape}")
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def check_state(state: LstmState, batch: int) -> LstmState:
-    """``state`` as float32 C-contiguous arrays; InputError unless it is 3-D and fits ``batch``."""
-    h, c = np.asarray(state.h), np.asarray(state.c)
-    if h.ndim != 3 or c.ndim != 3 or h.shape[1] != batch or c.shape[1] != batch:
-        raise InputError(
-            f"an LSTM state for {batch} image(s) must be h (layers, {batch}, H_out) and "
-            f"c (layers, {batch}, H), got h {h.shape} and c {c.shape}"
-        )
-    return LstmState(*(np.ascontiguousarray(a, dtype=np.float32) for a in (h, c)))

@@ -140,7 +140,14 @@ def infer(
         raise ConfigError(
             "-o gathers every row here, --output-dir has the cluster write them: choose one"
         )
-    _check_outputs(output, fmt, confusion_png)
+    try:  # output names of an unknown format fail before any work
+        parquet = resolve_format(output, fmt) == OutputFormat.parquet
+    except OutputError as exc:
+        raise OutputError(f"{exc} (--format)") from exc
+    if parquet and output is None:
+        raise OutputError("Parquet rows need a file: give -o NAME.parquet")
+    if confusion_png is not None and confusion_png.suffix.lower() != ".png":
+        raise OutputError(f"--confusion-png {confusion_png} must end in .png")
     if model.is_dir():
         from lstm_export.checkpoint import resolve_checkpoint
 
@@ -171,22 +178,10 @@ def infer(
                 stack.enter_context(run)
             bar = progress and engine != Engine.ray  # Ray Data reports its own
             summary, errors = _classify(run, output, fmt, stdout, bar)
-        _finish(summary, errors, output, output_dir, summary_json, confusion_png, strict, model)
+        _finish(summary, errors, output, output_dir, summary_json, confusion_png, strict)
 
     with _made_folders_removed_on_failure([*outputs, output_dir]):
         _in_a_child(work) if engine == Engine.ray else work()
-
-
-def _check_outputs(output: Path | None, fmt: OutputFormat, confusion_png: Path | None) -> None:
-    """Output names of an unknown format fail before any work."""
-    try:
-        parquet = resolve_format(output, fmt) == OutputFormat.parquet
-    except OutputError as exc:
-        raise OutputError(f"{exc} (--format)") from exc
-    if parquet and output is None:
-        raise OutputError("Parquet rows need a file: give -o NAME.parquet")
-    if confusion_png is not None and confusion_png.suffix.lower() != ".png":
-        raise OutputError(f"--confusion-png {confusion_png} must end in .png")
 
 
 @contextlib.contextmanager
@@ -288,17 +283,17 @@ def _classify(
     names = run.class_names if run.probabilities else None
     writes = run.output_dir is None  # else the run writes its rows itself
     rows_out = open_rows(output, fmt, labelled=run.labelled, class_names=names, stream=stdout)
+    summary = run.summary
+    assert summary is not None
     with rows_out if writes else contextlib.nullcontext() as writer, bar:
         task = bar.add_task("classifying", total=len(run.walk.paths), speed=0.0)
         for rows in run.batches():
             if writer is not None:
                 writer.write(rows)
             errors += [r for r in rows if r.error is not None][: report.SHOWN_ERRORS - len(errors)]
-            assert run.summary is not None
             done = bar.tasks[task].completed + len(rows)
-            bar.update(task, completed=done, speed=done / max(run.summary.seconds, 1e-9))
-    assert run.summary is not None
-    return run.summary, errors
+            bar.update(task, completed=done, speed=done / max(summary.seconds, 1e-9))
+    return summary, errors
 
 
 def _finish(
@@ -309,7 +304,6 @@ def _finish(
     summary_json: Path | None,
     confusion_png: Path | None,
     strict: bool,
-    model: Path,
 ) -> None:
     """The summary, the files beside the rows, and the exit status."""
     out = console if output is not None or output_dir is not None else err_console
@@ -323,16 +317,15 @@ def _finish(
         fileio.write_text_atomic(summary_json, text + "\n")
         out.print(f"summary: {plain(summary_json)}", **say)
     c = summary.confusion
-    if confusion_png is not None and (c is None or len(c.class_names) > report.PNG_CLASSES):
+    if confusion_png is not None and c is not None and len(c.class_names) <= report.PNG_CLASSES:
+        title = f"{Path(summary.folder).name} · {Path(summary.model).name}"
+        report.save_confusion_png(c, confusion_png, title=title)
+        out.print(f"confusion matrix: {plain(confusion_png)}", **say)
+    elif confusion_png is not None:
         why = f"the folder is {summary.labels}"
         if c is not None:
             why = f"{len(c.class_names):,} classes are too many to draw"
         err_console.print(f"[yellow]warning:[/] no confusion matrix drawn: {plain(why)}", **say)
-    elif confusion_png is not None and c is not None:
-        report.save_confusion_png(
-            c, confusion_png, title=f"{Path(summary.folder).name} · {model.name}"
-        )
-        out.print(f"confusion matrix: {plain(confusion_png)}", **say)
     if summary.classified == 0:
         raise InputError(
             f"none of the {count(summary.images, 'image file')} could be classified (see the "

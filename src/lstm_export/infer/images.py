@@ -105,12 +105,6 @@ def _quiet_bomb_warning() -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.")
 
 
-def _has_exif(img: PILImage.Image) -> bool:
-    """Whether a decoded image may carry an EXIF orientation (cheap: no EXIF parsed here)."""
-    keys = ("exif", "Raw profile type exif", "XML:com.adobe.xmp")
-    return img.format in ("JPEG", "MPO", "TIFF", "WEBP") or any(k in img.info for k in keys)
-
-
 def open_image(data: bytes) -> PILImage.Image:
     """Decode encoded bytes into a loaded Pillow image (first frame, EXIF orientation applied)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -141,7 +135,8 @@ def open_image(data: bytes) -> PILImage.Image:
             suffix = f" ({detail})" if detail else ""
             raise ImageError(f"truncated {sniff_format(data) or 'image'} file{suffix}") from exc
         raise ImageError(f"cannot decode image: {message}") from exc
-    if _has_exif(img):
+    exif = ("exif", "Raw profile type exif", "XML:com.adobe.xmp")  # may hold an orientation
+    if img.format in ("JPEG", "MPO", "TIFF", "WEBP") or any(k in img.info for k in exif):
         with contextlib.suppress(Exception):  # a broken EXIF block is no reason to drop pixels
             ImageOps.exif_transpose(img, in_place=True)
     if img.width < 1 or img.height < 1:
@@ -177,34 +172,26 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def to_gray(img: PILImage.Image) -> np.ndarray:
-    """Pillow image -> uint8 grayscale ``(H, W)``; alpha composited, deep images scaled."""
+    """Pillow image -> uint8 grayscale ``(H, W)``: a 16-bit, 32-bit or float one scaled by its
+    nominal range; alpha composited over the background the visible ink contrasts with (dark ink,
+    a pen on a transparent sheet, onto white; light ink onto black)."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        return _deep_to_uint8(np.asarray(img))
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        deep = np.asarray(img)
+        top = float(deep.max())
+        if img.mode == "F" and top <= 1.0 and deep.min() >= 0.0:
+            scale = 255.0  # float image in [0, 1]
+        else:
+            scale = 1.0 if top <= 255 else 255.0 / (65535.0 if top <= 65535 else top)
+        out = deep.astype(np.float64) * scale
+    elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32)
-        return _composite(la[..., 0], la[..., 1] / 255.0)
-    return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
-
-
-def _deep_to_uint8(a: np.ndarray) -> np.ndarray:
-    """16-bit, 32-bit or float grayscale -> uint8 (by its nominal range)."""
-    a = a[..., 0] if a.ndim == 3 else a
-    top = float(a.max()) if a.size else 0.0
-    if np.issubdtype(a.dtype, np.floating) and top <= 1.0 and a.min() >= 0.0:
-        scale = 255.0  # float image in [0, 1]
+        gray, alpha = la[..., 0], la[..., 1] / 255.0
+        if alpha.min() >= 1.0:
+            return gray.astype(np.uint8)
+        ink = float(np.average(gray, weights=alpha)) if alpha.any() else 0.0
+        out = gray * alpha + (255.0 if ink < 127.5 else 0.0) * (1.0 - alpha)
     else:
-        scale = 1.0 if top <= 255 else 255.0 / (65535.0 if top <= 65535 else top)
-    return np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-
-
-def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite ``gray`` over the background the visible ink contrasts with: dark ink (a pen on
-    a transparent sheet) onto white, light ink onto black."""
-    if alpha.min() >= 1.0:
-        return gray.astype(np.uint8)
-    ink = float(np.average(gray, weights=alpha)) if alpha.any() else 0.0
-    background = 255.0 if ink < 127.5 else 0.0
-    out = gray * alpha + background * (1.0 - alpha)
+        return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -300,18 +287,6 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q, method="inverted_cdf"))
 
 
-def preprocess_image(
-    img: PILImage.Image | np.ndarray, *, invert: Invert | str = Invert.auto, fit: bool = False
-) -> np.ndarray:
-    """A decoded image (Pillow, or uint8 ``(H, W)`` grayscale) -> uint8 digit ``(28, 28)``."""
-    invert = Invert(invert)
-    gray = img if isinstance(img, np.ndarray) else to_gray(img)
-    if gray.dtype != np.uint8 or gray.ndim != 2:
-        raise ImageError(f"expected uint8 (H, W) grayscale, got {gray.dtype} {gray.shape}")
-    gray = apply_polarity(gray, invert)
-    return fit_mnist(gray) if fit else resize_square(gray)
-
-
 def load_digit(
     source: Path | str | bytes,
     *,
@@ -324,7 +299,8 @@ def load_digit(
     data = source if isinstance(source, bytes) else read_bytes(source, max_bytes)
     if not data:  # bytes given as they are
         raise ImageError("empty file (0 bytes)")
-    return preprocess_image(open_image(data), invert=invert, fit=fit)
+    gray = apply_polarity(to_gray(open_image(data)), Invert(invert))
+    return fit_mnist(gray) if fit else resize_square(gray)
 
 
 def load_digits(

@@ -1,6 +1,5 @@
 """Decode image files in parallel with batched inference, sharing the cores between the two:
-:func:`plan_run` chooses how many of each, :func:`pipelined` runs them, results in order.
-"""
+:func:`plan_run` chooses how many of each, :func:`pipelined` runs them, results in order."""
 
 from __future__ import annotations
 
@@ -73,23 +72,20 @@ def plan_run(
 
     Automatically: decode in one thread on up to 3 cores, else in processes (about 2 in 5 cores,
     or with ``fit`` all cores but one; at most 8); inference threads: the cores decoding leaves (1
-    on CUDA); a second, low-priority stream where inference runs on 1 thread beside the decoder;
-    batch 64 on the CPU, 512 on CUDA. Knobs beyond ``cores`` (a batch beyond
-    :data:`MAX_BATCH_SIZE`) are capped, with a note in :attr:`Plan.notes` and a warning.
-    """
+    on CUDA); a second, low-priority stream where inference runs on 1 thread beside the decoder.
+    Knobs beyond ``cores`` (a batch beyond :data:`MAX_BATCH_SIZE`) are capped, with a note in
+    :attr:`Plan.notes` and a warning."""
     cores = cores or usable_cores()
     notes: list[str] = []
 
     def capped(what: str, value: int | None, low: int, top: int) -> int | None:
         if value is not None and value < low:
             raise InputError(f"{what} must be >= {low}, got {value}")
-        if value is not None and value > top:
-            notes.append(
-                f"{value:,} {what} capped at {top:,}{' (the usable cores)' * (top == cores)}"
-            )
-            log.warning("%s", notes[-1])
-            return top
-        return value
+        if value is None or value <= top:
+            return value
+        notes.append(f"{value:,} {what} capped at {top:,}" + " (the usable cores)" * (top == cores))
+        log.warning("%s", notes[-1])
+        return top
 
     batch_size = capped("images per batch", batch_size, 1, MAX_BATCH_SIZE)
     workers = capped("decode workers", workers, 0, cores)
@@ -105,66 +101,45 @@ def plan_run(
             workers = max(2, min(MAX_AUTO_WORKERS, round(cores * 2 / 5)))
         else:
             workers = 1
-    if threads is None:
-        busy = 0 if workers == 0 else (1 if workers == 1 else min(workers, cores - 1))
-        threads = 1 if cuda else max(1, cores - busy)
-    if streams is None:
-        streams = 2 if not cuda and workers >= 1 and threads == 1 and cores >= 2 else 1
-    if batch_size is None:
-        batch_size = CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE
+    threads = threads or (1 if cuda else max(1, cores - min(workers, cores - 1)))
+    streams = streams or (2 if not cuda and workers >= 1 and threads == 1 and cores >= 2 else 1)
+    batch_size = batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
     return Plan(workers, threads, batch_size, streams, tuple(notes))
-
-
-def _decode_pool(workers: int) -> ProcessPoolExecutor:
-    """``workers`` decode processes that ignore Ctrl-C (SIGINT): the run that started them
-    handles it and shuts them down, so no worker prints a traceback of its own."""
-    methods = multiprocessing.get_all_start_methods()
-    # forkserver: safe with the model's threads already running; spawn where there is no fork.
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return ProcessPoolExecutor(workers, context, signal.signal, (signal.SIGINT, signal.SIG_IGN))
 
 
 def decoded_batches(
     paths: Sequence[str], plan: Plan, *, invert: Invert | str = Invert.auto, fit: bool = False
 ) -> Generator[Decoded, None, None]:
-    """``(uint8 digits (B, 28, 28), per-file error or None)`` per batch of ``plan.batch_size``,
-    in order: decoded as asked for in the calling thread, or with ``plan.workers >= 2`` by that
-    many processes a few batches ahead."""
+    """:data:`Decoded` batches of ``plan.batch_size``, in order: decoded in the calling thread, or
+    with ``plan.workers >= 2`` by that many processes a few batches ahead."""
     mode = Invert(invert).value
     chunks = [list(paths[i : i + plan.batch_size]) for i in range(0, len(paths), plan.batch_size)]
     if plan.workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
             yield decode_files(chunk, mode, fit)
         return
-    pool = _decode_pool(plan.workers)
+    # forkserver: safe with the model's threads already running; spawn where there is no fork.
+    # The workers ignore Ctrl-C (SIGINT): this run handles it and shuts them down.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    ignore_sigint = (signal.SIGINT, signal.SIG_IGN)
+    pool = ProcessPoolExecutor(plan.workers, context, signal.signal, ignore_sigint)
     pending: collections.deque[Future[Decoded]] = collections.deque()
     try:
         for chunk in chunks:
             pending.append(pool.submit(decode_files, chunk, mode, fit))
             if len(pending) >= 2 * plan.workers:
-                yield _decoded(pending.popleft())
+                yield pending.popleft().result()
         while pending:
-            yield _decoded(pending.popleft())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _decoded(future: Future[Decoded]) -> Decoded:
-    try:
-        return future.result()
+            yield pending.popleft().result()
     except BrokenProcessPool as exc:
         raise InputError(
             "a decode worker process died (out of memory, killed, or started from a script"
             " without an `if __name__ == '__main__':` guard); one decode worker decodes in a"
             " thread instead"
         ) from exc
-
-
-def lower_thread_priority() -> None:
-    """Make the calling thread run only on otherwise idle cores (Linux: nice 19, this thread)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pipelined(
@@ -181,8 +156,7 @@ def pipelined(
     several threads at once. Yields ``(errors, infer's result)`` per batch, in order; closing the
     generator stops every thread it started. One thread decodes into a short queue that
     ``plan.streams`` threads infer from; those after the first, at the lowest priority, take only
-    a surplus (the queue nearly full, or decoding ended), so they never slow the decoder.
-    """
+    a surplus (the queue nearly full, or decoding ended), so they never slow the decoder."""
     batches = decoded_batches(paths, plan, invert=invert, fit=fit)
     n_batches = -(-len(paths) // plan.batch_size)
     if plan.workers == 0 or n_batches <= 1:
@@ -221,10 +195,10 @@ def pipelined(
                 cond.notify_all()
 
     def consume(surplus: bool) -> None:
-        """Infer the batches in ``todo``; a surplus stream takes one only from a nearly full queue."""
         need = capacity - 1 if surplus else 1
-        if surplus:
-            lower_thread_priority()
+        if surplus and sys.platform.startswith("linux"):  # nice 19: only otherwise idle cores
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while True:
             with cond:
                 cond.wait_for(lambda: ended["run"] or ended["decoding"] or len(todo) >= need)

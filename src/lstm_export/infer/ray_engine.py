@@ -105,7 +105,6 @@ def plan_actors(
     free = max(cpus - (0.5 if cpus < 4 else 1.0), 0.1)
     threads, cuda = threads or 1, device == "cuda"
     batch_size = batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
-    # at most one actor per GPU (per half of a free CPU), and per batch of images
     most = min(max(1, int(gpus if cuda else 2 * free)), -(-images // batch_size))
     if actors is not None and actors > most:
         log.warning("%d actors asked for, %d used: one per %s and per batch of images at most",
@@ -283,7 +282,7 @@ class RayRun(Run):
         if self.device == "cuda" and gpus < 1e-9:
             self._cuda_here()
             raise DeviceError("CUDA was asked for, but the Ray cluster has no GPUs")
-        size = f"{len(nodes)} node{'s' * (len(nodes) != 1)}, {cpus:g} CPUs, {gpus:g} GPUs"
+        size = f"{count(len(nodes), 'node')}, {cpus:g} CPUs, {gpus:g} GPUs"
         self.plan = self._plan(cpus, gpus, f"ray {cluster}: {size}")
         summary = self._begin(runner, model=str(self.model_path), backend=self.backend,
                               device=self.device, plan=self.plan)  # fmt: skip

@@ -3,14 +3,13 @@ that runs a model builds its runner with :func:`make_runner`."""
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from lstm_export.devices import Device
 from lstm_export.errors import ModelLoadError
-from lstm_export.infer.base import Runner
+from lstm_export.infer.base import Runner, TrustOption
 from lstm_export.infer.runners.openvino_runner import OpenVinoRunner
 from lstm_export.infer.runners.ort import OnnxRuntimeRunner
 from lstm_export.infer.runners.torch_runner import EagerRunner, TorchScriptRunner
@@ -67,10 +66,9 @@ def load_runner(
 def runner_options(
     plan: Any, backend: str = "onnxruntime", *, trusted: bool = False
 ) -> dict[str, Any]:
-    """Options of the ``backend`` runner for a run planned as ``plan`` (a
-    :class:`~lstm_export.infer.pipeline.Plan`): :meth:`Runner.planned_options`, and ``trusted``
-    where the backend checks what a file may do (a checkpoint is only ever read as weights)."""
+    """:meth:`Runner.planned_options` of ``backend`` for ``plan.threads``, and ``trusted`` where
+    the backend checks what a file may do (a checkpoint is only ever read as weights)."""
     options = RUNNERS[backend].planned_options(plan.threads)
-    if trusted and "trusted" in {f.name for f in dataclasses.fields(RUNNERS[backend].Options)}:
+    if trusted and issubclass(RUNNERS[backend].Options, TrustOption):
         options["trusted"] = True
     return options

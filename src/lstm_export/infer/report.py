@@ -40,27 +40,26 @@ def print_start(run: Run, err: Console) -> None:
 
 def print_summary(summary: Summary, errors: list[Prediction], out: Console, err: Console) -> None:
     """Counts, speed, errors (the first few), and accuracy with the confusion when labelled."""
-    s = summary.to_dict()
+    s, shown = summary, errors[:SHOWN_ERRORS]
     say: dict[str, Any] = {"highlight": False, "soft_wrap": True}
     out.print(
-        f"classified {s['classified']:,} of {count(s['images'], 'image')} in "
-        f"{s['seconds']:.2f} s ({s['images_per_second']:,.0f} images/s); "
-        f"{count(s['errors'], 'error')}, {count(s['skipped'], 'other file')} skipped",
+        f"classified {s.classified:,} of {count(s.images, 'image')} in {s.seconds:.2f} s "
+        f"({s.images_per_second:,.0f} images/s); {count(s.errors, 'error')}, "
+        f"{count(s.skipped, 'other file')} skipped",
         **say,
     )
-    for row in errors[:SHOWN_ERRORS]:  # a file name may hold anything: printable_text
+    for row in shown:  # a file name may hold anything: printable_text
         err.print(f"  [red]error[/] {plain(printable_text(row.path))}: {plain(row.error)}", **say)
-    if s["errors"] > min(len(errors), SHOWN_ERRORS):
-        more = s["errors"] - min(len(errors), SHOWN_ERRORS)
-        err.print(f"  ... and {more:,} more (see the error column)")
-    for problem in s["unreadable_folders"]:
+    if s.errors > len(shown):
+        err.print(f"  ... and {s.errors - len(shown):,} more (see the error column)")
+    for problem in s.unreadable_folders:
         err.print(f"  [red]folder not read[/] {plain(problem)}", **say)
-    c = summary.confusion
-    if c is None or s["accuracy"] is None:
+    c = s.confusion
+    if c is None or c.accuracy is None:
         return
     out.print(
-        f"accuracy {s['accuracy'] * 100:.2f} % ({c.correct:,} of {count(c.total, 'labelled image')}"
-        f"{'; errors not counted' if s['errors'] else ''})",
+        f"accuracy {c.accuracy * 100:.2f} % ({c.correct:,} of {count(c.total, 'labelled image')}"
+        f"{'; errors not counted' if s.errors else ''})",
         **say,
     )
     if len(c.class_names) <= TABLE_CLASSES:
@@ -92,7 +91,7 @@ def confusion_table(confusion: Confusion) -> Table:
     return table
 
 
-def print_many_classes(confusion: Confusion, out: Console, top: int = 10) -> None:
+def print_many_classes(confusion: Confusion, out: Console) -> None:
     """Too many classes for a table: per-class recall at a glance, and the most confused pairs."""
     recall = confusion.per_class_recall()
     seen = np.flatnonzero(~np.isnan(recall))
@@ -105,7 +104,7 @@ def print_many_classes(confusion: Confusion, out: Console, top: int = 10) -> Non
         highlight=False,
         soft_wrap=True,
     )
-    pairs = confusion.top_mistakes(top)
+    pairs = confusion.top_mistakes(10)
     if not pairs:
         return
     table = Table(title="most confused (true -> predicted)", title_justify="left", show_edge=False)

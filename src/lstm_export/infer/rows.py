@@ -147,9 +147,10 @@ class Summary:
 
 
 def class_names_of(runner: Any) -> list[str]:
-    """The (loaded) runner's class names, one per column of its logits (``0..C-1`` when unnamed),
-    counted on a blank digit; ModelLoadError when its metadata names another number of them."""
-    count = int(runner.infer(np.zeros((1, 28, 28), np.float32)).shape[1])
+    """The (loaded) runner's class names, one per column of its logits (``0..C-1`` when unnamed;
+    counted on a blank digit where the model does not declare them); ModelLoadError when its
+    metadata names another number of them."""
+    count = runner.classes or int(runner.infer(np.zeros((1, 28, 28), np.float32)).shape[1])
     names = list(runner.class_names) or [str(i) for i in range(count)]
     if len(names) != count:
         shown = ",".join(names[:12]) + (",..." if len(names) > 12 else "")

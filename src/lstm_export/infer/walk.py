@@ -94,13 +94,11 @@ def _walk(root: Path, recursive: bool, follow_links: bool) -> Walk:
         raise InputError(f"cannot read {root}: {exc.strerror or exc}") from exc
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
         raise InputError(f"{root} is {file_kind(mode)}, not a folder nor an image file")
-    result = Walk(root=root, recursive=recursive)
     if stat.S_ISREG(mode):
         if not is_image_name(root.name):
             raise InputError(f"{root} is not a folder nor a file with an image extension")
-        result.paths.append(str(root))
-        result.names.append(root.name)
-        return result
+        return Walk(root, recursive, paths=[str(root)], names=[root.name])
+    result = Walk(root=root, recursive=recursive)
     inside = os.path.join(os.path.realpath(root), "")  # with the trailing separator
     # depth first, each folder's entries sorted: the order of every relative path's parts
     seen: set[tuple[int, int]] = set()

@@ -39,10 +39,6 @@ class Prediction:
     label: str | None = None
     probabilities: tuple[float, ...] | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
 
 class OutputFormat(str, Enum):
     """``auto`` takes the format from the output's suffix (CSV on stdout)."""
@@ -172,17 +168,22 @@ class RowWriter:
         self.stream, self.fmt, self.labelled = stream, fmt, labelled
         self.class_names = list(class_names)
         self.names = columns(labelled=labelled, class_names=self.class_names)
-        self._parquet: Any = None
         # with "\n" line ends the csv module leaves a lone "\r" unquoted: such rows are all quoted
         self._csv = csv.writer(stream, lineterminator="\n")
         self._quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
         if fmt == OutputFormat.csv:
             self._write_csv(self.names)
+        if fmt == OutputFormat.parquet:  # the columns are written even without rows
+            import pyarrow.parquet as pq
+
+            self._parquet = pq.ParquetWriter(stream, self._table([]).schema)
 
     def write(self, rows: Sequence[Prediction]) -> None:
         """Append ``rows`` in the order given."""
         if self.fmt == OutputFormat.parquet:
-            return self._write_parquet(rows)
+            if rows:
+                self._parquet.write_table(self._table(rows))
+            return
         for row in rows:
             values = cells(row, self.labelled, len(self.class_names))
             if self.fmt == OutputFormat.csv:
@@ -192,9 +193,8 @@ class RowWriter:
                 self.stream.write(line + "\n")
 
     def close(self) -> None:
-        """End a Parquet file (with the columns even without rows)."""
+        """End a Parquet file."""
         if self.fmt == OutputFormat.parquet:
-            self._write_parquet([])
             self._parquet.close()
 
     def _write_csv(self, values: list[Any]) -> None:
@@ -211,14 +211,8 @@ class RowWriter:
             record["probabilities"] = probs
         return record
 
-    def _write_parquet(self, rows: Sequence[Prediction]) -> None:
-        import pyarrow.parquet as pq
-
-        table = rows_table(rows, labelled=self.labelled, class_names=self.class_names)
-        if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self.stream, table.schema)
-        if rows:
-            self._parquet.write_table(table)
+    def _table(self, rows: Sequence[Prediction]) -> Any:
+        return rows_table(rows, labelled=self.labelled, class_names=self.class_names)
 
 
 @contextlib.contextmanager

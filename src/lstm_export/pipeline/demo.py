@@ -4,7 +4,6 @@ TorchScript, ONNX and int8 ONNX, classify a sample folder, benchmark; each step 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ if TYPE_CHECKING:
     from lstm_export.bench.run import ProgressCallback
     from lstm_export.train.loop import EpochCallback
     from lstm_export.train.loop import StepCallback as TrainStepCallback
-
-log = logging.getLogger(__name__)
 
 #: on_step(name, detail): called when a step starts ("" detail) and when it ends
 StepCallback = Callable[[str, str], None]
@@ -100,10 +97,7 @@ def run_demo(
     summary.files.update(
         onnx=str(onnx_report.path), torchscript=str(ts_report.path), int8=str(int8_report.path)
     )
-    summary.export = {
-        "fp32_accuracy": int8_report.fp32_accuracy,
-        "int8_accuracy": int8_report.int8_accuracy,
-    }
+    summary.export = {k: getattr(int8_report, k) for k in ("fp32_accuracy", "int8_accuracy")}
     step(
         "export",
         f"model.onnx, model.ts validated against eager; model.int8.onnx "
@@ -118,11 +112,8 @@ def run_demo(
     folder = classify_folder(onnx_report.path, samples, backend="onnxruntime", device="cpu")
     summary.files["samples"] = str(samples)
     images, accuracy = folder.summary.images, folder.summary.accuracy
-    summary.folder = {
-        "images": images,
-        "accuracy": accuracy,
-        "images_per_second": folder.summary.images_per_second,
-    }
+    speed = folder.summary.images_per_second
+    summary.folder = {"images": images, "accuracy": accuracy, "images_per_second": speed}
     step("classify", f"{count(images, 'PNG')}, accuracy {(accuracy or 0) * 100:.2f} %")
 
     step("bench", "")
@@ -133,7 +124,7 @@ def run_demo(
         data_dir=data_dir,
     )
     plan = plan_bench(checkpoint, bench_settings)
-    bench = run_bench(plan, on_progress=on_bench_progress).to_dict()
+    bench = run_bench(plan, on_progress=on_bench_progress)
     write_json(bench, out / "bench.json")
     plot(bench, out / "bench.png")
     summary.files.update(bench_json=str(out / "bench.json"), bench_png=str(out / "bench.png"))

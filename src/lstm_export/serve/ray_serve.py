@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from lstm_export.console import count
 from lstm_export.errors import ConfigError, LstmExportError, first_line
 from lstm_export.serve.models import ServeConfig, close_models, load_models
 
@@ -132,7 +133,7 @@ def serve_on_ray(
                 http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"}
             )
             serve.run(deployment.bind(), name=APP_NAME, route_prefix="/")
-            say(f"serving  http://{host}:{port}/v2 on Ray Serve, {replicas} replica(s)")
+            say(f"serving  http://{host}:{port}/v2 on Ray Serve, {count(replicas, 'replica')}")
             while not stop.wait(0.5):
                 pass
             say(f"stopped  ({stop.name}): stopping Ray Serve")

@@ -69,23 +69,19 @@ def train(
     """Train on MNIST as ``config`` says and return the model with its checkpoint and metrics."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    train_split = load_mnist("train", data_dir)
-    test_split = load_mnist("test", data_dir)
-    n_train = config.subset or len(train_split.images)
-    n_test = config.test_subset or len(test_split.images)
+    train_split, test_split = load_mnist("train", data_dir), load_mnist("test", data_dir)
+    n_train, n_test = config.subset or None, config.test_subset or None  # None: all
     x_train = torch.from_numpy(to_model_input(train_split.images[:n_train]))  # (N, 28, 28)
     y_train = torch.from_numpy(train_split.labels[:n_train])  # (N,)
     x_test = torch.from_numpy(to_model_input(test_split.images[:n_test]))
     y_test = torch.from_numpy(test_split.labels[:n_test])
 
     model = build_model(config.model_config())
-    optimizer: torch.optim.Optimizer
-    if config.weight_decay:
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = (  # Adam, as the seed model is trained; AdamW only when decay is asked for
+        torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.weight_decay
+        else torch.optim.Adam(model.parameters(), lr=config.lr)
+    )
     steps = math.ceil(len(x_train) / config.batch_size)
     scheduler = None
     if config.schedule == Schedule.onecycle:
@@ -100,8 +96,7 @@ def train(
         model.train()
         perm = torch.randperm(len(x_train), generator=generator)
         total_loss = 0.0
-        for step in range(steps):
-            idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+        for step, idx in enumerate(perm.split(config.batch_size)):
             xb, yb = x_train[idx], y_train[idx]
             if config.augment:
                 xb = random_affine(xb, generator)
@@ -128,14 +123,13 @@ def train(
         log.info("epoch %d: loss %.4f, test accuracy %.4f", epoch + 1, total_loss / steps, accuracy)
         if on_epoch is not None:
             on_epoch(record)
-    train_seconds = time.perf_counter() - start
     model.eval()
     metrics = {
         "test_accuracy": history[-1]["test_accuracy"],
         "test_examples": len(x_test),
         "train_examples": len(x_train),
         "epochs": config.epochs,
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(time.perf_counter() - start, 2),
         "config": config.to_dict(),
         "history": history,
         "torch_threads": torch.get_num_threads(),

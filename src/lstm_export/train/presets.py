@@ -80,9 +80,7 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["schedule"] = self.schedule.value
-        return data
+        return {**asdict(self), "schedule": self.schedule.value}
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with the given (non-None) fields replaced."""

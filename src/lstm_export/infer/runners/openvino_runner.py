@@ -1,8 +1,6 @@
 """OpenVINO runtime on the CPU: the exported ONNX file read directly (``.onnx``), or an OpenVINO
 IR (``.xml`` + ``.bin``, written by :func:`save_ir`). ``openvino`` is an optional extra, imported
-only when a runner loads; one compiled model per input shape spares the CPU plugin its shape
-inference on every call.
-"""
+only when a runner loads."""
 
 from __future__ import annotations
 
@@ -25,8 +23,6 @@ log = logging.getLogger(__name__)
 
 #: CPU flags that run bf16 dot products natively (AVX512-BF16, AMX); elsewhere bf16 is emulated
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-#: where OpenVINO keeps an ONNX file's ``metadata_props`` (class names...), in an IR too
-_RT_INFO_KEY = "framework"
 #: inference precisions of the CPU plugin, to their OpenVINO names (``INFERENCE_PRECISION_HINT``)
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 #: OpenVINO's high-level ``PERFORMANCE_HINT`` values
@@ -36,15 +32,14 @@ HINTS = ("latency", "throughput")
 @dataclass(frozen=True)
 class OpenVinoOptions(TrustOption):
     """Options of :class:`OpenVinoRunner`: ``precision`` ``fp32`` or ``bf16``; ``hint``
-    ``latency`` or ``throughput``; ``threads`` and ``streams`` (None: OpenVINO's choice; with
-    several streams a batch runs as one slice per infer request, in parallel); ``static_shapes``:
-    compile once per input shape; ``trusted``: allow operations outside OpenVINO's operator sets
-    and ONNX domains lstm-export does not write."""
+    ``latency`` or ``throughput`` (with several streams a batch runs as one slice per infer
+    request, in parallel); ``threads`` (None: OpenVINO's choice); ``static_shapes``: compile once
+    per input shape, sparing the CPU plugin its shape inference on every call; ``trusted``: allow
+    operations outside OpenVINO's operator sets and ONNX domains lstm-export does not write."""
 
     precision: str = "fp32"
     hint: str = "latency"
     threads: int | None = None
-    streams: int | None = None
     static_shapes: bool = True
 
     def __post_init__(self) -> None:
@@ -53,7 +48,7 @@ class OpenVinoOptions(TrustOption):
                 raise ConfigError(
                     f"unknown {name} {getattr(self, name)!r} (choose {', '.join(choices)})"
                 )
-        check_counts(self, "threads", "streams")
+        check_counts(self, "threads")
 
 
 def cpu_flags() -> set[str]:
@@ -147,10 +142,14 @@ class OpenVinoRunner(Runner):
         if shape.rank.is_static:
             dims = [d.get_length() if d.is_static else "?" for d in shape]
             self.check_outputs(dims, output.get_element_type().is_real())
-        self.metadata = self._metadata()
+        # where OpenVINO keeps an ONNX file's metadata_props (class names...), in an IR too
+        model, key = self.model, "framework"
+        keys = model.get_rt_info()[key].keys() if model.has_rt_info([key]) else ()
+        self.metadata = {str(k): model.get_rt_info([key, k]).astype(str) for k in keys}
         self.device = "cpu"
-        native, self.bf16_note = bf16_support()
         o = self.options
+        self.description = f"{self.name} (CPU, {o.precision}, {o.hint})"
+        native, self.bf16_note = bf16_support()
         if o.precision == "bf16" and not native:
             log.warning(
                 "openvino bf16 on this CPU is %s: expect it slower than fp32", self.bf16_note
@@ -159,7 +158,6 @@ class OpenVinoRunner(Runner):
             "PERFORMANCE_HINT": o.hint.upper(),
             "INFERENCE_PRECISION_HINT": PRECISIONS[o.precision],
             **({"INFERENCE_NUM_THREADS": o.threads} if o.threads else {}),
-            **({"NUM_STREAMS": o.streams} if o.streams else {}),
         }
         self._compiled: dict[tuple[int, ...] | None, _Compiled] = {}
         compiled = self._compile(None).compiled  # dynamic batch: it compiles before any input
@@ -180,13 +178,9 @@ class OpenVinoRunner(Runner):
             if not head.startswith((b"<?xml", b"<net")):
                 raise ModelLoadError(f"{self.path} is not an OpenVINO IR file (no <net> XML)")
 
-    def _metadata(self) -> dict[str, str]:
-        if not self.model.has_rt_info([_RT_INFO_KEY]):
-            return {}
-        keys = self.model.get_rt_info()[_RT_INFO_KEY].keys()
-        return {str(k): self.model.get_rt_info([_RT_INFO_KEY, k]).astype(str) for k in keys}
-
     def _compile(self, shape: tuple[int, ...] | None) -> _Compiled:
+        """The model compiled for inputs of ``shape`` (None or not ``static_shapes``: any batch)."""
+        shape = shape if self.options.static_shapes else None
         slot = self._compiled.get(shape)
         if slot is None:
             model = self.model
@@ -203,12 +197,6 @@ class OpenVinoRunner(Runner):
             self._compiled[shape] = slot
         return slot
 
-    @property
-    def description(self) -> str:
-        if self.device is None:
-            return f"{self.name} (not loaded)"
-        return f"{self.name} (CPU, {self.options.precision}, {self.options.hint})"
-
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return check_input(x)
 
@@ -216,17 +204,14 @@ class OpenVinoRunner(Runner):
         """One input; with several infer requests, one slice per request on parallel streams."""
         n = min(self._requests, x.shape[0])
         if n <= 1:
-            return self._slot(x.shape).run_one(x)
+            return self._compile(x.shape).run_one(x)
         parts = np.array_split(x, n)  # slices differ by <= 1 row
         outputs: list[np.ndarray] = [np.empty(0, np.float32)] * n
         for i, part in enumerate(parts):
-            self._slot(part.shape).start(part, outputs, i)
+            self._compile(part.shape).start(part, outputs, i)
         for shape in {part.shape for part in parts}:
-            self._slot(shape).wait()
+            self._compile(shape).queue.wait_all()
         return np.concatenate(outputs)
-
-    def _slot(self, shape: tuple[int, ...]) -> _Compiled:
-        return self._compile(shape if self.options.static_shapes else None)
 
     def fetch(self, result: np.ndarray) -> np.ndarray:
         return np.asarray(result, dtype=np.float32)
@@ -242,7 +227,7 @@ class _Compiled:
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        self._queue: Any = None
+        self.queue: Any = None
 
     def run_one(self, x: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: x}, share_inputs=True, share_outputs=False)
@@ -250,14 +235,10 @@ class _Compiled:
 
     def start(self, part: np.ndarray, outputs: list[np.ndarray], index: int) -> None:
         """Start ``part`` on a free infer request; its logits land in ``outputs[index]``."""
-        if self._queue is None:
-            self._queue = import_openvino().AsyncInferQueue(self.compiled)
-            self._queue.set_callback(_store_output)
-        self._queue.start_async({0: part}, (outputs, index))
-
-    def wait(self) -> None:
-        if self._queue is not None:
-            self._queue.wait_all()
+        if self.queue is None:
+            self.queue = import_openvino().AsyncInferQueue(self.compiled)
+            self.queue.set_callback(_store_output)
+        self.queue.start_async({0: part}, (outputs, index))
 
 
 def _last_line(exc: BaseException) -> str:

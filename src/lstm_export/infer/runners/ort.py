@@ -83,14 +83,13 @@ class OnnxRuntimeRunner(Runner):
         if o.profile_prefix:
             opts.enable_profiling = True
             opts.profile_file_prefix = o.profile_prefix
-        cuda_options = {"use_tf32": "1" if o.tf32 else "0"}
+        cuda_opts = {"use_tf32": "1" if o.tf32 else "0"}
         if o.cuda_graph:
-            cuda_options["enable_cuda_graph"] = "1"
-        self.session = open_session(
-            self.path, self.requested_device, opts, cuda_options=cuda_options
-        )
+            cuda_opts["enable_cuda_graph"] = "1"
+        self.session = open_session(self.path, self.requested_device, opts, cuda_options=cuda_opts)
         self.providers = got = self.session.get_providers()
         self.device = "cuda" if CUDA_EP in got else "cpu"
+        self.description = f"{self.name} ({got[0]})"
         if self.requested_device == Device.auto:
             no_driver = "no NVIDIA driver (libcuda.so.1 missing)"
             why = cuda_diagnosis() if nvidia_driver_present() else no_driver
@@ -98,16 +97,16 @@ class OnnxRuntimeRunner(Runner):
                 f"auto: {got[0]}" if self.device == "cuda" else f"auto: CPU, since {why}"
             )
             log.info("device %s", self.device_note)
-        self.input_name = self.session.get_inputs()[0].name
+        first, *rest = self.session.get_inputs()
+        self.input_name = first.name
         output = self.session.get_outputs()[0]
         self.output_name = output.name
         self.check_outputs(output.shape or (), output.type in _FLOAT_TYPES)
         # --with-state: (name, layers, width) of h_0 and c_0, fed zeros by infer
-        self._state_inputs = [
-            (i.name, i.shape[0], i.shape[2])
-            for i in self.session.get_inputs()[1:]
-            if len(i.shape) == 3
-        ]
+        self._state_inputs = [(i.name, i.shape[0], i.shape[2]) for i in rest if len(i.shape) == 3]
+        self.streams = len(self._state_inputs) == 2
+        # inputs and outputs stay on the GPU (stateful files run through host feeds)
+        self._bound = self.device == "cuda" and not self._state_inputs
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._graphs: dict[tuple[int, ...], _GraphSlot] = {}
         self._serial: Any = None
@@ -122,20 +121,6 @@ class OnnxRuntimeRunner(Runner):
             if slices > 1:
                 self._slices = [open_session(self.path, Device.cpu, opts) for _ in range(slices)]
                 self._pool = ThreadPoolExecutor(slices, "ort-slice")
-
-    @property
-    def description(self) -> str:
-        providers = getattr(self, "providers", None)
-        return f"{self.name} ({providers[0] if providers else 'not loaded'})"
-
-    @property
-    def _bound(self) -> bool:
-        """Inputs and outputs stay on the GPU (stateful files run through host feeds)."""
-        return self.device == "cuda" and not self._state_inputs
-
-    @property
-    def streams(self) -> bool:
-        return len(getattr(self, "_state_inputs", ())) == 2
 
     def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
         """Zeros for each state input at ``batch`` images: the stateless start."""

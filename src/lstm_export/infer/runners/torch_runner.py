@@ -55,6 +55,7 @@ class TorchRunner(Runner):
         self._threads_before: int | None = None
         self._tf32_before: tuple[bool, bool] | None = None
         self.device, self.device_note = resolve_torch_device(self.requested_device)
+        self.description = f"{self.name} ({self.device})"
         self.module: Any = self._load_module()
         self._probe()
         if self.device == "cuda":
@@ -96,12 +97,11 @@ class TorchRunner(Runner):
 
     def run_prepared(self, prepared: Any) -> Any:
         torch = self._torch
-        with torch.inference_mode():
-            if self.options.autocast == "bf16":
-                with torch.autocast(self.device or "cpu", dtype=torch.bfloat16):
-                    out = self.module(prepared)
-            else:
-                out = self.module(prepared)
+        cast: Any = contextlib.nullcontext()
+        if self.options.autocast == "bf16":
+            cast = torch.autocast(self.device or "cpu", dtype=torch.bfloat16)
+        with torch.inference_mode(), cast:
+            out = self.module(prepared)
         if self.device == "cuda":
             torch.cuda.synchronize()
         return out
@@ -136,10 +136,7 @@ class EagerRunner(TorchRunner):
 
     name = "eager"
     suffixes = (".pt", ".pth")
-
-    @property
-    def streams(self) -> bool:
-        return True
+    streams = True
 
     def _forward_state(self, x: Any, h_0: Any = None, c_0: Any = None) -> Any:
         return self.module.forward_with_state(x, h_0, c_0)
@@ -163,16 +160,13 @@ class TorchScriptRunner(TorchRunner):
     Options = TorchScriptOptions
     options: TorchScriptOptions
 
-    @property
-    def streams(self) -> bool:
-        """Exported with ``--with-state``: ``module(x, h_0=None, c_0=None) -> (logits, h, c)``."""
-        return "state_inputs" in self.metadata
-
     def _load_module(self) -> Any:
         trusted = self.options.trusted
         module, self.metadata = load_torchscript(self.path, self.device or "cpu", trusted=trusted)
         if not trusted and (problem := torchscript_graph_problem(module)):
             raise refuse(self.path, problem)  # it would run more than tensor math when called
+        # exported with --with-state: module(x, h_0=None, c_0=None) -> (logits, h, c)
+        self.streams = "state_inputs" in self.metadata
         return module.eval()
 
 

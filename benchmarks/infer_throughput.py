@@ -106,7 +106,7 @@ def measure_model(
     from lstm_export.devices import usable_cores
     from lstm_export.infer.classify import classify_folder
     from lstm_export.infer.pipeline import plan_run
-    from lstm_export.infer.registry import load_runner, runner_options
+    from lstm_export.infer.registry import RUNNERS, load_runner
     from lstm_export.infer.writers import open_rows
 
     n, results, best = len(x), {}, (0.0, 0, 0)
@@ -128,7 +128,8 @@ def measure_model(
     results[f"inference_only_{tag}"] = best[0]
     rows = [(f"inference only, ORT {tag} (best: {best[1]} threads, batch {best[2]})", best[0])]
     plan = plan_run()
-    with load_runner(model_path, device="cpu", **runner_options(plan)) as runner:
+    options = RUNNERS["onnxruntime"].planned_options(plan.threads)
+    with load_runner(model_path, device="cpu", **options) as runner:
         runner.infer(x[: plan.batch_size])
         accuracy: list[float] = []
 

@@ -519,6 +519,18 @@ def test_the_served_runner_shares_the_machine(model_file: Path) -> None:
             close_models(models)
 
 
+def test_trust_model_serves_a_checkpoint_too(model_file: Path) -> None:
+    """A checkpoint is only weights: trust changes nothing for eager, and is no error there."""
+    from lstm_export.serve.models import ServeConfig, close_models, load_models
+
+    for source in (model_file.parent / "run" / "model.pt", model_file):
+        models = load_models(ServeConfig(source, trusted=True))
+        try:
+            assert getattr(models[0].runner.options, "trusted", True) is True
+        finally:
+            close_models(models)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script's deprecation
 def test_a_torchscript_file_that_prints_is_served_only_with_trust_model(tmp_path: Path) -> None:

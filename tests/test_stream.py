@@ -65,7 +65,9 @@ def test_chunks_with_the_state_carried_equal_all_at_once(
     with load_runner(files[backend], device="cpu") as runner:
         assert runner.streams
         logits, state = runner.step(x)
-        outs = list(runner.stream([x[:, :7], x[:, 7:14], x[:, 14:]]))
+        outs: list = []
+        for chunk in (x[:, :7], x[:, 7:14], x[:, 14:]):
+            outs.append(runner.step(chunk, outs[-1][1] if outs else None))
         stateless = runner.infer(x)
         prefix, _ = runner.step(x[:, :7])
     assert len(outs) == 3 and state.h.shape == (2, batch, 8) and state.c.shape == (2, batch, 8)

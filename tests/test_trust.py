@@ -388,10 +388,9 @@ def test_infer_refuses_a_hostile_torchscript_file_unless_trusted(
 
 
 def test_runner_options_pass_trust_only_to_backends_that_check_files() -> None:
-    from lstm_export.infer.pipeline import Plan
-    from lstm_export.infer.registry import runner_options
+    from lstm_export.infer.registry import RUNNERS
 
-    assert runner_options(Plan(1, 1), "torchscript", trusted=True)["trusted"] is True
-    assert runner_options(Plan(1, 1), "onnxruntime", trusted=True)["trusted"] is True
-    assert "trusted" not in runner_options(Plan(1, 1), "eager", trusted=True)
-    assert "trusted" not in runner_options(Plan(1, 1), "torchscript")
+    assert RUNNERS["torchscript"].planned_options(1, trusted=True)["trusted"] is True
+    assert RUNNERS["onnxruntime"].planned_options(1, trusted=True)["trusted"] is True
+    assert "trusted" not in RUNNERS["eager"].planned_options(1, trusted=True)
+    assert "trusted" not in RUNNERS["torchscript"].planned_options(1)

@@ -21,7 +21,7 @@ from lstm_export.config import ModelConfig
 from lstm_export.data import preprocess
 from lstm_export.data.mnist import CLASS_NAMES
 from lstm_export.errors import CheckpointError, ConfigError, first_line
-from lstm_export.fileio import file_kind, write_bytes_atomic
+from lstm_export.fileio import atomic_path, file_kind
 from lstm_export.model import LSTMClassifier
 
 FORMAT = "lstm-export/checkpoint"
@@ -58,7 +58,8 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     naming the file, never a half-written file or an error from inside torch's zip writer."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -139,11 +140,9 @@ def _misfit(expected: dict[str, Any], state: Any) -> str:
 
 
 def _pickled_code(message: str, path: Path) -> str | None:
-    """The code a refused pickle refers to (``posix.system``...), or None when it names none.
-
-    From torch's message when it says (``unsupported GLOBAL posix.system``); otherwise, for a raw
-    pickle, from its opcodes (read, never run) when it imports anything but torch's own types.
-    """
+    """The code a refused pickle refers to (``posix.system``...), or None: from torch's message
+    (``unsupported GLOBAL posix.system``), else from a raw pickle's opcodes (read, never run), the
+    first import of anything but torch's own types."""
     if found := re.search(r"GLOBAL ([\w.]+)", message, flags=re.IGNORECASE):
         return found.group(1)
     strings: list[str] = []

@@ -15,32 +15,17 @@ from lstm_export.console import err_console, plain, setup_logging
 from lstm_export.errors import DeviceError, LstmExportError
 from lstm_export.fileio import terminated_by
 
-#: what the command line adds to a library error: the option that changes the outcome
-_HINTS: dict[type[LstmExportError], str] = {DeviceError: "--device cpu runs without it"}
-
 
 class _OneLineErrors(TyperGroup):
     """Report usage and library errors as one line with exit code 1, never a traceback."""
 
-    def main(  # type: ignore[override]
-        self,
-        args: Any = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
+    def main(self, args: Any = None, **extra: Any) -> Any:  # type: ignore[override]
         code: Any = 0
+        standalone_mode = extra.pop("standalone_mode", True)
         args = sys.argv[1:] if args is None else args
         args = args or ["--help"]  # a bare `lstm-export`: the help, exit code 0
         try:
-            code = super().main(
-                args=args,
-                prog_name=prog_name,
-                complete_var=complete_var,
-                standalone_mode=False,
-                **extra,
-            )
+            code = super().main(args=args, standalone_mode=False, **extra)
             if code == 130:  # typer turns Ctrl-C (and our SIGTERM/SIGHUP) into a silent 130
                 signum = terminated_by()
                 name = "interrupted" if signum is None else f"terminated by {Signals(signum).name}"
@@ -49,8 +34,8 @@ class _OneLineErrors(TyperGroup):
         except typer.TyperException as exc:  # usage errors: bad flag, value, command
             _fail(exc.format_message())
         except LstmExportError as exc:
-            hint = next((h for cls, h in _HINTS.items() if isinstance(exc, cls)), "")
-            _fail(f"{exc} ({hint})" if hint else str(exc))
+            hint = " (--device cpu runs without it)" if isinstance(exc, DeviceError) else ""
+            _fail(f"{exc}{hint}")
         except (typer.Abort, KeyboardInterrupt):
             err_console.print("[red]error:[/] interrupted")
             code = 130

@@ -70,12 +70,9 @@ def _not_regular(mode: int) -> NotRegularFileError:
 
 
 def open_regular(path: Path | str) -> BinaryIO:
-    """Open a regular file for reading (binary); never blocks, never opens a device.
-
-    Checked with ``stat`` before the open (opening a device can have effects), opened with
-    ``O_NONBLOCK`` (a FIFO swapped in cannot block) and checked again with ``fstat``. Raises
-    :class:`NotRegularFileError` for anything but a regular file, else the usual ``OSError``.
-    """
+    """Open a regular file for reading (binary): ``stat`` before the open (opening a device can
+    have effects), ``O_NONBLOCK`` (a FIFO swapped in cannot block), ``fstat`` after.
+    :class:`NotRegularFileError` for anything but a regular file, else the usual ``OSError``."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise _not_regular(mode)
@@ -92,10 +89,9 @@ def open_regular(path: Path | str) -> BinaryIO:
 
 
 def read_regular_file(path: Path | str, limit: int) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, opened as :func:`open_regular`
-    does; never reads more. Raises :class:`NotRegularFileError`, :class:`FileTooLargeError` (also
-    when it grows past ``limit`` while read), :class:`FileChangedError` or another ``OSError``.
-    """
+    """The bytes of a regular file (:func:`open_regular`) of at most ``limit`` bytes, never read
+    past it: :class:`FileTooLargeError` (also when it grows while read), :class:`FileChangedError`
+    or what :func:`open_regular` raises."""
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
@@ -153,11 +149,9 @@ def terminated_by() -> int | None:
 
 @contextlib.contextmanager
 def terminating() -> Iterator[None]:
-    """While active, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, so clean-ups
-    run as they do for Ctrl-C. Only signals at their default action are taken over (a handler of
-    the application's, an enclosing ``terminating()``'s, or SIGHUP ignored under ``nohup``, is
-    left alone) and they are given back on exit. Does nothing outside the main thread.
-    """
+    """While active, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread (elsewhere it
+    does nothing). Only signals at their default action are taken over (not an application's
+    handler, an enclosing ``terminating()``'s, ``nohup``'s ignored SIGHUP), given back on exit."""
     global _signals_fired
     taken: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -238,12 +232,6 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     return removed
 
 
-def _temporary_name(target: Path) -> Path:
-    """A fresh temporary name for ``target``, once the stale ones are gone."""
-    remove_stale_temporaries(target)
-    return target.parent / f"{_tmp_prefix(target)}{os.getpid()}.{secrets.token_hex(4)}.tmp"
-
-
 def _publish(tmp: Path, target: Path) -> None:
     """Sync ``tmp`` to disk, rename it onto ``target``, then sync the folder (the rename)."""
     with open(tmp, "rb") as f:
@@ -269,14 +257,12 @@ def _writing(target: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; sync and rename it onto ``target`` on success.
-
-    On any exception, Ctrl-C, SIGTERM or SIGHUP the temporary file is removed and ``target`` is
-    left untouched; OS errors (disk full, permissions) become :class:`OutputError`.
-    """
+    """A temporary path beside ``target``, renamed onto it on success and removed on any failure
+    (see the module docstring); OS errors (disk full, permissions) become :class:`OutputError`."""
     target = check_writable_file(Path(target))
     with _writing(target):
-        tmp = _temporary_name(target)
+        remove_stale_temporaries(target)
+        tmp = target.parent / f"{_tmp_prefix(target)}{os.getpid()}.{secrets.token_hex(4)}.tmp"
         # created with the umask's permissions, as the target would be
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         try:
@@ -291,9 +277,7 @@ def atomic_open(
     target: Path, mode: str = "w", *, encoding: str | None = None, newline: str | None = None
 ) -> Iterator[IO[Any]]:
     """A file open for writing (``mode`` ``"w"`` or ``"wb"``) that replaces ``target`` only when
-    complete. Where the system allows (Linux ``O_TMPFILE``) it has no name until then, so nothing
-    is left behind whatever ends the process, SIGKILL included; elsewhere :func:`atomic_path`.
-    """
+    complete: unnamed until then where the system allows (``O_TMPFILE``), else :func:`atomic_path`."""
     target = check_writable_file(Path(target))
     fd = _unnamed_file(target.parent)
     if fd is None:
@@ -324,12 +308,6 @@ def _unnamed_file(directory: Path) -> int | None:
         return None
 
 
-def write_bytes_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_text_atomic(target: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     with atomic_path(target) as tmp:
@@ -341,10 +319,9 @@ def check_outputs_against_inputs(
     outputs: Iterable[Path | str | None], inputs: Iterable[Path | str]
 ) -> None:
     """Before any work: every output (None skipped) can be written (:func:`check_writable_file`),
-    and none is given twice or is the directory entry of an input (the rename would replace an
-    image of the folder, or the model). Only existing outputs and inputs of the same name (case
-    folded) are compared, so 100,000 inputs cost nothing.
-    """
+    none is given twice or is the directory entry of an input (the rename would replace it). Only
+    existing outputs and inputs of the same name (case folded) are compared: 100,000 inputs are
+    cheap."""
     seen: dict[tuple[str, str], Path] = {}
     existing: dict[str, list[Path]] = {}
     for out in outputs:

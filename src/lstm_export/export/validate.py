@@ -68,10 +68,6 @@ class BatchCheck:
     agree: int
     seq_len: int = IMAGE_ROWS
 
-    @property
-    def agreement(self) -> float:
-        return self.agree / self.batch
-
 
 @dataclass(frozen=True)
 class StreamCheck:
@@ -211,14 +207,13 @@ def validate_export(
             stream, found = _check_stream(candidate, reference, batch, tolerance)
             stream_checks.append(stream)
             failures += found
-        description = candidate.description
     if failures:
         raise ValidationError(
             f"{candidate_name} does not give eager PyTorch's answers: " + "; ".join(failures)
         )
     return ValidationReport(
         reference="eager PyTorch (CPU)",
-        candidate=description,
+        candidate=candidate.description,
         tolerance=tolerance,
         checks=checks,
         structural=passed,
@@ -248,7 +243,9 @@ def _check_batch(
 def _run_stream(runner: Any, x: np.ndarray) -> tuple[list, list]:
     """``([logits, h_n, c_n] all at once, [logits, h_n, c_n] after the chunks)``."""
     logits, state = runner.step(x)
-    *_, (last, end) = runner.stream(np.split(x, np.cumsum(STREAM_CHUNKS)[:-1], axis=1))
+    end: Any = None
+    for chunk in np.split(x, np.cumsum(STREAM_CHUNKS)[:-1], axis=1):
+        last, end = runner.step(chunk, end)
     return [logits, state.h, state.c], [last, end.h, end.c]
 
 

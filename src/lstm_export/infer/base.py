@@ -3,7 +3,7 @@
 Float32 pixels ``(N, T, F=28)`` in [0, 1] -> float32 logits ``(N, C)``, in three phases the bench
 times apart: :meth:`Runner.prepare`, :meth:`Runner.run_prepared`, :meth:`Runner.fetch`. ``T`` is
 28 for a digit; a file exported with a fixed time axis takes no other. A model that takes its LSTM
-state can be fed a sequence in chunks (:meth:`Runner.step`, :meth:`Runner.stream`)."""
+state can be fed a sequence in chunks (:meth:`Runner.step`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import abc
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -65,6 +65,8 @@ class Runner(abc.ABC):
     Options: ClassVar[type]
     #: whether the loaded model takes and returns its LSTM state (see :meth:`step`)
     streams: bool = False
+    #: options beside ``threads`` for a run that shares the cores with image decoding
+    planned: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, path: Path, device: Device | str = Device.cpu, **options: Any) -> None:
         self.path = Path(path)
@@ -96,9 +98,11 @@ class Runner(abc.ABC):
         return cls.Options(**options)
 
     @classmethod
-    def planned_options(cls, threads: int) -> dict[str, Any]:
-        """Options for a run that gives the model ``threads`` cores beside image decoding."""
-        return {"threads": threads}
+    def planned_options(cls, threads: int, *, trusted: bool = False) -> dict[str, Any]:
+        """Options for a run that gives the model ``threads`` cores beside image decoding, and
+        ``trusted`` where the backend checks what a file may do (a checkpoint is only weights)."""
+        trust = {"trusted": True} if trusted and issubclass(cls.Options, TrustOption) else {}
+        return {"threads": threads, **cls.planned, **trust}
 
     def load(self) -> Runner:
         """Load the model (idempotent). Raises ModelLoadError or DeviceError."""
@@ -195,15 +199,6 @@ class Runner(abc.ABC):
             np.asarray(a, np.float32) for a in self._guarded(lambda: self._step(x, state), x)
         )
         return logits, LstmState(h, c)
-
-    def stream(
-        self, chunks: Iterable[np.ndarray], state: LstmState | None = None
-    ) -> Iterator[tuple[np.ndarray, LstmState]]:
-        """:meth:`step` over consecutive chunks of rows, carrying the state: yields the logits
-        and the state after each chunk (the last logits are those of the whole sequence)."""
-        for chunk in chunks:
-            logits, state = self.step(chunk, state)
-            yield logits, state
 
     def _step(self, x: np.ndarray, state: LstmState | None) -> tuple[Any, Any, Any]:
         """``(logits, h_n, c_n)`` for a checked ``x`` from ``state`` (None: zeros), on the host."""

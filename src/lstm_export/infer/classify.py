@@ -13,7 +13,7 @@ from lstm_export.errors import ModelLoadError
 from lstm_export.infer.base import Runner
 from lstm_export.infer.images import Invert
 from lstm_export.infer.pipeline import plan_run
-from lstm_export.infer.registry import backend_for, make_runner, runner_options
+from lstm_export.infer.registry import RUNNERS, backend_for, make_runner
 from lstm_export.infer.rows import Prediction, Run, Summary, scored_batches
 from lstm_export.infer.walk import walk_images
 
@@ -63,7 +63,7 @@ class FolderRun(Run):
             self.runner = model
         else:
             name = backend_for(model) if backend == "auto" else backend
-            options = runner_options(self.plan, name, trusted=trusted)
+            options = RUNNERS[name].planned_options(self.plan.threads, trusted=trusted)
             self.runner = make_runner(Path(model), name, device, **options)
             if not self.runner.path.is_file():
                 raise ModelLoadError(f"model file {model} not found")

@@ -322,9 +322,8 @@ def _finish(
         report.save_confusion_png(c, confusion_png, title=title)
         out.print(f"confusion matrix: {plain(confusion_png)}", **say)
     elif confusion_png is not None:
-        why = f"the folder is {summary.labels}"
-        if c is not None:
-            why = f"{len(c.class_names):,} classes are too many to draw"
+        many = f"{len(c.class_names):,} classes are too many to draw" if c is not None else ""
+        why = many or f"the folder is {summary.labels}"
         err_console.print(f"[yellow]warning:[/] no confusion matrix drawn: {plain(why)}", **say)
     if summary.classified == 0:
         raise InputError(

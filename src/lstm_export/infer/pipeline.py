@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,13 +41,12 @@ Decoded = tuple[np.ndarray, list[str | None]]
 class Plan:
     """How a run shares the cores. ``workers``: 0 decodes in the calling thread, 1 in one
     background thread, more in that many processes; ``threads``: the model's intra-op threads;
-    ``streams``: inference threads; ``notes``: the knobs capped at what the machine has."""
+    ``streams``: inference threads."""
 
     workers: int
     threads: int
     batch_size: int = CPU_BATCH_SIZE
     streams: int = 1
-    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
         decode = {0: "inline", 1: "1 thread"}.get(self.workers, f"{self.workers} processes")
@@ -73,18 +72,16 @@ def plan_run(
     Automatically: decode in one thread on up to 3 cores, else in processes (about 2 in 5 cores,
     or with ``fit`` all cores but one; at most 8); inference threads: the cores decoding leaves (1
     on CUDA); a second, low-priority stream where inference runs on 1 thread beside the decoder.
-    Knobs beyond ``cores`` (a batch beyond :data:`MAX_BATCH_SIZE`) are capped, with a note in
-    :attr:`Plan.notes` and a warning."""
+    Knobs beyond ``cores`` (a batch beyond :data:`MAX_BATCH_SIZE`) are capped, with a warning."""
     cores = cores or usable_cores()
-    notes: list[str] = []
 
     def capped(what: str, value: int | None, low: int, top: int) -> int | None:
         if value is not None and value < low:
             raise InputError(f"{what} must be >= {low}, got {value}")
         if value is None or value <= top:
             return value
-        notes.append(f"{value:,} {what} capped at {top:,}" + " (the usable cores)" * (top == cores))
-        log.warning("%s", notes[-1])
+        usable = " (the usable cores)" if top == cores else ""
+        log.warning("%s %s capped at %s%s", f"{value:,}", what, f"{top:,}", usable)
         return top
 
     batch_size = capped("images per batch", batch_size, 1, MAX_BATCH_SIZE)
@@ -104,7 +101,7 @@ def plan_run(
     threads = threads or (1 if cuda else max(1, cores - min(workers, cores - 1)))
     streams = streams or (2 if not cuda and workers >= 1 and threads == 1 and cores >= 2 else 1)
     batch_size = batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
-    return Plan(workers, threads, batch_size, streams, tuple(notes))
+    return Plan(workers, threads, batch_size, streams)
 
 
 def decoded_batches(

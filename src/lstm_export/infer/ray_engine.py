@@ -28,7 +28,7 @@ from lstm_export.devices import Device, usable_cores
 from lstm_export.errors import ConfigError, DeviceError, InferenceError, LstmExportError
 from lstm_export.infer.images import Invert
 from lstm_export.infer.pipeline import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, Plan
-from lstm_export.infer.registry import backend_for, load_runner, make_runner, runner_options
+from lstm_export.infer.registry import RUNNERS, backend_for, load_runner, make_runner
 from lstm_export.infer.rows import Prediction, Run, Scores, make_rows, scored_batches
 from lstm_export.infer.walk import walk_images
 from lstm_export.infer.writers import escape_text, rows_table, unescape_text
@@ -101,7 +101,8 @@ def plan_actors(
     """The pool for ``images`` on ``cpus`` and ``gpus``. Half a CPU (one from 4 CPUs up) stays
     free, so a task Ray Data starts beside the actors (writing) is never starved, which hangs a
     small machine. Default: one actor per CPU left (per GPU with ``cuda``), a decode thread and a
-    1-thread runner each; never more than one per half CPU (per GPU) or per batch. Blocks: about 4 per actor, one batch to 4096 images, at most 20,000."""
+    1-thread runner each; never more than one per half CPU (per GPU) or per batch. Blocks: about
+    4 per actor, one batch to 4096 images, at most 20,000."""
     free = max(cpus - (0.5 if cpus < 4 else 1.0), 0.1)
     threads, cuda = threads or 1, device == "cuda"
     batch_size = batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
@@ -179,7 +180,7 @@ class Classifier:
         with tempfile.TemporaryDirectory(prefix="lstm-export-model-") as folder:
             for name, ref in files.items():  # the runners read files: the model's, privately
                 Path(folder, name).write_bytes(ray.get(ref))
-            options = runner_options(job.plan, job.backend, trusted=job.trusted)
+            options = RUNNERS[job.backend].planned_options(job.plan.threads, trusted=job.trusted)
             self.runner = make_runner(Path(folder, job.name), job.backend, job.device, **options)
             self.runner.load()  # a DeviceError where CUDA is asked for and not usable
         self.node = int(ray.get_runtime_context().get_node_id()[:15], 16)
@@ -247,7 +248,7 @@ class RayRun(Run):
         if any(value is not None and value < 1 for value in self._choice.values()):
             raise ConfigError(f"actors, threads and batch size must be >= 1: {self._choice}")
         self.trusted = trusted
-        options = runner_options(Plan(1, 1), self.backend, trusted=trusted)
+        options = RUNNERS[self.backend].planned_options(1, trusted=trusted)
         self._driver_runner = make_runner(self.model_path, self.backend, Device.cpu, **options)
         self.walk = walk_images(folder, recursive=recursive, follow_links=follow_links)
         self.plan = self._plan(self.local_cpus, 0.0, "ray (not started yet)")

@@ -9,16 +9,14 @@ from typing import Any
 
 from lstm_export.devices import Device
 from lstm_export.errors import ModelLoadError
-from lstm_export.infer.base import Runner, TrustOption
+from lstm_export.infer.base import Runner
 from lstm_export.infer.runners.openvino_runner import OpenVinoRunner
 from lstm_export.infer.runners.ort import OnnxRuntimeRunner
 from lstm_export.infer.runners.torch_runner import EagerRunner, TorchScriptRunner
 
+# OpenVINO after ONNX Runtime: a .onnx file goes to onnxruntime
 RUNNERS: dict[str, type[Runner]] = {
-    EagerRunner.name: EagerRunner,
-    TorchScriptRunner.name: TorchScriptRunner,
-    OnnxRuntimeRunner.name: OnnxRuntimeRunner,
-    OpenVinoRunner.name: OpenVinoRunner,  # after onnxruntime: .onnx goes to onnxruntime
+    r.name: r for r in (EagerRunner, TorchScriptRunner, OnnxRuntimeRunner, OpenVinoRunner)
 }
 
 
@@ -61,14 +59,3 @@ def load_runner(
 ) -> Runner:
     """Build and load the runner for ``path``; use it as a context manager to release it."""
     return make_runner(path, backend, device, **options).load()
-
-
-def runner_options(
-    plan: Any, backend: str = "onnxruntime", *, trusted: bool = False
-) -> dict[str, Any]:
-    """:meth:`Runner.planned_options` of ``backend`` for ``plan.threads``, and ``trusted`` where
-    the backend checks what a file may do (a checkpoint is only ever read as weights)."""
-    options = RUNNERS[backend].planned_options(plan.threads)
-    if trusted and issubclass(RUNNERS[backend].Options, TrustOption):
-        options["trusted"] = True
-    return options

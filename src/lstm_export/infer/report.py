@@ -71,13 +71,8 @@ def print_summary(summary: Summary, errors: list[Prediction], out: Console, err:
 def confusion_table(confusion: Confusion) -> Table:
     """A rich table of the matrix with per-class recall; the diagonal in bold green."""
     names = [plain(n) for n in confusion.class_names]
-    table = Table(
-        title="confusion matrix (rows: true class, columns: predicted)",
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1),
-    )
+    title = "confusion matrix (rows: true class, columns: predicted)"
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("true", justify="right", style="bold")
     for name in names:
         table.add_column(name, justify="right")

@@ -154,14 +154,15 @@ def _rows(runner: Runner) -> int:
 def runner_options(plan: _Plan, config: ServeConfig) -> dict[str, Any]:
     """The options a served runner opens with: what the runner asks for when it shares the
     machine (ONNX Runtime: idle pool threads do not spin, which would take the event loop's
-    core), ``config.threads`` (default: the cores less one), ``trusted`` when asked."""
+    core), ``config.threads`` (default: the cores less one), ``trusted`` when asked and the
+    backend checks what a file may do (a checkpoint is only weights)."""
     from lstm_export.devices import usable_cores
     from lstm_export.infer.registry import RUNNERS, Backend, backend_for
 
     auto = Backend(plan.backend) == Backend.auto
     runner = RUNNERS[backend_for(plan.path) if auto else Backend(plan.backend).value]
-    options = runner.planned_options(config.threads or max(1, usable_cores() - 1))
-    return {**options, "trusted": True} if config.trusted else options
+    threads = config.threads or max(1, usable_cores() - 1)
+    return runner.planned_options(threads, trusted=config.trusted)
 
 
 def _open(plan: _Plan, config: ServeConfig) -> ServedModel:

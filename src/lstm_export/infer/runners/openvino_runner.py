@@ -129,7 +129,16 @@ class OpenVinoRunner(Runner):
             )
         if self.requested_device == Device.auto:
             self.device_note = "auto: CPU, since the openvino backend runs on the CPU only"
-        self._check_file()
+        # not ONNX or IR: refused before OpenVINO tries every frontend on it (its TensorFlow one
+        # prints parse errors to stderr)
+        if self.path.suffix.lower() == ".onnx":
+            if problem := onnx_problem(self.path, self.options.trusted):
+                raise refuse(self.path, problem)
+        else:
+            with open(self.path, "rb") as f:
+                head = f.read(256).lstrip()
+            if not head.startswith((b"<?xml", b"<net")):
+                raise ModelLoadError(f"{self.path} is not an OpenVINO IR file (no <net> XML)")
         try:
             self.model = _core().read_model(str(self.path))
         except Exception as exc:  # RuntimeError from the ONNX or IR frontend
@@ -166,23 +175,10 @@ class OpenVinoRunner(Runner):
         self.threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         self._requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
-    def _check_file(self) -> None:
-        """ModelLoadError for a file that is not ONNX or IR, before OpenVINO tries every frontend
-        on it (its TensorFlow frontend prints parse errors to stderr)."""
-        if self.path.suffix.lower() == ".onnx":
-            if problem := onnx_problem(self.path, self.options.trusted):
-                raise refuse(self.path, problem)
-        else:
-            with open(self.path, "rb") as f:
-                head = f.read(256).lstrip()
-            if not head.startswith((b"<?xml", b"<net")):
-                raise ModelLoadError(f"{self.path} is not an OpenVINO IR file (no <net> XML)")
-
     def _compile(self, shape: tuple[int, ...] | None) -> _Compiled:
         """The model compiled for inputs of ``shape`` (None or not ``static_shapes``: any batch)."""
         shape = shape if self.options.static_shapes else None
-        slot = self._compiled.get(shape)
-        if slot is None:
+        if shape not in self._compiled:
             model = self.model
             if shape is not None:
                 model = self.model.clone()
@@ -193,9 +189,8 @@ class OpenVinoRunner(Runner):
                 raise ModelLoadError(
                     f"OpenVINO could not compile {self.path}: {_last_line(exc)}"
                 ) from exc
-            slot = _Compiled(compiled)
-            self._compiled[shape] = slot
-        return slot
+            self._compiled[shape] = _Compiled(compiled)
+        return self._compiled[shape]
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return check_input(x)
@@ -204,7 +199,8 @@ class OpenVinoRunner(Runner):
         """One input; with several infer requests, one slice per request on parallel streams."""
         n = min(self._requests, x.shape[0])
         if n <= 1:
-            return self._compile(x.shape).run_one(x)
+            request = self._compile(x.shape).request
+            return np.asarray(request.infer({0: x}, share_inputs=True, share_outputs=False)[0])
         parts = np.array_split(x, n)  # slices differ by <= 1 row
         outputs: list[np.ndarray] = [np.empty(0, np.float32)] * n
         for i, part in enumerate(parts):
@@ -228,10 +224,6 @@ class _Compiled:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.queue: Any = None
-
-    def run_one(self, x: np.ndarray) -> np.ndarray:
-        result = self.request.infer({0: x}, share_inputs=True, share_outputs=False)
-        return np.asarray(result[0])
 
     def start(self, part: np.ndarray, outputs: list[np.ndarray], index: int) -> None:
         """Start ``part`` on a free infer request; its logits land in ``outputs[index]``."""

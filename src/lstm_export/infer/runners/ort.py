@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -62,11 +62,8 @@ class OnnxRuntimeRunner(Runner):
     suffixes = (".onnx",)
     Options = OrtOptions
     options: OrtOptions
-
-    @classmethod
-    def planned_options(cls, threads: int) -> dict[str, Any]:
-        """``threads``, and no spinning: idle pool threads would steal the decoder's core."""
-        return {"threads": threads, "spinning": False}
+    #: no spinning: idle pool threads would steal the decoder's core
+    planned: ClassVar[dict[str, Any]] = {"spinning": False}
 
     def _load(self) -> None:
         import onnxruntime as ort
@@ -151,8 +148,7 @@ class OnnxRuntimeRunner(Runner):
     def _graph_slot(self, x: np.ndarray) -> _GraphSlot:
         """The captured graph for ``x``'s shape: a CUDA graph replays fixed device addresses, so
         each shape keeps its buffers and binding for the runner's life, under its own graph id."""
-        slot = self._graphs.get(x.shape)
-        if slot is None:
+        if x.shape not in self._graphs:
             ort = self._ort
             gpu_in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
             gpu_out = ort.OrtValue.ortvalue_from_shape_and_type(
@@ -163,9 +159,8 @@ class OnnxRuntimeRunner(Runner):
             binding.bind_ortvalue_output(self.output_name, gpu_out)
             run_options = ort.RunOptions()
             run_options.add_run_config_entry("gpu_graph_id", str(len(self._graphs) + 1))
-            slot = _GraphSlot(binding, gpu_in, gpu_out, run_options)
-            self._graphs[x.shape] = slot
-        return slot
+            self._graphs[x.shape] = _GraphSlot(binding, gpu_in, gpu_out, run_options)
+        return self._graphs[x.shape]
 
     def run_prepared(self, prepared: Any) -> Any:
         """Run; on CUDA the output stays on the GPU (an OrtValue) until :meth:`fetch`."""
@@ -203,10 +198,7 @@ class OnnxRuntimeRunner(Runner):
         return np.asarray(host, dtype=np.float32)
 
     def _close(self) -> None:
-        self._graphs.clear()
-        self._serial = None
         if self._pool is not None:
             self._pool.shutdown()
-            self._pool = None
-        self._slices = []
+        self._graphs, self._serial, self._slices, self._pool = {}, None, [], None
         del self.session

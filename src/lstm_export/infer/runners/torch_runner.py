@@ -47,6 +47,8 @@ class TorchRunner(Runner):
 
     Options: ClassVar[type] = TorchOptions
     options: TorchOptions
+    #: the module's method ``(x, h_0=None, c_0=None) -> (logits, h_n, c_n)``, None states zeros
+    state_method: ClassVar[str] = "forward"
 
     def _load(self) -> None:
         import torch
@@ -114,13 +116,10 @@ class TorchRunner(Runner):
     def _step(self, x: np.ndarray, state: Any) -> tuple[Any, Any, Any]:
         arrays = (x,) if state is None else (x, state.h, state.c)
         with self._torch.inference_mode():
-            out = self._forward_state(*(self._torch.from_numpy(a).to(self.device) for a in arrays))
+            forward = getattr(self.module, self.state_method)
+            out = forward(*(self._torch.from_numpy(a).to(self.device) for a in arrays))
         logits, h_n, c_n = (t.float().cpu().numpy() for t in out)
         return logits, h_n, c_n
-
-    def _forward_state(self, x: Any, h_0: Any = None, c_0: Any = None) -> Any:
-        """``(logits, h_n, c_n)`` from the module; None states are zeros."""
-        return self.module(x, h_0, c_0)
 
     def _close(self) -> None:
         del self.module
@@ -137,9 +136,7 @@ class EagerRunner(TorchRunner):
     name = "eager"
     suffixes = (".pt", ".pth")
     streams = True
-
-    def _forward_state(self, x: Any, h_0: Any = None, c_0: Any = None) -> Any:
-        return self.module.forward_with_state(x, h_0, c_0)
+    state_method = "forward_with_state"
 
     def _load_module(self) -> Any:
         from lstm_export.checkpoint import load_model

@@ -398,3 +398,10 @@ def test_cli_missing_run_dir_is_one_line(tmp_path: Path) -> None:
     assert "not found" in line
     (tmp_path / "empty").mkdir()
     assert "no model.pt" in one_line_error(runner.invoke(app, ["bench", str(tmp_path / "empty")]))
+
+
+def test_every_variant_reaches_the_measuring_child() -> None:
+    """Each backend is measured in a spawned process: its variant must pickle (no lambdas)."""
+    import pickle
+
+    assert pickle.loads(pickle.dumps(VARIANTS)) == VARIANTS

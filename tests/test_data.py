@@ -259,9 +259,9 @@ def test_wheel_with_wrong_sha256_is_rejected(tmp_path: Path) -> None:
 
 def test_md5_table_matches_shared_copies(mnist_dir: Path) -> None:
     from lstm_export.data.files import find_file
-    from lstm_export.data.idx import read_idx_bytes
+    from lstm_export.data.idx import iter_idx_chunks
 
     for name, md5 in MD5.items():
         path = find_file(mnist_dir, name)
         assert path is not None
-        assert hashlib.md5(read_idx_bytes(path)).hexdigest() == md5
+        assert hashlib.md5(b"".join(iter_idx_chunks(path))).hexdigest() == md5

@@ -556,10 +556,10 @@ def test_gzip_bomb_is_stopped_while_streaming(header: bytes, reason: str, tmp_pa
         """
         import sys
         from pathlib import Path
-        from lstm_export.data.idx import read_idx_bytes
+        from lstm_export.data.idx import read_idx
         from lstm_export.errors import DataError
         try:
-            read_idx_bytes(Path(sys.argv[1]))
+            read_idx(Path(sys.argv[1]))
         except DataError as exc:
             print(exc)
         """,
@@ -572,18 +572,18 @@ def test_gzip_bomb_is_stopped_while_streaming(header: bytes, reason: str, tmp_pa
 
 def test_idx_md5_is_taken_as_it_streams(tmp_path: Path) -> None:
     """The md5 of the uncompressed bytes, streamed; a wrong one is test_data's corrupt file."""
-    from lstm_export.data.idx import encode_idx, idx_md5, read_idx, read_idx_bytes
+    from lstm_export.data.idx import encode_idx, idx_md5, iter_idx_chunks, read_idx
 
     data = encode_idx(np.arange(600, dtype=np.uint8).reshape(6, 10, 10))
     path = tmp_path / "x-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(data))
     assert idx_md5(path) == hashlib.md5(data).hexdigest()
-    assert read_idx_bytes(path) == data
+    assert b"".join(iter_idx_chunks(path)) == data
     assert read_idx(path).shape == (6, 10, 10)
     padded = tmp_path / "p-idx3-ubyte"
     padded.write_bytes(data + b"\0")
     with pytest.raises(DataError, match="oversized: more than the 616 bytes"):
-        read_idx_bytes(padded)
+        read_idx(padded)
 
 
 def test_idx_files_that_are_fifos_or_devices_are_refused(tmp_path: Path) -> None:
@@ -596,11 +596,11 @@ def test_idx_files_that_are_fifos_or_devices_are_refused(tmp_path: Path) -> None
         """
         import sys
         from pathlib import Path
-        from lstm_export.data.idx import read_idx_bytes
+        from lstm_export.data.idx import read_idx
         from lstm_export.errors import DataError
         for name in sys.argv[1:]:
             try:
-                read_idx_bytes(Path(name))
+                read_idx(Path(name))
             except DataError as exc:
                 print(exc)
         """,

@@ -16,15 +16,11 @@ class Artifact(str, Enum):
     onnx_int8 = "model.int8.onnx"
     onnx_fp16 = "model.fp16.onnx"
 
-    @property
-    def suffix(self) -> str:
-        """What follows the stem: ``.pt``, ``.ts``, ``.onnx``, ``.int8.onnx``, ``.fp16.onnx``."""
-        return self.value[len("model") :]
-
     def beside(self, checkpoint: Path) -> Path:
-        """This artifact's path next to ``checkpoint`` (``run/model.pt`` -> ``run/model.onnx``)."""
+        """This artifact's path next to ``checkpoint``, named after its stem (``run/best.pt`` ->
+        ``run/best.onnx``, ``run/best.int8.onnx``...)."""
         checkpoint = Path(checkpoint)
-        return checkpoint.with_name(checkpoint.stem + self.suffix)
+        return checkpoint.with_name(checkpoint.stem + self.value.removeprefix("model"))
 
 
 #: metrics written by training beside the checkpoint

@@ -36,6 +36,10 @@ def _tuning(flag: str, minimum: float, help: str, *aliases: str) -> Any:
     return typer.Option(flag, *aliases, help=help, min=minimum, rich_help_panel=TUNING)
 
 
+def _output(flag: str, help: str, *aliases: str) -> Any:
+    return typer.Option(flag, *aliases, help=help, rich_help_panel=OUTPUT)
+
+
 def bench(
     target: Annotated[
         Path, typer.Argument(help="Run folder (with model.pt) or a checkpoint file.")
@@ -69,18 +73,9 @@ def bench(
         bool, typer.Option("--reexport", help="Export again even if files are fresh.")
     ] = False,
     data_dir: DataDirOption = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write results JSON here.", rich_help_panel=OUTPUT),
-    ] = None,
-    plot: Annotated[
-        Path | None,
-        typer.Option("--plot", help="Write a latency/throughput PNG here.", rich_help_panel=OUTPUT),
-    ] = None,
-    markdown: Annotated[
-        bool,
-        typer.Option("--markdown", help="Print markdown tables on stdout.", rich_help_panel=OUTPUT),
-    ] = False,
+    output: Annotated[Path | None, _output("--output", "Write results JSON here.", "-o")] = None,
+    plot: Annotated[Path | None, _output("--plot", "Write a latency/throughput PNG here.")] = None,
+    markdown: Annotated[bool, _output("--markdown", "Print markdown tables on stdout.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure parity (full test set) and latency of every backend against eager PyTorch."""

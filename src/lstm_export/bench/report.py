@@ -27,9 +27,8 @@ def _ms(value: float) -> str:
 
 
 def _notes(row: dict[str, Any]) -> list[str]:
-    return ["noisy calls"] * bool(row.get("disturbed")) + ["rounds disagree"] * (
-        row.get("stable") is False
-    )
+    flags = {"noisy calls": row.get("disturbed"), "rounds disagree": row.get("stable") is False}
+    return [note for note, flagged in flags.items() if flagged]
 
 
 #: what a row's note means (shown under a table that has such a row)

@@ -105,8 +105,7 @@ def plan_bench(target: Path, settings: BenchSettings) -> BenchPlan:
     if settings.device == BenchDevice.cuda:
         from lstm_export.devices import torch_cuda_problem
 
-        problem = torch_cuda_problem()
-        if problem is not None:
+        if (problem := torch_cuda_problem()) is not None:
             raise DeviceError(f"CUDA was asked for, but it is not usable: {problem}")
     checkpoint = resolve_checkpoint(target)
     selection = select_variants(settings.backends, settings.device)

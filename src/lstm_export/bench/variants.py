@@ -37,6 +37,10 @@ def _bf16_emulated() -> str | None:
     return None if native else f"bf16 would be {how}, so its timing says nothing"
 
 
+def _openvino_bf16_problem() -> str | None:  # a function, not a lambda: variants are pickled
+    return _openvino_missing() or _bf16_emulated()
+
+
 @dataclass(frozen=True)
 class Variant:
     """One row group of the bench: a runner over an artifact with fixed options."""
@@ -84,7 +88,7 @@ VARIANTS: tuple[Variant, ...] = (
     # Peers: what a user could ship instead of our exports, on the same files.
     Variant(_OV, _O, _OV, _CPU, "fp32", _OV_TUNING, "peer", _openvino_missing),
     Variant("openvino-bf16", _O, _OV, _CPU, "bf16", {**_OV_TUNING, "precision": "bf16"}, "peer",
-            lambda: _openvino_missing() or _bf16_emulated()),
+            _openvino_bf16_problem),
     Variant("eager-bf16", _E, "eager", _CPU, "bf16", {"autocast": "bf16"}, "peer", _bf16_emulated),
 )
 # fmt: on

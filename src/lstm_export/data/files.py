@@ -26,11 +26,6 @@ def find_file(directory: Path, name: str) -> Path | None:
     return None
 
 
-def has_any(directory: Path) -> bool:
-    """Whether ``directory`` holds at least one of the four files (raw or ``.gz``)."""
-    return directory.is_dir() and any(find_file(directory, n) for n in MD5)
-
-
 def find_files(directory: Path, names: Iterable[str] = MD5) -> dict[str, Path]:
     """The named files of ``directory``; DataError naming the folder or the first missing file."""
     if not directory.is_dir():

@@ -83,11 +83,6 @@ def _too_long(path: Path, declared: int | None) -> str:
     return f"{path}: larger than the {MAX_IDX_BYTES:,}-byte limit for IDX files (uncompressed)"
 
 
-def read_idx_bytes(path: Path) -> bytes:
-    """The uncompressed bytes of an IDX file, read as a bounded stream (:func:`iter_idx_chunks`)."""
-    return b"".join(iter_idx_chunks(path))
-
-
 def idx_md5(path: Path) -> str:
     """md5 of an IDX file's uncompressed bytes, streamed (memory: one chunk)."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -115,7 +110,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (raw or ``.gz``), bounded (see :func:`iter_idx_chunks`)."""
-    return parse_idx(read_idx_bytes(path), name=str(path))
+    return parse_idx(b"".join(iter_idx_chunks(path)), name=str(path))
 
 
 def encode_idx(arr: np.ndarray) -> bytes:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from lstm_export.data.files import find_files, has_any, verify_dir
+from lstm_export.data.files import MD5, find_file, find_files, verify_dir
 from lstm_export.data.idx import read_idx
 from lstm_export.errors import DataError
 
@@ -59,7 +59,7 @@ def ensure_mnist(
     if source != "cache":
         verify_dir(directory)
         return directory
-    if has_any(directory) and not force:
+    if any(find_file(directory, name) for name in MD5) and not force:
         try:
             verify_dir(directory)
         except DataError as exc:

@@ -160,15 +160,17 @@ def _random_state(config: ModelConfig, batch: int) -> tuple[np.ndarray, np.ndarr
     return h, c
 
 
-def _measure_checkpoint(path: Path, batch: int, seq_len: int) -> ShapesReport:
+#: a measurer's path, kind, config, arrays seen by tensor name, notes, identities, report notes
+_Measured = tuple[Path, str, ModelConfig, dict[str, Any], dict[str, str], list[Identity], list[str]]
+
+
+def _measure_checkpoint(path: Path, batch: int, seq_len: int) -> _Measured:
     import torch
 
     from lstm_export.export.source import load_source
 
     source = load_source(path)
     model, config = source.model.eval(), source.model.config
-    symbols = _symbols(config, batch, seq_len)
-    formulas = _formulas(config, symbols)
     x = torch.from_numpy(_pixels(batch, seq_len, config.input_size))
     h_0, c_0 = (torch.from_numpy(a) for a in _random_state(config, batch))
     seen: dict[str, Any] = {}
@@ -178,28 +180,13 @@ def _measure_checkpoint(path: Path, batch: int, seq_len: int) -> ShapesReport:
         seen["output"], (seen["h_n"], seen["c_n"]) = output
 
     with model.lstm.register_forward_hook(hook), torch.inference_mode():
-        logits, _, _ = model.forward_with_state(x, h_0, c_0)
-    seen["logits"] = logits
+        seen["logits"], _, _ = model.forward_with_state(x, h_0, c_0)
     notes = dict.fromkeys(("h_0", "c_0"), "fed (seeded random, not zeros)")
     if not config.batch_first:
         notes["input"] = "the model's pixels (N, T, H_in), transposed for the LSTM"
-    tensors = [
-        TensorShape(name, formula, dims, list(seen[name].shape), notes.get(name, ""))
-        for name, (formula, dims) in formulas.items()
-    ]
     identities = _checkpoint_identities(model, config, seen)
     ran = [f"measured by running {source.path.name} once, eval mode, on the CPU"]
-    return _report(source.path, "checkpoint", config, symbols, tensors, identities, ran)
-
-
-def _report(
-    path: Path, kind: str, config: ModelConfig, symbols: dict[str, int], *rest: Any
-) -> ShapesReport:
-    """The report, ``rest`` being its tensors, identities and notes."""
-    arguments = [Argument(name, getattr(config, name), text) for name, text in MEANINGS.items()]
-    return ShapesReport(
-        path, kind, symbols["N"], symbols["T"], config.to_dict(), symbols, arguments, *rest
-    )
+    return source.path, "checkpoint", config, seen, notes, identities, ran
 
 
 def _checkpoint_identities(model: Any, config: ModelConfig, seen: dict[str, Any]) -> list[Identity]:
@@ -264,7 +251,7 @@ def _file_config(meta: dict[str, str], path: Path) -> ModelConfig:
         raise ModelLoadError(f"{path} has an unreadable model_config: {exc}") from exc
 
 
-def _measure_file(path: Path, batch: int, seq_len: int) -> ShapesReport:
+def _measure_file(path: Path, batch: int, seq_len: int) -> _Measured:
     from lstm_export.infer.registry import make_runner
 
     with make_runner(path, device="cpu") as runner:
@@ -276,58 +263,44 @@ def _measure_file(path: Path, batch: int, seq_len: int) -> ShapesReport:
                 f"{seq_len} rows need a file exported with a dynamic sequence length or state"
             )
         x = _pixels(batch, seq_len, config.input_size)
-        logits = runner.infer(x)
-        measured: dict[str, list[int] | None] = {"logits": list(logits.shape)}
-        measured["input"] = list(x.shape)  # accepted by the file
-        identities = _state_identities(runner, config, x, logits, measured)
+        seen = {"input": x, "logits": runner.infer(x)}  # the input: accepted by the file
+        identities = _state_identities(runner, config, seen)
         streams, description = runner.streams, runner.description
-    symbols = _symbols(config, batch, seq_len)
-    tensors = []
-    for name, (formula, dims) in _formulas(config, symbols).items():
-        if name == "input":
-            formula, dims = "(N, T, H_in)", list(x.shape)
-            note = "fed and accepted" + (
-                "; the LSTM inside gets its transpose" if not config.batch_first else ""
-            )
-        elif name == "output":
-            note = "inside the graph (measured on the checkpoint)"
-        elif name in ("h_0", "c_0", "h_n", "c_n") and not streams:
-            note = "not in this file (--with-state adds it)"
-        else:
-            note = "fed (seeded random)" if name in ("h_0", "c_0") else "returned"
-        tensors.append(TensorShape(name, formula, dims, measured.get(name), note))
-    notes = [
+    notes = dict.fromkeys(("h_0", "c_0"), "fed (seeded random)")
+    notes |= dict.fromkeys(("h_n", "c_n", "logits"), "returned")
+    if not streams:
+        notes |= dict.fromkeys(
+            ("h_0", "c_0", "h_n", "c_n"), "not in this file (--with-state adds it)"
+        )
+    transposed = "" if config.batch_first else "; the LSTM inside gets its transpose"
+    notes["input"] = "fed and accepted" + transposed
+    notes["output"] = "inside the graph (measured on the checkpoint)"
+    ran = [
         "arguments from the file's model_config metadata; shapes measured by running the "
         f"file with {description}",
         "the LSTM's own identities need its output sequence: run shapes on the checkpoint",
     ]
     kind = "onnx" if runner.name == "onnxruntime" else runner.name
-    return _report(path, kind, config, symbols, tensors, identities, notes)
+    return path, kind, config, seen, notes, identities, ran
 
 
-def _state_identities(
-    runner: Any,
-    config: ModelConfig,
-    x: np.ndarray,
-    logits: np.ndarray,
-    measured: dict[str, list[int] | None],
-) -> list[Identity]:
-    """For a file that takes a state: its shapes into ``measured``, and the identities that need
-    only the file (zeros are the stateless answer; the state carries between two chunks)."""
+def _state_identities(runner: Any, config: ModelConfig, seen: dict[str, Any]) -> list[Identity]:
+    """For a file that takes a state: its arrays into ``seen``, and the identities that need only
+    the file (zeros are the stateless answer; the state carries between two chunks)."""
     from lstm_export.infer.base import LstmState
 
     if not runner.streams:
         return []
+    x = seen["input"]
     h_0, c_0 = _random_state(config, x.shape[0])
     _, state = runner.step(x, LstmState(h_0, c_0))
-    measured.update(h_0=list(h_0.shape), c_0=list(c_0.shape), h_n=list(state.h.shape))
-    measured["c_n"] = list(state.c.shape)
+    seen.update(h_0=h_0, c_0=c_0, h_n=state.h, c_n=state.c)
     zero_logits, zero = runner.step(x)
     found = [
         Identity(
             "no state is zeros",
             "the file's stateless answer (infer) == its answer from h_0 = c_0 = 0",
-            max_abs_diff([logits], [zero_logits]),
+            max_abs_diff([seen["logits"]], [zero_logits]),
         )
     ]
     rows = x.shape[1]
@@ -353,10 +326,22 @@ def measure_shapes(
     failed identity: see :func:`check_shapes`)."""
     if batch < 1 or seq_len < 1:
         raise ConfigError(f"batch and seq_len must be >= 1, got {batch} and {seq_len}")
-    path = Path(model)
-    if path.suffix.lower() in (".onnx", ".ts", ".torchscript"):
-        return _measure_file(path, batch, seq_len)  # the runner says if it is not found
-    return _measure_checkpoint(path, batch, seq_len)
+    file = Path(model).suffix.lower() in (".onnx", ".ts", ".torchscript")
+    measure = _measure_file if file else _measure_checkpoint  # the runner says if it is not found
+    path, kind, config, seen, notes, identities, ran = measure(Path(model), batch, seq_len)
+    symbols = _symbols(config, batch, seq_len)
+    formulas = _formulas(config, symbols)
+    if file:  # a file takes (N, T, H_in) whatever batch_first says
+        formulas["input"] = ("(N, T, H_in)", [batch, seq_len, config.input_size])
+    measured = {name: list(array.shape) for name, array in seen.items()}
+    tensors = [
+        TensorShape(name, formula, dims, measured.get(name), notes.get(name, ""))
+        for name, (formula, dims) in formulas.items()
+    ]
+    arguments = [Argument(name, getattr(config, name), text) for name, text in MEANINGS.items()]
+    return ShapesReport(
+        path, kind, batch, seq_len, config.to_dict(), symbols, arguments, tensors, identities, ran
+    )
 
 
 def check_shapes(report: ShapesReport) -> None:

@@ -102,21 +102,6 @@ def check_onnx_exportable(config: ModelConfig) -> None:
         )
 
 
-def _module_and_args(model: LSTMClassifier, with_state: bool) -> tuple[Any, tuple[Any, ...]]:
-    """The module to export and its example inputs (3 images of 28 rows)."""
-    import torch
-
-    from lstm_export.model import StatefulClassifier
-
-    x = torch.rand(3, 28, model.config.input_size, generator=torch.Generator().manual_seed(0))
-    if not with_state:
-        return model, (x,)
-    config = model.config
-    h_0 = torch.zeros(config.state_layers, 3, config.output_size)
-    c_0 = torch.zeros(config.state_layers, 3, config.hidden_size)
-    return StatefulClassifier(model).eval(), (x, h_0, c_0)
-
-
 def _fresh_trace_state() -> None:
     """Forget what earlier traces in this process cached about aten::lstm: its dispatch cache and
     dynamo's compiled frames outlive a trace and would fix a later export's dynamic time axis to
@@ -132,11 +117,16 @@ def _fresh_trace_state() -> None:
 
 
 def _export(model: LSTMClassifier, opset: int, legacy: bool, dynamic_seq: bool, state: bool) -> Any:
-    """The ModelProto of ``model`` exported by the dynamo or the ``legacy`` exporter."""
+    """The ModelProto of ``model`` exported by the dynamo or the ``legacy`` exporter, from 3
+    example images of 28 rows (and a zero state)."""
     import onnx
     import torch
 
-    module, args = _module_and_args(model, state)
+    from lstm_export.model import StatefulClassifier
+
+    x = torch.rand(3, 28, model.config.input_size, generator=torch.Generator().manual_seed(0))
+    zeros = [torch.zeros(model.state_layers, 3, n) for n in (model.output_size, model.cell_size)]
+    module, args = (StatefulClassifier(model).eval(), (x, *zeros)) if state else (model, (x,))
     names: dict[str, Any] = {
         "input_names": [INPUT_NAME, *STATE_INPUTS] if state else [INPUT_NAME],
         "output_names": [OUTPUT_NAME, *STATE_OUTPUTS] if state else [OUTPUT_NAME],

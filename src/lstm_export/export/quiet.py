@@ -23,8 +23,16 @@ def status(progress: ProgressFn | None, description: str) -> None:
         progress(description, 0, 0)
 
 
-_NOISY_LOGGERS: tuple[str, ...] = ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.fx")
-_NOISY_LOGGERS += ("torch.export", "torch._export", "torch._dynamo")
+_NOISY_LOGGERS = (
+    "onnxscript",
+    "onnx_ir",
+    "torch.onnx",
+    "torch.export",
+    "torch._export",
+    "torch._dynamo",
+    "torch.fx",
+    "onnxruntime",
+)
 
 
 @contextlib.contextmanager

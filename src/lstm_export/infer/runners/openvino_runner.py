@@ -129,16 +129,7 @@ class OpenVinoRunner(Runner):
             )
         if self.requested_device == Device.auto:
             self.device_note = "auto: CPU, since the openvino backend runs on the CPU only"
-        # not ONNX or IR: refused before OpenVINO tries every frontend on it (its TensorFlow one
-        # prints parse errors to stderr)
-        if self.path.suffix.lower() == ".onnx":
-            if problem := onnx_problem(self.path, self.options.trusted):
-                raise refuse(self.path, problem)
-        else:
-            with open(self.path, "rb") as f:
-                head = f.read(256).lstrip()
-            if not head.startswith((b"<?xml", b"<net")):
-                raise ModelLoadError(f"{self.path} is not an OpenVINO IR file (no <net> XML)")
+        self._check_file()
         try:
             self.model = _core().read_model(str(self.path))
         except Exception as exc:  # RuntimeError from the ONNX or IR frontend
@@ -174,6 +165,18 @@ class OpenVinoRunner(Runner):
         self.streams_used = int(compiled.get_property("NUM_STREAMS"))
         self.threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         self._requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def _check_file(self) -> None:
+        """ModelLoadError for a file that is not ONNX or IR, before OpenVINO tries every frontend
+        on it (its TensorFlow frontend prints parse errors to stderr)."""
+        if self.path.suffix.lower() == ".onnx":
+            if problem := onnx_problem(self.path, self.options.trusted):
+                raise refuse(self.path, problem)
+        else:
+            with open(self.path, "rb") as f:
+                head = f.read(256).lstrip()
+            if not head.startswith((b"<?xml", b"<net")):
+                raise ModelLoadError(f"{self.path} is not an OpenVINO IR file (no <net> XML)")
 
     def _compile(self, shape: tuple[int, ...] | None) -> _Compiled:
         """The model compiled for inputs of ``shape`` (None or not ``static_shapes``: any batch)."""
